@@ -1,0 +1,252 @@
+"""Secret keys: key files, passphrase protection, and every value derived from a key.
+
+A faceveil key is 256 random bits. Everything else is derived from it with
+HKDF-SHA256 under distinct labels, so no derived value reveals another:
+
+- ``sign_pattern``: the secret Rademacher (+1/-1) pattern for one face, a ChaCha20
+  key stream keyed by the secret, the face's public nonce and the latent shape;
+- ``seal``/``open``: ChaCha20-Poly1305 for the private part of a faceveil header;
+- ``check_tag``: an HMAC over a file's public nonce that tells a wrong key apart
+  from a tampered header.
+
+This module never imports torch: it deals in bytes and numpy arrays only.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from faceveil.atomic import write_new_file
+from faceveil.errors import KeyFileError
+
+SECRET_BYTES = 32
+NONCE_BYTES = 16
+KEY_FILE_FORMAT = "faceveil-key"
+KEY_FILE_VERSION = 1
+PASSPHRASE_ENV = "FACEVEIL_PASSPHRASE"
+
+# RFC 9106, second recommended option (64 MiB, 3 passes, 4 lanes).
+DEFAULT_ARGON2 = {"memory_kib": 65536, "iterations": 3, "lanes": 4}
+
+_LABEL = b"faceveil/v1/"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def canonical_json(obj: object) -> bytes:
+    """The one byte encoding of ``obj`` that is authenticated and hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def new_nonce() -> bytes:
+    """A fresh random public nonce (one per face, one per file)."""
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def _argon2(passphrase: str, salt: bytes, params: dict) -> bytes:
+    return Argon2id(
+        salt=salt,
+        length=32,
+        iterations=int(params["iterations"]),
+        lanes=int(params["lanes"]),
+        memory_cost=int(params["memory_kib"]),
+    ).derive(passphrase.encode("utf-8"))
+
+
+def _stream(key: bytes, nbytes: int) -> bytes:
+    """``nbytes`` of ChaCha20 key stream under a one-use ``key`` (zero nonce, counter 0)."""
+    encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return encryptor.update(bytes(nbytes))
+
+
+def public_gaussian(seed: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Deterministic standard Gaussian noise from a public ``seed`` (Box-Muller on a ChaCha20 stream).
+
+    Portable across machines and library versions, unlike framework RNGs.
+    """
+    n = int(np.prod(shape))
+    half = (n + 1) // 2
+    key = hashlib.sha256(_LABEL + b"public-gaussian" + seed).digest()
+    words = np.frombuffer(_stream(key, 8 * half), dtype="<u4").reshape(2, half).astype(np.float64)
+    u1 = (words[0] + 1.0) / 4294967297.0  # in (0, 1): log is finite
+    u2 = words[1] / 4294967296.0
+    radius = np.sqrt(-2.0 * np.log(u1))
+    normal = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])
+    return normal[:n].reshape(shape).astype(np.float32)
+
+
+@dataclass(frozen=True, repr=False)
+class Key:
+    """A 256-bit faceveil secret. ``repr`` never shows the secret."""
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) != SECRET_BYTES:
+            raise KeyFileError(f"a faceveil key is exactly {SECRET_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        return f"Key(fingerprint={self.fingerprint!r})"
+
+    # ---- creation and storage -------------------------------------------------
+    @classmethod
+    def generate(cls) -> "Key":
+        """A new random key from the operating system's CSPRNG."""
+        return cls(secrets.token_bytes(SECRET_BYTES))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short public name for the key (for humans; never stored in anonymized files)."""
+        return self._derive(b"fingerprint", 8).hex()
+
+    def to_file_bytes(self, passphrase: str | None = None, argon2: dict | None = None) -> bytes:
+        """The key file's content: versioned JSON, the secret sealed when a passphrase is given."""
+        record: dict = {"format": KEY_FILE_FORMAT, "version": KEY_FILE_VERSION, "fingerprint": self.fingerprint}
+        if passphrase is None:
+            record["protection"] = "none"
+            record["secret"] = _b64(self.secret)
+        else:
+            if not passphrase:
+                raise KeyFileError("the passphrase is empty")
+            params = dict(argon2 or DEFAULT_ARGON2)
+            salt = secrets.token_bytes(16)
+            nonce = secrets.token_bytes(12)
+            record["protection"] = "argon2id+chacha20poly1305"
+            record["kdf"] = {"name": "argon2id", "salt": _b64(salt), **params}
+            record["nonce"] = _b64(nonce)
+            sealed = ChaCha20Poly1305(_argon2(passphrase, salt, params)).encrypt(
+                nonce, self.secret, canonical_json(record)
+            )
+            record["ciphertext"] = _b64(sealed)
+        return (json.dumps(record, indent=2) + "\n").encode()
+
+    def save(self, path: str | os.PathLike, passphrase: str | None = None, argon2: dict | None = None) -> Path:
+        """Write a new key file with mode 0600; refuses to overwrite an existing file."""
+        return write_new_file(Path(path), self.to_file_bytes(passphrase, argon2), mode=0o600)
+
+    @classmethod
+    def from_file_bytes(cls, data: bytes, passphrase: str | None = None, source: str = "key file") -> "Key":
+        """Parse a key file's content; a wrong passphrase or a corrupt file raises KeyFileError."""
+        try:
+            record = json.loads(data.decode("utf-8"))
+            if not isinstance(record, dict) or record.get("format") != KEY_FILE_FORMAT:
+                raise ValueError
+        except (UnicodeDecodeError, ValueError):
+            raise KeyFileError(f"{source} is not a faceveil key file") from None
+        if record.get("version") != KEY_FILE_VERSION:
+            raise KeyFileError(f"{source} has unsupported key file version {record.get('version')!r}")
+        try:
+            protection = record["protection"]
+            if protection == "none":
+                key = cls(_unb64(record["secret"]))
+            elif protection == "argon2id+chacha20poly1305":
+                if passphrase is None:
+                    raise KeyFileError(f"{source} is protected by a passphrase; set {PASSPHRASE_ENV} or answer the prompt")
+                kdf = record["kdf"]
+                aad = canonical_json({k: v for k, v in record.items() if k != "ciphertext"})
+                try:
+                    secret = ChaCha20Poly1305(_argon2(passphrase, _unb64(kdf["salt"]), kdf)).decrypt(
+                        _unb64(record["nonce"]), _unb64(record["ciphertext"]), aad
+                    )
+                except InvalidTag:
+                    raise KeyFileError(f"wrong passphrase for {source} (or the file was altered)") from None
+                key = cls(secret)
+            else:
+                raise KeyFileError(f"{source} uses unknown protection {protection!r}")
+        except (KeyError, TypeError, ValueError, base64.binascii.Error):
+            raise KeyFileError(f"{source} is corrupt (missing or malformed fields)") from None
+        if record.get("fingerprint") not in (None, key.fingerprint):
+            raise KeyFileError(f"{source} is corrupt (fingerprint does not match the secret)")
+        return key
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, passphrase: str | None = None) -> "Key":
+        """Read a key file. For a protected file without ``passphrase``, use $FACEVEIL_PASSPHRASE."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyFileError(f"key file {path} does not exist (create one with: faceveil keygen {path})") from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+        if passphrase is None:
+            passphrase = os.environ.get(PASSPHRASE_ENV)
+        return cls.from_file_bytes(data, passphrase, source=f"key file {path}")
+
+    @staticmethod
+    def file_needs_passphrase(path: str | os.PathLike) -> bool:
+        """Whether a key file is passphrase protected (without decrypting it)."""
+        try:
+            return json.loads(Path(path).read_bytes()).get("protection", "none") != "none"
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    # ---- derived values --------------------------------------------------------
+    def _derive(self, label: bytes, length: int = 32) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=_LABEL + label).derive(self.secret)
+
+    def sign_pattern(self, nonce: bytes, shape: tuple[int, ...]) -> np.ndarray:
+        """The secret +1/-1 pattern (float32, ``shape``) for the face with public ``nonce``.
+
+        Each bit of a ChaCha20 stream keyed by HKDF(secret, nonce, shape) gives one sign,
+        so the pattern is a uniform Rademacher vector to anyone without the key.
+        """
+        if len(nonce) != NONCE_BYTES:
+            raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+        n = int(np.prod(shape))
+        label = b"signs/" + nonce + b"/" + "x".join(map(str, shape)).encode()
+        bits = np.unpackbits(np.frombuffer(_stream(self._derive(label), (n + 7) // 8), dtype=np.uint8), bitorder="little")
+        return (1.0 - 2.0 * bits[:n].astype(np.float32)).reshape(shape)
+
+    def check_tag(self, file_nonce: bytes) -> bytes:
+        """A 16-byte tag binding this key to one file; unlinkable across files."""
+        return hmac.new(self._derive(b"check"), b"check/" + file_nonce, hashlib.sha256).digest()[:16]
+
+    def seal(self, nonce12: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt and authenticate ``plaintext`` (and ``aad``) with ChaCha20-Poly1305."""
+        return ChaCha20Poly1305(self._derive(b"seal")).encrypt(nonce12, plaintext, aad)
+
+    def open(self, nonce12: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """Decrypt what ``seal`` made; raises ``cryptography.exceptions.InvalidTag`` on any change."""
+        return ChaCha20Poly1305(self._derive(b"seal")).decrypt(nonce12, ciphertext, aad)
+
+
+def generate_key() -> Key:
+    """A new random key (same as ``Key.generate()``)."""
+    return Key.generate()
+
+
+def prompt_passphrase(confirm: bool = False) -> str:
+    """The passphrase from $FACEVEIL_PASSPHRASE, else from a terminal prompt (never argv)."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is not None:
+        return value
+    first = getpass.getpass("Passphrase: ")
+    if confirm and getpass.getpass("Passphrase (again): ") != first:
+        raise KeyFileError("the two passphrases differ")
+    return first
+
+
+__all__ = ["Key", "generate_key", "new_nonce", "public_gaussian", "canonical_json", "prompt_passphrase", "InvalidTag"]

@@ -1,0 +1,106 @@
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from faceveil.errors import KeyFileError, UsageError
+from faceveil.keys import Key, new_nonce, public_gaussian
+
+FAST_ARGON2 = {"memory_kib": 1024, "iterations": 1, "lanes": 1}
+
+
+def test_key_file_round_trip_mode_and_no_overwrite(tmp_path):
+    key = Key.generate()
+    path = key.save(tmp_path / "k.key")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Key.load(path).secret == key.secret
+    record = json.loads(path.read_text())
+    assert record["format"] == "faceveil-key" and record["version"] == 1
+    with pytest.raises(UsageError, match="already exists"):
+        Key.generate().save(path)
+    assert Key.load(path).secret == key.secret  # untouched
+
+
+def test_repr_hides_secret():
+    key = Key.generate()
+    assert key.secret.hex() not in repr(key) and key.fingerprint in repr(key)
+
+
+def test_passphrase_round_trip_and_wrong_passphrase(tmp_path):
+    key = Key.generate()
+    path = key.save(tmp_path / "p.key", passphrase="correct horse", argon2=FAST_ARGON2)
+    assert key.secret.hex() not in path.read_text()
+    assert Key.file_needs_passphrase(path)
+    assert Key.load(path, passphrase="correct horse").secret == key.secret
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        Key.load(path, passphrase="wrong")
+    with pytest.raises(KeyFileError, match="passphrase"):
+        Key.load(path)
+
+
+def test_passphrase_from_environment(tmp_path, monkeypatch):
+    key = Key.generate()
+    path = key.save(tmp_path / "p.key", passphrase="s3cret", argon2=FAST_ARGON2)
+    monkeypatch.setenv("FACEVEIL_PASSPHRASE", "s3cret")
+    assert Key.load(path).secret == key.secret
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00\xff garbage", b"{not json", b'{"format": "other"}', b'{"format": "faceveil-key", "version": 1}',
+     b'{"format": "faceveil-key", "version": 1, "protection": "none", "secret": "!!"}',
+     b'{"format": "faceveil-key", "version": 1, "protection": "none", "secret": "AAAA"}',
+     b'{"format": "faceveil-key", "version": 9, "protection": "none", "secret": "AAAA"}'],
+)
+def test_corrupt_key_files_fail_cleanly(tmp_path, content):
+    path = tmp_path / "bad.key"
+    path.write_bytes(content)
+    with pytest.raises(KeyFileError):
+        Key.load(path)
+
+
+def test_altered_secret_detected_by_fingerprint(tmp_path):
+    path = Key.generate().save(tmp_path / "k.key")
+    record = json.loads(path.read_text())
+    record["secret"] = Key.generate().to_file_bytes().decode().split('"secret": "')[1].split('"')[0]
+    path.write_text(json.dumps(record))
+    with pytest.raises(KeyFileError, match="fingerprint"):
+        Key.load(path)
+
+
+def test_missing_key_file(tmp_path):
+    with pytest.raises(KeyFileError, match="does not exist"):
+        Key.load(tmp_path / "nope.key")
+
+
+def test_sign_pattern_is_keyed_nonced_and_balanced():
+    key, other = Key.generate(), Key.generate()
+    nonce = new_nonce()
+    shape = (1, 3, 64, 64)
+    s = key.sign_pattern(nonce, shape)
+    assert s.shape == shape and set(np.unique(s)) == {-1.0, 1.0}
+    assert np.array_equal(s, key.sign_pattern(nonce, shape))  # deterministic
+    assert abs(s.mean()) < 0.03  # 12288 fair coins: std of the mean is 0.009
+    for different in (key.sign_pattern(new_nonce(), shape), other.sign_pattern(nonce, shape)):
+        agree = (different == s).mean()
+        assert 0.45 < agree < 0.55  # independent patterns agree on half the signs
+
+
+def test_check_tag_and_seal_bind_the_key():
+    key, other = Key.generate(), Key.generate()
+    nonce = new_nonce()
+    assert key.check_tag(nonce) != other.check_tag(nonce)
+    assert key.check_tag(nonce) != key.check_tag(new_nonce())
+    sealed = key.seal(b"\x00" * 12, b"face mask", b"aad")
+    assert key.open(b"\x00" * 12, sealed, b"aad") == b"face mask"
+    with pytest.raises(Exception):
+        other.open(b"\x00" * 12, sealed, b"aad")
+
+
+def test_public_gaussian_is_deterministic_and_standard():
+    a = public_gaussian(b"seed", (4, 64, 64))
+    assert np.array_equal(a, public_gaussian(b"seed", (4, 64, 64)))
+    assert not np.array_equal(a, public_gaussian(b"other", (4, 64, 64)))
+    assert abs(a.mean()) < 0.05 and abs(a.std() - 1) < 0.05
