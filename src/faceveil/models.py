@@ -1,0 +1,264 @@
+"""Diffusion models: presets, loading with ``from_pretrained``, and one face of every model.
+
+A ``DiffusionModel`` hides whether a model works on pixels (``UNet2DModel`` alone) or on
+latents (``UNet2DModel`` with a ``VQModel`` or ``AutoencoderKL``): the engine sees only
+``encode``, ``decode`` and ``eps``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
+
+from faceveil.engine.ddim import to_epsilon
+from faceveil.errors import ModelUnavailableError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str  # a hub id or a local folder
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "ldm-celebahq-256",
+            "CompVis/ldm-celebahq-256",
+            "latent diffusion (VQ-f4, 3x64x64 latent) on CelebA-HQ 256: the paper's model family",
+        ),
+        Preset("ddpm-celebahq-256", "google/ddpm-ema-celebahq-256", "pixel-space DDPM on CelebA-HQ 256"),
+        Preset(
+            "faceveil-faces-64",
+            str(WEIGHTS_DIR / "faceveil-faces-64"),
+            "faceveil's own pixel model, 64x64, embedded in the package (not trained yet: no weights shipped)",
+        ),
+    )
+}
+DEFAULT_MODEL = "ldm-celebahq-256"
+
+
+@dataclass
+class DiffusionModel:
+    """A diffusers UNet, its noise schedule and an optional autoencoder, on one device."""
+
+    unet: UNet2DModel
+    scheduler: DDIMScheduler
+    autoencoder: VQModel | AutoencoderKL | None = None
+    model_id: str = "in-memory"
+    vq_quantize: bool = True
+    _weights_hash: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.unet.eval().requires_grad_(False)
+        if self.autoencoder is not None:
+            self.autoencoder.eval().requires_grad_(False)
+
+    # ---- shapes ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def latent_size(self) -> int:
+        size = self.unet.config.sample_size
+        return int(size if isinstance(size, int) else size[0])
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent cell along one side (1 for pixel models)."""
+        if self.autoencoder is None:
+            return 1
+        return 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.latent_size * self.downscale
+
+    @property
+    def kind(self) -> str:
+        return "pixel" if self.autoencoder is None else "latent"
+
+    # ---- the three operations the engine needs ---------------------------------
+    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
+        """The model's noise estimate at latent ``z`` and timestep ``t``."""
+        with torch.no_grad():
+            out = self.unet(z, torch.tensor([t], device=z.device)).sample
+        if out.shape[1] == 2 * z.shape[1]:  # learned variance: keep the mean part
+            out = out[:, : z.shape[1]]
+        alpha = float(self.scheduler.alphas_cumprod[t])
+        return to_epsilon(out, z, alpha, self.scheduler.config.prediction_type)
+
+    def _scale(self) -> float:
+        return float(self.autoencoder.config.scaling_factor) if isinstance(self.autoencoder, AutoencoderKL) else 1.0
+
+    def encode(self, x: torch.Tensor, refine_iters: int = 0, lr: float = 0.05) -> torch.Tensor:
+        """Image in [-1, 1] (B, 3, H, W) to latent; ``refine_iters`` > 0 runs decoder inversion.
+
+        Decoder inversion optimises the latent so that ``decode(z)`` matches ``x``
+        (Adam on the squared error), starting from the encoder's estimate.
+        """
+        if self.autoencoder is None:
+            return x.clone()
+        with torch.no_grad():
+            if isinstance(self.autoencoder, VQModel):
+                z = self.autoencoder.encode(x).latents
+            else:
+                z = self.autoencoder.encode(x).latent_dist.mean
+            z = z * self._scale()
+        if refine_iters <= 0:
+            return z
+        z = z.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=lr)
+        for _ in range(refine_iters):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(self._decode(z), x)
+            loss.backward()
+            optimizer.step()
+        return z.detach()
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.autoencoder, VQModel):
+            return self.autoencoder.decode(z, force_not_quantize=not self.vq_quantize).sample
+        return self.autoencoder.decode(z / self._scale()).sample
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent to image in [-1, 1] (identity for pixel models)."""
+        if self.autoencoder is None:
+            return z.clone()
+        with torch.no_grad():
+            return self._decode(z).clamp(-1, 1)
+
+    # ---- identity ---------------------------------------------------------------
+    @property
+    def weights_hash(self) -> str:
+        """SHA-256 over every weight tensor (name, dtype, shape, bytes), autoencoder included."""
+        if self._weights_hash is None:
+            digest = hashlib.sha256()
+            parts = [("unet", self.unet)] + ([("autoencoder", self.autoencoder)] if self.autoencoder else [])
+            for prefix, module in parts:
+                for name, tensor in sorted(module.state_dict().items()):
+                    t = tensor.detach().cpu().contiguous()
+                    digest.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._weights_hash = digest.hexdigest()
+        return self._weights_hash
+
+    def to(self, device: str | torch.device) -> "DiffusionModel":
+        self.unet.to(device)
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
+        return self
+
+
+# ---- loading ---------------------------------------------------------------------
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _fetch_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors", "*/*.bin"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise ModelUnavailableError(
+            f"model {repo_id!r} is not on this machine and the Hugging Face hub cannot be reached: "
+            f"on a connected machine run `huggingface-cli download {repo_id}` and copy the folder here, "
+            "then pass it with --model FOLDER"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # network errors, gated or missing repos
+        raise ModelUnavailableError(f"could not download model {repo_id!r}: {exc}".splitlines()[0]) from None
+
+
+def _component_dirs(folder: Path) -> dict[str, str]:
+    """Which subfolder holds which part: from model_index.json, else by folder names."""
+    index = folder / "model_index.json"
+    found: dict[str, str] = {}
+    if index.is_file():
+        for name, spec in json.loads(index.read_text()).items():
+            if isinstance(spec, list) and len(spec) == 2 and spec[1]:
+                found[name] = spec[1]
+    else:
+        for name in ("unet", "scheduler", "vqvae", "vae"):
+            if (folder / name).is_dir():
+                found[name] = {"vqvae": "VQModel", "vae": "AutoencoderKL"}.get(name, name)
+    return found
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu") -> DiffusionModel:
+    """Load a preset name, a hub id or a local diffusers folder (unet/, scheduler/, vqvae/ or vae/)."""
+    preset = PRESETS.get(spec)
+    source = preset.source if preset else spec
+    folder = Path(source).expanduser()
+    if preset and preset.source.startswith(str(WEIGHTS_DIR)) and not folder.is_dir():
+        raise ModelUnavailableError(f"model preset {spec!r} has no weights in this installation yet: {preset.description}")
+    if not folder.is_dir():
+        if source.startswith((".", "~", "/")) or source.count("/") > 1:
+            raise ModelUnavailableError(f"model folder {source} does not exist")
+        if "/" not in source:
+            names = ", ".join(PRESETS)
+            raise ModelUnavailableError(f"unknown model {spec!r}: use a preset ({names}), a hub id or a folder")
+        folder = _fetch_from_hub(source)
+    parts = _component_dirs(folder)
+    if "unet" not in parts:
+        raise ModelUnavailableError(f"{folder} is not a diffusers model folder (no unet/ subfolder)")
+    try:
+        unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+        scheduler = (
+            DDIMScheduler.from_pretrained(folder, subfolder="scheduler") if "scheduler" in parts else DDIMScheduler()
+        )
+        autoencoder = None
+        classes = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
+        for sub, default_cls in (("vqvae", VQModel), ("vae", AutoencoderKL)):
+            if sub in parts:
+                autoencoder = classes.get(parts[sub], default_cls).from_pretrained(folder, subfolder=sub)
+                break
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
+    return DiffusionModel(unet, scheduler, autoencoder, model_id=spec).to(device)
+
+
+def model_available(spec: str) -> bool:
+    """Whether ``spec`` can be loaded without a download (a local folder or the hub cache)."""
+    preset = PRESETS.get(spec)
+    source = preset.source if preset else spec
+    if Path(source).expanduser().is_dir():
+        return (Path(source).expanduser() / "unet").is_dir()
+    if "/" not in source:
+        return False
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(source, allow_patterns=["model_index.json", "*/config.json"], local_files_only=True)
+        return True
+    except Exception:
+        return False

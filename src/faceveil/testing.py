@@ -1,0 +1,74 @@
+"""Small diffusers models with random weights, for tests and timing benchmarks.
+
+They exercise every code path of the real models (pixel and latent, VQ and KL
+autoencoders) without any download. Their images are noise, not faces.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
+
+from faceveil.models import DiffusionModel
+
+# The architecture of CompVis/ldm-celebahq-256 (unet/ and vqvae/ configs), for timing.
+LDM_CELEBAHQ_256_UNET = dict(
+    sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+    block_out_channels=(224, 448, 672, 896), attention_head_dim=32,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+)
+LDM_CELEBAHQ_256_VQVAE = dict(
+    in_channels=3, out_channels=3, latent_channels=3, num_vq_embeddings=8192, vq_embed_dim=3,
+    block_out_channels=(128, 256, 512), layers_per_block=2, sample_size=256,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+)
+LDM_CELEBAHQ_256_SCHEDULER = dict(
+    beta_start=0.0015, beta_end=0.0195, beta_schedule="linear", num_train_timesteps=1000, clip_sample=False,
+)
+
+
+def _tiny_unet(channels: int, size: int, output_scale: float) -> UNet2DModel:
+    unet = UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
+    # A random network is far rougher than a trained noise predictor (whose eps varies
+    # smoothly with its input); shrinking its output gives a comparably smooth function.
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(output_scale)
+        unet.conv_out.bias.mul_(output_scale)
+    return unet
+
+
+def tiny_pixel_model(size: int = 32, seed: int = 0, output_scale: float = 0.1) -> DiffusionModel:
+    """A pixel-space UNet2DModel of about 0.1 M parameters on ``size``x``size`` RGB."""
+    torch.manual_seed(seed)
+    return DiffusionModel(_tiny_unet(3, size, output_scale), DDIMScheduler(**LDM_CELEBAHQ_256_SCHEDULER), model_id="tiny-pixel")
+
+
+def tiny_latent_model(
+    size: int = 32, seed: int = 0, autoencoder: str = "vq", output_scale: float = 0.1
+) -> DiffusionModel:
+    """A latent model: tiny UNet on a 4x-downsampling VQModel (``"vq"``) or AutoencoderKL (``"kl"``)."""
+    torch.manual_seed(seed)
+    common = dict(
+        in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(16, 32, 32), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=size,
+    )
+    ae = VQModel(num_vq_embeddings=64, vq_embed_dim=3, **common) if autoencoder == "vq" else AutoencoderKL(**common)
+    unet = _tiny_unet(3, size // 4, output_scale)
+    return DiffusionModel(unet, DDIMScheduler(**LDM_CELEBAHQ_256_SCHEDULER), ae, model_id=f"tiny-latent-{autoencoder}")
+
+
+def ldm_celebahq_256_random(seed: int = 0) -> DiffusionModel:
+    """The ldm-celebahq-256 architecture (UNet 274 M parameters, VQ-f4) with random weights."""
+    torch.manual_seed(seed)
+    return DiffusionModel(
+        UNet2DModel(**LDM_CELEBAHQ_256_UNET),
+        DDIMScheduler(**LDM_CELEBAHQ_256_SCHEDULER),
+        VQModel(**LDM_CELEBAHQ_256_VQVAE),
+        model_id="ldm-celebahq-256-random",
+    )
