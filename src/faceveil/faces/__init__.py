@@ -1,0 +1,39 @@
+"""Faces: detection and landmarks, FFHQ alignment, face masks, paste-back.
+
+``detect`` needs mediapipe (imported lazily on first detection); ``align``, ``mask``
+and ``paste`` only need NumPy and OpenCV.
+"""
+
+from __future__ import annotations
+
+from faceveil.faces.align import AlignTransform, align_face, alignment_transform, transform_points
+from faceveil.faces.detect import DEFAULT_MIN_SIZE, Face, detect_faces
+from faceveil.faces.mask import (
+    CANONICAL_LANDMARKS5,
+    INCLUDE_OPTIONS,
+    default_mask,
+    face_mask,
+    mask_from_uint8,
+    mask_to_uint8,
+)
+from faceveil.faces.paste import paste_back, region_bounds, region_mask, warp_to_image
+
+__all__ = [
+    "AlignTransform",
+    "CANONICAL_LANDMARKS5",
+    "DEFAULT_MIN_SIZE",
+    "Face",
+    "INCLUDE_OPTIONS",
+    "align_face",
+    "alignment_transform",
+    "default_mask",
+    "detect_faces",
+    "face_mask",
+    "mask_from_uint8",
+    "mask_to_uint8",
+    "paste_back",
+    "region_bounds",
+    "region_mask",
+    "transform_points",
+    "warp_to_image",
+]

@@ -1,0 +1,178 @@
+"""Reading photos for the pipeline: EXIF orientation, modes, limits, clear errors.
+
+``read_image`` returns the picture as a viewer shows it (EXIF orientation applied) as
+an RGB uint8 array, with any transparency kept apart. ``to_output_array`` turns an
+edited RGB array back into the kind of array the input was (grayscale, with alpha...).
+Writing is done elsewhere (``container``/``pipeline``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faceveil.errors import UsageError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "MAX_PIXELS_OPTION", "LoadedImage", "read_image", "to_output_array"]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+#: How the user raises the pixel limit (named in the error message).
+MAX_PIXELS_OPTION = "--max-pixels"
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SUPPORTED_MODES = {
+    "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+    "I", "I;16", "I;16L", "I;16B", "I;16N",
+}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedImage:
+    """A decoded photo, oriented as a viewer shows it."""
+
+    rgb: np.ndarray  # H x W x 3 uint8
+    alpha: np.ndarray | None  # H x W uint8, or None
+    mode: str  # original PIL mode ("RGB", "L", "RGBA", "P", "I;16", ...)
+    format: str | None  # PIL format name ("JPEG", "PNG", ...)
+    exif_transposed: bool  # an EXIF orientation other than 1 was applied
+    path: Path | None = None
+    n_frames: int = 1  # only the first frame of multi-frame files is read
+    icc_profile: bytes | None = None
+
+    @property
+    def is_gray(self) -> bool:
+        """Whether the original was grayscale (with or without alpha)."""
+        return self.mode in _GRAY_MODES
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+
+
+def _u16_to_u8(a: np.ndarray) -> np.ndarray:
+    """16-bit values (0..65535) to 8 bits, rounding (v / 257)."""
+    a = np.clip(a.astype(np.int64), 0, 65535)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _to_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rgb uint8 HxWx3, alpha uint8 HxW or None) for a supported PIL image."""
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        gray = _u16_to_u8(np.asarray(img))
+        return np.repeat(gray[:, :, None], 3, axis=2), None
+    if mode == "P":
+        has_alpha = "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+        mode = img.mode
+    elif mode == "PA":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    elif mode in ("RGBa", "La"):  # premultiplied alpha
+        img = img.convert("RGBA" if mode == "RGBa" else "LA")
+        mode = img.mode
+    if mode == "RGBA":
+        a = np.asarray(img)
+        return np.ascontiguousarray(a[:, :, :3]), np.ascontiguousarray(a[:, :, 3])
+    if mode == "LA":
+        a = np.asarray(img)
+        return np.repeat(a[:, :, :1], 3, axis=2), np.ascontiguousarray(a[:, :, 1])
+    if mode in ("1", "L"):
+        gray = np.asarray(img.convert("L"))
+        return np.repeat(gray[:, :, None], 3, axis=2), None
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"))), None
+
+
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode a photo fully, apply its EXIF orientation and convert it to RGB uint8.
+
+    Raises :class:`UsageError` (one line) for a missing file, a non-image, a truncated
+    or corrupt image, an image over ``max_pixels`` (``None``: no limit of our own) or an
+    unsupported mode.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"input not found: {p}")
+    if p.is_dir():
+        raise UsageError(f"input is a directory, not an image: {p}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                fmt = img.format
+                mode = img.mode
+                w, h = img.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise UsageError(
+                        f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of "
+                        f"{max_pixels:,} (raise it with {MAX_PIXELS_OPTION})"
+                    )
+                if mode not in _SUPPORTED_MODES:
+                    raise UsageError(f"unsupported image mode {mode!r} in {p.name}")
+                n_frames = int(getattr(img, "n_frames", 1) or 1)
+                img.load()  # force a full decode: truncated data raises here
+                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+                oriented = ImageOps.exif_transpose(img)
+                transposed = oriented is not None and orientation not in (1, None)
+                if oriented is None:  # pragma: no cover - old Pillow in_place semantics
+                    oriented = img
+                icc = img.info.get("icc_profile")
+                rgb, alpha = _to_arrays(oriented)
+    except UsageError:
+        raise
+    except Image.DecompressionBombError:
+        raise UsageError(
+            f"image too large: {p.name} exceeds Pillow's decompression-bomb limit"
+        ) from None
+    except UnidentifiedImageError:
+        raise UsageError(f"not an image (or an unsupported format): {p}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"corrupt or truncated image {p.name}: {reason}") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise UsageError(f"unsupported image layout {rgb.shape} in {p.name}")
+    rgb.setflags(write=False)
+    if alpha is not None:
+        alpha.setflags(write=False)
+    return LoadedImage(
+        rgb=rgb,
+        alpha=alpha,
+        mode=mode,
+        format=fmt,
+        exif_transposed=bool(transposed),
+        path=p,
+        n_frames=n_frames,
+        icc_profile=icc if isinstance(icc, bytes) else None,
+    )
+
+
+def to_output_array(loaded: LoadedImage, rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` (H x W x 3 uint8, same size as ``loaded``) in the input's kind.
+
+    Grayscale inputs give H x W (or H x W x 2 with alpha, "LA"); colour inputs give
+    H x W x 3 (or H x W x 4 with alpha, "RGBA"). The original alpha is re-attached.
+    Grayscale uses Pillow's "L" conversion (ITU-R 601-2 luma).
+    """
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise UsageError(f"expected an H x W x 3 uint8 array, got {arr.dtype} {arr.shape}")
+    if arr.shape[:2] != loaded.rgb.shape[:2]:
+        raise UsageError(
+            f"array size {arr.shape[1]}x{arr.shape[0]} differs from the input's "
+            f"{loaded.rgb.shape[1]}x{loaded.rgb.shape[0]}"
+        )
+    if loaded.is_gray:
+        out = np.asarray(Image.fromarray(np.ascontiguousarray(arr), "RGB").convert("L"))
+        if loaded.alpha is not None:
+            return np.stack([out, loaded.alpha], axis=2)
+        return out.copy()
+    if loaded.alpha is not None:
+        return np.concatenate([arr, loaded.alpha[:, :, None]], axis=2)
+    return arr.copy()

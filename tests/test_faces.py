@@ -1,0 +1,305 @@
+"""Tests of faceveil.faces: detection, alignment, masks, paste-back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faceveil.errors import UsageError
+from faceveil.faces import (
+    CANONICAL_LANDMARKS5,
+    AlignTransform,
+    align_face,
+    alignment_transform,
+    default_mask,
+    detect_faces,
+    face_mask,
+    mask_from_uint8,
+    mask_to_uint8,
+    paste_back,
+    region_mask,
+    transform_points,
+)
+from faceveil.faces.mask import FACE_OVAL
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+LFW = SHARED / "data" / "lfw" / "images"
+CELEBA = SHARED / "data" / "celeba" / "images"
+needs_shared = pytest.mark.skipif(
+    not LFW.is_dir() or not CELEBA.is_dir(),
+    reason=f"shared data not found at {SHARED} (real-photo tests need ../shared/data)",
+)
+
+# A frontal face: eyes 40 px apart, mouth 40 px below the eyes.
+LM = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 120.0], [105.0, 140.0], [135.0, 140.0]])
+
+
+def _rotate(points: np.ndarray, deg: float, centre=(120.0, 120.0)) -> np.ndarray:
+    a = np.deg2rad(deg)
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return (points - centre) @ r.T + centre
+
+
+def _lfw(name: str, n: int = 1) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(LFW / name / f"{name}_{n:04d}.jpg").convert("RGB"))
+
+
+# ------------------------------------------------------------------ transforms
+def test_transform_json_round_trip_is_exact():
+    t = alignment_transform(_rotate(LM, 17.3) * 1.37 + 0.123, 256)
+    text = json.dumps(t.to_json())
+    back = AlignTransform.from_json(json.loads(text))
+    assert back == t and back.matrix.tobytes() == t.matrix.tobytes()
+    assert AlignTransform.from_json(t.dumps()) == t
+    assert all(isinstance(v, float) for row in t.to_json()["matrix"] for v in row)
+
+
+def test_transform_from_bad_json_raises():
+    with pytest.raises(UsageError):
+        AlignTransform.from_json({"matrix": [[1, 0]], "size": 4})
+    with pytest.raises(UsageError):
+        AlignTransform.from_json({"size": 4})
+
+
+def test_inverse_and_transform_points():
+    t = alignment_transform(_rotate(LM, -23.0), 128)
+    pts = np.random.default_rng(0).uniform(-50, 300, size=(20, 2))
+    back = transform_points(transform_points(pts, t), t.inverse())
+    np.testing.assert_allclose(back, pts, atol=1e-9)
+
+
+@pytest.mark.parametrize("deg", [0.0, 30.0, -75.0])
+@pytest.mark.parametrize("size", [256, 1024])
+def test_alignment_puts_eyes_at_canonical_positions(deg, size):
+    # eyes/mouth distances equal: FFHQ quad side = 4 x eye distance, centre 0.1 below the eyes
+    lm = _rotate(LM, deg)
+    t = alignment_transform(lm, size)
+    crop_lm = transform_points(lm, t)
+    c = (size - 1) / 2
+    np.testing.assert_allclose(crop_lm[0], [c - size / 8, c - 0.025 * size], atol=1e-9)
+    np.testing.assert_allclose(crop_lm[1], [c + size / 8, c - 0.025 * size], atol=1e-9)
+    # a similarity: uniform scale, no shear
+    a = t.matrix[:, :2]
+    np.testing.assert_allclose(a @ a.T, np.eye(2) * t.scale**2, atol=1e-12)
+
+
+def test_align_face_works_from_landmarks_alone():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, size=(240, 260, 3), dtype=np.uint8)
+    img[95:106, 95:106] = 255  # a white square on the image-left eye
+    crop, t = align_face(img, LM, 128)
+    assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
+    x, y = np.rint(transform_points(LM[0], t)).astype(int)
+    assert crop[y, x].min() > 240
+    assert t == alignment_transform(LM, 128)
+    # strong downscaling takes the anti-aliased path and keeps the same transform
+    crop2, t2 = align_face(img, LM * 1.0, 16)
+    assert crop2.shape == (16, 16, 3) and t2 == alignment_transform(LM, 16)
+
+
+def test_degenerate_landmarks_raise():
+    with pytest.raises(UsageError):
+        alignment_transform(np.zeros((5, 2)), 64)
+    with pytest.raises(UsageError):
+        alignment_transform(np.zeros((4, 2)), 64)
+
+
+# ----------------------------------------------------------------------- masks
+def test_landmark_mask_covers_features_not_corners():
+    img_lm = _rotate(LM, 10.0)
+    t = alignment_transform(img_lm, 256)
+    m = face_mask(img_lm, t)
+    assert m.shape == (256, 256) and m.dtype == np.float32
+    for x, y in np.rint(transform_points(img_lm, t)).astype(int):
+        assert m[y, x] == 1.0
+    assert m[0, 0] == m[0, -1] == m[-1, 0] == m[-1, -1] == 0.0
+    assert 0.0 < (m > 0).mean() < 0.6
+    np.testing.assert_array_equal(m, face_mask(img_lm, t))  # deterministic
+    np.testing.assert_array_equal(mask_from_uint8(mask_to_uint8(m)), m)  # lossless uint8
+    assert len(np.unique(m)) > 5  # feathered edge
+
+
+def test_mask_options():
+    t = alignment_transform(LM, 128)
+    face = face_mask(LM, t)
+    more = face_mask(LM, t, include="face+hair")
+    assert np.all(more >= face) and more.sum() > face.sum() * 1.2
+    with pytest.raises(UsageError):
+        face_mask(LM, t, include="everything")
+
+
+def test_default_mask_is_centred_ellipse():
+    m = default_mask(256)
+    assert m.shape == (256, 256)
+    for x, y in np.rint(CANONICAL_LANDMARKS5 * 256).astype(int):
+        assert m[y, x] == 1.0
+    assert m[0].max() == 0 and m[-1].max() == 0 and m[:, 0].max() == 0 and m[:, -1].max() == 0
+    np.testing.assert_allclose(m, m[:, ::-1], atol=1.5 / 255)  # left-right symmetric
+    # the same ellipse as face_mask gives for canonical landmarks of an aligned crop
+    assert default_mask(64).shape == (64, 64)
+
+
+def test_face_oval_matches_mediapipe():
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_FACE_OVAL
+
+    edges = {frozenset(e) for e in FACEMESH_FACE_OVAL}
+    ring = {frozenset((a, b)) for a, b in zip(FACE_OVAL, FACE_OVAL[1:] + FACE_OVAL[:1])}
+    assert ring == edges
+
+
+# ------------------------------------------------------------------ paste-back
+@pytest.mark.parametrize("shape", [(200, 300, 3), (180, 170)])
+def test_paste_back_changes_only_the_region(shape):
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    before = img.copy()
+    lm = _rotate(LM, 20.0) + [30.0, 10.0]
+    t = alignment_transform(lm, 96)
+    crop = rng.integers(0, 256, size=(96, 96) + shape[2:], dtype=np.uint8)
+    m = face_mask(lm, t)
+    out = paste_back(img, crop, t, m)
+    np.testing.assert_array_equal(img, before)  # input untouched
+    region = region_mask(img.shape, t, m)
+    assert region.dtype == bool and region.shape == shape[:2]
+    assert 0 < region.sum() < region.size
+    np.testing.assert_array_equal(out[~region], img[~region])  # bit-identical outside
+    assert (out[region] != img[region]).mean() > 0.5
+    # the region depends on (shape, transform, mask) only and is reproducible from JSON
+    t2 = AlignTransform.from_json(json.loads(json.dumps(t.to_json())))
+    np.testing.assert_array_equal(region, region_mask(shape, t2, mask_from_uint8(mask_to_uint8(m))))
+    np.testing.assert_array_equal(region, region_mask(shape, t, mask_to_uint8(m)))
+    np.testing.assert_array_equal(out, paste_back(img, crop, t2, mask_to_uint8(m)))
+
+
+def test_paste_back_of_own_crop_is_close_and_zero_mask_is_identity():
+    y, x = np.mgrid[0:200, 0:200]
+    img = np.stack([x, y, (x + y) // 2], axis=2).astype(np.uint8)  # smooth image
+    crop, t = align_face(img, LM, 128)
+    out = paste_back(img, crop, t, default_mask(128))
+    assert np.abs(out.astype(int) - img.astype(int)).max() <= 2
+    np.testing.assert_array_equal(paste_back(img, crop, t, np.zeros((128, 128), np.float32)), img)
+    assert not region_mask(img.shape, t, np.zeros((128, 128))).any()
+
+
+def test_paste_back_face_outside_image():
+    img = np.full((50, 60, 3), 7, np.uint8)
+    t = alignment_transform(LM + 1000.0, 64)  # face far away from the image
+    out = paste_back(img, np.zeros((64, 64, 3), np.uint8), t, np.ones((64, 64)))
+    np.testing.assert_array_equal(out, img)
+
+
+def test_paste_back_rejects_mismatched_shapes():
+    t = alignment_transform(LM, 64)
+    img = np.zeros((100, 100, 3), np.uint8)
+    with pytest.raises(UsageError):
+        paste_back(img, np.zeros((32, 32, 3), np.uint8), t, np.ones((64, 64)))
+    with pytest.raises(UsageError):
+        paste_back(img, np.zeros((64, 64, 3), np.uint8), t, np.ones((32, 32)))
+
+
+# -------------------------------------------------------------- detection (real)
+def test_no_face_in_flat_image():
+    assert detect_faces(np.full((120, 160, 3), 128, np.uint8)) == []
+    with pytest.raises(UsageError):
+        detect_faces(np.zeros((10, 10), np.uint8))
+
+
+@needs_shared
+def test_detect_single_face_with_mesh_and_landmarks():
+    img = _lfw("Angela_Bassett")
+    faces = detect_faces(img)
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.mesh is not None and f.mesh.shape == (478, 2)
+    assert not f.too_small and 0.5 <= f.score <= 1.0
+    x0, y0, x1, y1 = f.box
+    w, h = x1 - x0, y1 - y0
+    lm = f.landmarks5
+    assert np.all((lm[:, 0] > x0 - 0.1 * w) & (lm[:, 0] < x1 + 0.1 * w))
+    assert np.all((lm[:, 1] > y0 - 0.1 * h) & (lm[:, 1] < y1 + 0.1 * h))
+    assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]  # image-left first
+    assert lm[3:, 1].min() > lm[:2, 1].max()  # mouth below the eyes
+    with pytest.raises(ValueError):
+        f.landmarks5[0, 0] = 0.0  # results are read-only
+
+
+@needs_shared
+def test_detect_several_faces_sorted_and_deterministic():
+    imgs = [_lfw(n) for n in ("Abel_Pacheco", "Angela_Bassett", "Ann_Veneman")]
+    tiled = np.concatenate(imgs, axis=1)
+    w = imgs[0].shape[1]
+    faces = detect_faces(tiled)
+    assert len(faces) == 3
+    for i, f in enumerate(faces):  # sorted left to right, each inside its own tile
+        assert i * w <= f.box[0] and f.box[2] <= (i + 1) * w
+        assert f.mesh is not None
+        assert np.all((f.landmarks5[:, 0] > i * w) & (f.landmarks5[:, 0] < (i + 1) * w))
+    again = detect_faces(tiled)
+    for a, b in zip(faces, again):
+        assert a.box == b.box
+        np.testing.assert_array_equal(a.landmarks5, b.landmarks5)
+        np.testing.assert_array_equal(a.mesh, b.mesh)
+
+
+@needs_shared
+def test_small_faces_are_flagged_not_dropped():
+    import cv2
+
+    img = _lfw("Ann_Veneman")
+    faces = detect_faces(img, min_size=10_000)
+    assert len(faces) == 1 and faces[0].too_small
+    # a real small face in a big photo (found by tiled detection)
+    canvas = np.full((1600, 1600, 3), 110, np.uint8)
+    small = cv2.resize(img, (90, 90), interpolation=cv2.INTER_AREA)
+    canvas[1100:1190, 300:390] = small
+    faces = detect_faces(canvas, min_size=48)
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.too_small
+    assert 300 <= (f.box[0] + f.box[2]) / 2 <= 390 and 1100 <= (f.box[1] + f.box[3]) / 2 <= 1190
+
+
+@needs_shared
+def test_alignment_of_real_face_matches_canonical_landmarks():
+    from PIL import Image
+
+    path = sorted(CELEBA.glob("*.jpg"))[0]
+    img = np.asarray(Image.open(path).convert("RGB"))
+    faces = detect_faces(img)
+    assert faces
+    f = max(faces, key=lambda f: f.score)
+    crop, t = align_face(img, f, 256)
+    again = detect_faces(crop)
+    assert len(again) >= 1
+    g = max(again, key=lambda f: f.score)
+    expected = CANONICAL_LANDMARKS5[:2] * 256 - 0.5
+    np.testing.assert_allclose(g.landmarks5[:2], expected, atol=0.05 * 256)
+    # landmarks of the original map onto the crop where the crop's own detection is
+    np.testing.assert_allclose(transform_points(f.landmarks5, t)[:2], g.landmarks5[:2], atol=0.03 * 256)
+
+
+@needs_shared
+def test_mesh_mask_and_paste_back_on_real_photo():
+    img = np.concatenate([_lfw("Abel_Pacheco"), _lfw("Angela_Bassett")], axis=1)
+    faces = detect_faces(img)
+    assert len(faces) == 2
+    out = img
+    union = np.zeros(img.shape[:2], bool)
+    for f in faces:
+        crop, t = align_face(img, f, 256)
+        m = face_mask(f, t)
+        for x, y in np.rint(transform_points(f.landmarks5, t)).astype(int):
+            assert m[y, x] == 1.0  # eyes, nose, mouth corners covered
+        assert m[:8].max() == 0 and m[:, :8].max() == 0  # background corners excluded
+        assert m[0, 0] == m[-1, -1] == 0
+        assert face_mask(f, t, "face+hair").sum() > m.sum()
+        out = paste_back(out, 255 - crop, t, m)
+        union |= region_mask(img.shape, t, m)
+    np.testing.assert_array_equal(out[~union], img[~union])
+    assert (out[union] != img[union]).mean() > 0.5
+    assert union[:, :150].any() and union[:, 150:].any()
