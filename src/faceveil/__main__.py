@@ -1,0 +1,3 @@
+from faceveil.cli import main
+
+raise SystemExit(main())
