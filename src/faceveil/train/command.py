@@ -1,0 +1,179 @@
+"""CLI hooks: ``faceveil prepare-data`` and ``faceveil train``.
+
+:func:`register` adds both subcommands to an argparse subparsers object; each sets
+``func`` to a function taking the parsed arguments and returning an exit code. Errors
+are raised as :class:`faceveil.errors.FaceveilError` (their ``exit_code`` applies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run_prepare_data", "run_train"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``prepare-data`` and ``train`` subcommands."""
+    p = subparsers.add_parser(
+        "prepare-data",
+        help="align the shared CelebA/LFW faces into a training file (.npz)",
+        description=(
+            "Detect and FFHQ-align the training faces of the shared CelebA and LFW photos "
+            "(held-out CelebA identities and every person of LFW's pairs.txt and "
+            "pairsDevTest.txt left out) and write them to one .npz file of at most 40 MB."
+        ),
+    )
+    p.add_argument("--shared", default="../shared", metavar="DIR", help="shared folder (default: ../shared)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="file to write")
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default: 64)")
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.1,
+        help="fraction of CelebA identities held out for evaluation (default: 0.1)",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N images per source (tests)")
+    p.add_argument(
+        "--max-mb", type=float, default=40.0, help="refuse a file larger than this many MB (default: 40)"
+    )
+    p.add_argument("--encoding", choices=("auto", "raw", "webp", "jpeg"), default="auto",
+                   help="auto: raw uint8 if it fits, else lossless WebP, else JPEG 4:4:4 at the best quality that fits")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_prepare_data)
+
+    t = subparsers.add_parser(
+        "train",
+        help="train (or resume) the face diffusion model",
+        description=(
+            "Train a pixel-space UNet2DModel (epsilon prediction, cosine DDPM schedule) on a "
+            "prepared face file, with EMA, periodic DDIM sample grids and checkpoints; "
+            "--resume continues from the latest checkpoint in --out, --export writes the EMA "
+            "model as a diffusers folder (unet/ + scheduler/)."
+        ),
+    )
+    t.add_argument("--data", metavar="FILE", help="face file from prepare-data")
+    t.add_argument("--out", default="runs/faces64", metavar="DIR", help="run folder (default: runs/faces64)")
+    t.add_argument("--config", choices=("tiny", "default"), default="default", help="model preset")
+    t.add_argument("--steps", type=int, default=None, help="total steps of the run (default: 20000; tiny: 200)")
+    t.add_argument("--batch-size", type=int, default=None, help="default: 128 (tiny: 8)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-4; tiny: 1e-3)")
+    t.add_argument("--warmup-steps", type=int, default=None)
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    t.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="stop with a checkpoint after this many minutes (leave ~1.5 min for start-up and saving)",
+    )
+    t.add_argument("--sample-every", type=int, default=2000, metavar="N", help="sample grid every N steps (0: end only)")
+    t.add_argument("--checkpoint-every", type=int, default=2000, metavar="N")
+    t.add_argument("--num-samples", type=int, default=16, metavar="N", help="images per sample grid (0: none)")
+    t.add_argument("--sample-steps", type=int, default=50, metavar="N", help="DDIM steps for sample grids")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--precision", choices=("auto", "bf16", "no"), default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA only)")
+    t.add_argument("--export", metavar="DIR", help="export the EMA model (diffusers folder) at the end")
+    t.add_argument("--export-only", action="store_true",
+                   help="do not train: export the latest checkpoint of --out to --export")
+    t.add_argument("--export-fp32", action="store_true", help="export fp32 weights (default fp16)")
+    t.add_argument("--export-shard-size", default=None, metavar="SIZE",
+                   help="split the exported weights into files of at most SIZE (e.g. 15MB)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+
+def run_prepare_data(args: argparse.Namespace) -> int:
+    from faceveil.errors import UsageError
+    from faceveil.train.data import prepare_dataset
+
+    shared = Path(args.shared)
+    if not (shared / "data").is_dir():
+        raise UsageError(f"shared folder not found or without data/: {shared}")
+    report = prepare_dataset(
+        shared,
+        args.output,
+        args.size,
+        holdout_fraction=args.holdout_fraction,
+        limit_per_source=args.limit,
+        max_bytes=int(args.max_mb * 1e6),
+        encoding=args.encoding,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from faceveil.errors import UsageError
+    from faceveil.train.trainer import TrainConfig, export_checkpoint, train
+
+    if args.export_only:
+        if not args.export:
+            raise UsageError("--export-only needs --export DIR")
+        path = export_checkpoint(
+            args.out, args.export, fp16=not args.export_fp32, max_shard_size=args.export_shard_size
+        )
+        print(f"exported {path}")
+        return 0
+    steps = args.steps if args.steps is not None else (200 if args.config == "tiny" else 20_000)
+    cfg = TrainConfig(
+        data=args.data,
+        out_dir=args.out,
+        preset=args.config,
+        steps=steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        mixed_precision=args.precision,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        max_minutes=args.max_minutes,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        num_samples=args.num_samples,
+        sample_steps=args.sample_steps,
+        export_dir=args.export,
+        export_fp16=not args.export_fp32,
+        export_max_shard_size=args.export_shard_size,
+        compile=args.compile,
+        progress=not args.quiet,
+    )
+    result = train(cfg)
+    mean = sum(result.losses[-100:]) / max(1, len(result.losses[-100:]))
+    print(
+        f"step {result.step}/{steps} on {result.device} ({result.num_parameters / 1e6:.1f} M params), "
+        f"{result.step - result.start_step} steps in {result.seconds:.0f} s "
+        f"({result.seconds_per_step:.3f} s/step), recent loss {mean:.4f}"
+        + (", stopped by --max-minutes" if result.stopped_by_time else "")
+    )
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+    if result.samples:
+        print(f"samples: {result.samples[-1]}")
+    if result.export_dir:
+        print(f"exported: {result.export_dir}")
+    elif args.export and result.stopped_by_time:
+        print("not exported (stopped by time); run again with --resume to finish", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m faceveil.train.command``) until the CLI wires it."""
+    from faceveil.errors import FaceveilError
+
+    parser = argparse.ArgumentParser(prog="faceveil-train")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FaceveilError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
