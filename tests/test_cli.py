@@ -12,7 +12,7 @@ from faceveil.cli import main
 from faceveil.faces.mask import default_mask
 from faceveil.pipeline import face_masks, whole_image_transform
 
-STEPS = ["--steps", "8"]
+STEPS = ["--steps", "8", "--aligned"]
 
 
 @pytest.fixture()
@@ -126,7 +126,9 @@ def test_several_inputs_go_to_a_folder_and_bad_input_exits_2(face_png, keyfile, 
     out = tmp_path / "out"
     code = main(["anonymize", str(broken), str(face_png), "--key", str(keyfile), "-o", str(out), "--model", str(pixel_model_dir), *STEPS])
     assert code == 2
-    assert (out / "face.png").is_file() and not (out / "broken.png").exists()
+    assert (out / "face.veiled.png").is_file() and not (out / "broken.veiled.png").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {e["status"] for e in manifest["files"]} == {"done", "failed"}
     assert "broken.png" in capsys.readouterr().err
 
 

@@ -15,13 +15,15 @@ import numpy as np
 
 from faceveil.container import open_header, read_record, write_image, write_veiled
 from faceveil.engine import EngineSettings
-from faceveil.errors import UsageError
-from faceveil.imageio import LoadedImage, read_image, to_output_array
+from faceveil.errors import NoFaceError, UsageError
+from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, face_mask
+from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array
 from faceveil.keys import Key
 from faceveil.models import DEFAULT_MODEL, DiffusionModel, load_model
-from faceveil.pipeline import FaceReport, Progress, Settings, anonymize_array, recover_array
+from faceveil.pipeline import FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_array
 
 VEILED_TAG = ".veiled"
+CONVERGED_RESIDUAL = 1e-4  # latent units; above it the stored residual may not make recovery exact
 RECOVERED_TAG = ".recovered"
 
 
@@ -60,6 +62,27 @@ def _model(model: DiffusionModel | str) -> DiffusionModel:
     return model if isinstance(model, DiffusionModel) else load_model(model)
 
 
+def find_faces(
+    rgb: np.ndarray, size: int, mask: str = "face", min_face: int = DEFAULT_MIN_SIZE
+) -> tuple[list[FaceJob], list[str]]:
+    """Detect every face and make its job (alignment transform and crop mask); notes for the user.
+
+    Faces below ``min_face`` pixels are anonymized too (a privacy tool never passes a
+    face through), but reported, since detection and landmarks get unreliable there.
+    """
+    faces = detect_faces(rgb, min_size=min_face)
+    jobs = []
+    for face in faces:
+        transform = alignment_transform(face, size)
+        jobs.append(FaceJob(transform, face_mask(face, transform, include=mask)))
+    small = [f for f in faces if f.too_small]
+    notes = []
+    if small:
+        sizes = ", ".join(f"{f.side:.0f} px" for f in small)
+        notes.append(f"{len(small)} face(s) below {min_face} px ({sizes}) anonymized; check them: detection is unreliable at that size")
+    return jobs, notes
+
+
 def anonymize(
     input: str | os.PathLike,
     key: Key | str | os.PathLike,
@@ -67,23 +90,52 @@ def anonymize(
     model: DiffusionModel | str = DEFAULT_MODEL,
     steps: int | None = None,
     settings: Settings | None = None,
+    aligned: bool = False,
+    mask: str = "face",
+    min_face: int = DEFAULT_MIN_SIZE,
+    allow_no_face: bool = False,
+    residual: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Result:
-    """Anonymize the face of an image file (treated as one aligned face) and write it with its header."""
+    """Anonymize every face of an image file and write the result with its faceveil header.
+
+    ``aligned=True`` treats the whole image as one already aligned face (default mask).
+    An image with no face raises ``NoFaceError`` unless ``allow_no_face`` is set, in
+    which case it is written unchanged (with a header, so ``recover`` accepts it).
+    """
     source = Path(input)
-    loaded = read_image(source)
+    loaded = read_image(source, max_pixels=max_pixels)
     target = Path(output) if output is not None else default_output(source, VEILED_TAG)
     _check_output(target, [source], overwrite)
     settings = settings or Settings()
     if steps is not None:
         settings = Settings(EngineSettings(**{**settings.engine.to_json(), "steps": steps}), settings.decoder_iters, settings.hint)
     key, model = _key(key), _model(model)
+    notes: list[str] = []
+    jobs = None
+    if not aligned:
+        jobs, notes = find_faces(loaded.rgb, model.image_size, mask=mask, min_face=min_face)
+        if not jobs and not allow_no_face:
+            raise NoFaceError(f"no face found in {source} (use --allow-no-face to pass it through, --aligned for a face crop)")
+        if not jobs:
+            notes.append("no face found: written unchanged (--allow-no-face)")
     array, record, reports = anonymize_array(
-        loaded.rgb, key, model, settings=settings, output_like=lambda rgb: to_output_array(loaded, rgb), progress=progress
+        loaded.rgb, key, model, faces=jobs, settings=settings, output_like=lambda rgb: to_output_array(loaded, rgb),
+        residual=residual, progress=progress,
     )
+    worst = max((r.max_inversion_residual for r in reports), default=0.0)
+    if not worst <= CONVERGED_RESIDUAL:  # NaN (plain DDIM inversion) counts as not converged
+        notes.append(
+            f"the inversion did not converge (worst step residual {worst:.1e}): "
+            "recovery may not be exact; raise --refine-iters"
+        )
     written = write_veiled(target, array, record, overwrite=overwrite)
-    notes = [f"header in sidecar {written[1].name}"] if len(written) > 1 else []
+    if len(written) > 1:
+        notes.append(f"header written to sidecar {written[1].name}: keep it with the image")
+    if loaded.exif_transposed:
+        notes.append("EXIF orientation applied: the output is stored upright")
     return Result(source, written, reports, notes)
 
 
@@ -92,12 +144,14 @@ def recover(
     key: Key | str | os.PathLike,
     output: str | os.PathLike | None = None,
     model: DiffusionModel | str | None = None,
+    use_residual: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Result:
     """Restore the original faces of an anonymized image file; needs only the file and the key."""
     source = Path(input)
-    loaded = read_image(source)
+    loaded = read_image(source, max_pixels=max_pixels)
     record = read_record(source)
     target = Path(output) if output is not None else default_output(source, RECOVERED_TAG)
     _check_output(target, [source], overwrite)
@@ -105,13 +159,16 @@ def recover(
     public, _ = open_header(key, record)  # wrong key or tampering stops here, before any model work
     model = _model(model if model is not None else public.get("model", {}).get("id", DEFAULT_MODEL))
     array, info = recover_array(
-        _raw_array(loaded), record, key, model, output_like=lambda rgb: to_output_array(loaded, rgb), progress=progress
+        _raw_array(loaded), record, key, model, output_like=lambda rgb: to_output_array(loaded, rgb),
+        use_residual=use_residual, progress=progress,
     )
     notes = []
     if info.pixels_changed:
         notes.append("the image was modified after anonymization (re-encoded or edited): recovery is approximate")
     if not info.used_hint:
         notes.append("no recovery hint in the header: recovery is approximate")
+    if not info.used_residual:
+        notes.append("no residual used: the faces are the model's reconstruction, not the exact original pixels")
     written = [write_image(target, array, overwrite=overwrite)]
     return Result(source, written, info.reports, notes)
 

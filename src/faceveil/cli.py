@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from faceveil import __version__
@@ -39,17 +40,46 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _outputs(inputs: list[Path], output: str | None) -> list[Path | None]:
-    """``-o`` is a file for one input, a folder for several."""
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class Task:
+    source: Path
+    target: Path | None  # None: the default name beside the input
+
+
+def _is_output_name(path: Path) -> bool:
+    return any(tag in path.name for tag in (".veiled.", ".recovered."))
+
+
+def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recovering: bool, tag: str) -> list[Task]:
+    """Expand files and folders into (input, output) pairs; ``-o`` is a file for one input file, else a folder."""
+    from faceveil.api import default_output
+
+    pairs: list[tuple[Path, Path]] = []  # (file, path relative to its root)
+    for item in map(Path, inputs):
+        if item.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for path in sorted(item.glob(pattern)):
+                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if recovering != (".veiled." in path.name) or (not recovering and _is_output_name(path)):
+                    continue
+                pairs.append((path, path.relative_to(item)))
+        else:
+            pairs.append((item, Path(item.name)))
     if output is None:
-        return [None] * len(inputs)
+        return [Task(path, None) for path, _ in pairs]
     out = Path(output)
-    if len(inputs) == 1 and not out.is_dir():
-        return [out]
+    single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
+    if single and not out.is_dir():
+        return [Task(pairs[0][0], out)]
     if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out} must be a folder when several inputs are given")
-    out.mkdir(parents=True, exist_ok=True)
-    return [out / f"{p.stem}.png" for p in inputs]
+        raise UsageError(f"-o {out} must be a folder when the input is a folder or several files")
+    for _, rel in pairs:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    return [Task(path, default_output(out / rel, tag)) for path, rel in pairs]
 
 
 def _progress_bar(desc: str):
@@ -57,6 +87,68 @@ def _progress_bar(desc: str):
 
     bar = tqdm(desc=desc, unit=" UNet evals", leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
     return bar, bar.update
+
+
+def _run_batch(args: argparse.Namespace, action, recovering: bool, tag: str) -> int:
+    """Run ``action`` on every task; one failure never stops the batch. Prints a summary."""
+    from tqdm import tqdm
+
+    from faceveil.api import default_output
+
+    tasks = plan_tasks(args.inputs, args.output, getattr(args, "recursive", False), recovering, tag)
+    if not tasks:
+        raise UsageError("no input images found" + ("" if getattr(args, "recursive", False) else " (folders: add --recursive to go into subfolders)"))
+    done, skipped, failed, manifest = 0, 0, [], []
+    first_failure = 0
+    for task in tqdm(tasks, desc="images", unit=" image", disable=len(tasks) < 2 or not sys.stderr.isatty()):
+        target = task.target or default_output(task.source, tag)
+        if args.resume and target.exists():
+            skipped += 1
+            manifest.append({"input": str(task.source), "outputs": [str(target)], "status": "skipped (exists)"})
+            continue
+        try:
+            result = action(task.source, target)
+        except FaceveilError as exc:
+            print(f"faceveil: {task.source}: {exc}", file=sys.stderr)
+            failed.append((task.source, str(exc)))
+            manifest.append({"input": str(task.source), "outputs": [], "status": "failed", "reason": str(exc)})
+            first_failure = first_failure or exc.exit_code
+            continue
+        done += 1
+        for note in result.notes:
+            print(f"faceveil: {task.source}: note: {note}", file=sys.stderr)
+        print(f"{task.source} -> {', '.join(str(p) for p in result.outputs)}")
+        manifest.append({
+            "input": str(task.source), "outputs": [str(p) for p in result.outputs], "status": "done",
+            "faces": len(result.faces), "notes": result.notes,
+        })
+    if len(tasks) > 1:
+        print(f"faceveil: {done} done, {skipped} skipped, {len(failed)} failed", file=sys.stderr)
+        for source, reason in failed:
+            print(f"  failed: {source}: {reason}", file=sys.stderr)
+    if args.output and Path(args.output).is_dir():
+        _write_manifest(Path(args.output) / "manifest.json", manifest)
+    return first_failure
+
+
+def _write_manifest(path: Path, entries: list[dict]) -> None:
+    """Merge this run's entries into the folder's manifest (latest entry per input wins)."""
+    import json
+
+    from faceveil.atomic import write_file
+
+    merged: dict[str, dict] = {}
+    if path.is_file():
+        try:
+            merged = {e["input"]: e for e in json.loads(path.read_text()).get("files", [])}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            merged = {}
+    for entry in entries:
+        if entry["status"].startswith("skipped") and entry["input"] in merged:
+            continue
+        merged[entry["input"]] = entry
+    data = {"faceveil": __version__, "files": list(merged.values())}
+    write_file(path, (json.dumps(data, indent=1) + "\n").encode(), overwrite=True)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -77,25 +169,8 @@ def _load_key(path: str):
     return Key.load(path, passphrase=passphrase)
 
 
-def _run_each(args: argparse.Namespace, action) -> int:
-    inputs = [Path(p) for p in args.inputs]
-    outputs = _outputs(inputs, args.output)
-    first_failure = 0
-    for source, target in zip(inputs, outputs):
-        try:
-            result = action(source, target)
-        except FaceveilError as exc:
-            print(f"faceveil: {source}: {exc}", file=sys.stderr)
-            first_failure = first_failure or exc.exit_code
-            continue
-        for note in result.notes:
-            print(f"faceveil: {source}: note: {note}", file=sys.stderr)
-        print(f"{source} -> {', '.join(str(p) for p in result.outputs)}")
-    return first_failure
-
-
 def _cmd_anonymize(args: argparse.Namespace) -> int:
-    from faceveil.api import anonymize
+    from faceveil.api import VEILED_TAG, anonymize
     from faceveil.engine import EngineSettings
     from faceveil.models import load_model
     from faceveil.pipeline import Settings
@@ -108,30 +183,34 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
     )
     model = load_model(args.model)
 
-    def action(source: Path, target: Path | None):
+    def action(source: Path, target: Path):
         bar, update = _progress_bar(f"anonymize {source.name}")
         with bar:
-            return anonymize(source, key, target, model=model, settings=settings, overwrite=args.overwrite, progress=update)
+            return anonymize(
+                source, key, target, model=model, settings=settings, aligned=args.aligned, mask=args.mask,
+                min_face=args.min_face, allow_no_face=args.allow_no_face, residual=not args.no_residual,
+                max_pixels=args.max_pixels, overwrite=args.overwrite, progress=update,
+            )
 
-    return _run_each(args, action)
+    return _run_batch(args, action, recovering=False, tag=VEILED_TAG)
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
-    from faceveil.api import recover
+    from faceveil.api import RECOVERED_TAG, recover
     from faceveil.models import load_model
 
     key = _load_key(args.key)
-    models: dict[str, object] = {}
+    model = load_model(args.model) if args.model else None
 
-    def action(source: Path, target: Path | None):
-        model = None
-        if args.model:
-            model = models.setdefault(args.model, load_model(args.model))
+    def action(source: Path, target: Path):
         bar, update = _progress_bar(f"recover {source.name}")
         with bar:
-            return recover(source, key, target, model=model, overwrite=args.overwrite, progress=update)
+            return recover(
+                source, key, target, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
+                overwrite=args.overwrite, progress=update,
+            )
 
-    return _run_each(args, action)
+    return _run_batch(args, action, recovering=True, tag=RECOVERED_TAG)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -144,8 +223,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    from faceveil.imageio import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--recursive", action="store_true", help="go into subfolders of folder inputs")
+    p.add_argument("--resume", action="store_true", help="skip inputs whose output already exists")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images larger than this many pixels (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from faceveil.engine import CONTEXTS, EngineSettings
+    from faceveil.faces.detect import DEFAULT_MIN_SIZE
+    from faceveil.faces.mask import INCLUDE_OPTIONS
     from faceveil.models import DEFAULT_MODEL
 
     defaults = EngineSettings()
@@ -160,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("anonymize", help="replace faces by faces of nobody, reversibly with the key")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--key", required=True, metavar="KEYFILE")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (one input) or folder (several)")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (one input file) or folder (several, or folders)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"preset, hub id or local folder (default {DEFAULT_MODEL})")
     p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps (default %(default)s)")
     p.add_argument("--refine-iters", type=int, default=defaults.refine_iters,
@@ -172,15 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trajectory re-injected outside the mask; 'own' is the paper's (not exactly reversible)")
     p.add_argument("--decoder-iters", type=int, default=0, help="decoder inversion steps for latent models (default 0)")
     p.add_argument("--no-hint", action="store_true", help="do not store the sealed recovery hint (recovery becomes approximate)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
+    p.add_argument("--no-residual", action="store_true",
+                   help="do not store the sealed residual: recovery gives the model's reconstruction, not the exact pixels")
+    p.add_argument("--aligned", action="store_true", help="the input is one aligned face crop: no detection, default mask")
+    p.add_argument("--mask", choices=INCLUDE_OPTIONS, default="face", help="what the face mask covers (default %(default)s)")
+    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_SIZE,
+                   help="faces smaller than this (pixels) are anonymized but reported (default %(default)s)")
+    p.add_argument("--allow-no-face", action="store_true", help="write images without faces unchanged instead of failing")
+    _batch_options(p)
     p.set_defaults(func=_cmd_anonymize)
 
     p = sub.add_parser("recover", help="restore the original faces with the key")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--key", required=True, metavar="KEYFILE")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (one input) or folder (several)")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (one input file) or folder (several, or folders)")
     p.add_argument("--model", default=None, help="override the model named in the header (a local copy, say)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
+    p.add_argument("--no-residual", action="store_true", help="ignore the stored residual (show the model's reconstruction)")
+    _batch_options(p)
     p.set_defaults(func=_cmd_recover)
 
     p = sub.add_parser("models", help="list model presets and whether each is available here")

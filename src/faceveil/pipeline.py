@@ -131,8 +131,11 @@ def _veil_face(
     hint: np.ndarray | None,
     decoder_iters: int,
     progress: Progress | None,
-) -> tuple[torch.Tensor, np.ndarray, FaceReport]:
-    """Run the keyed transform on one face of ``image``; returns (latent in, latent out, report)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FaceReport]:
+    """Run the keyed transform on one face of ``image``.
+
+    Returns (latent in, latent out, what the inverse transform will give back, report).
+    """
     crop = warp_crop(image, transform)
     z0 = model.encode(_to_tensor(crop, model), refine_iters=decoder_iters)
     if hint is not None:
@@ -149,26 +152,24 @@ def _veil_face(
 
     mask = masks.latent.to(z0.device)
     z_out, stats = veil(eps, schedule, z0, mask, signs, settings.engine, context, noise)
-    return z0, z_out, FaceReport(transform, stats.unet_evals, stats.max_residual)
+    # what the inverse transform will return: z0 inside the mask, the context outside
+    expected_back = mask * z0 + (1 - mask) * (context if settings.engine.context != "own" else z0)
+    return z0, z_out, expected_back, FaceReport(transform, stats.unet_evals, stats.max_residual)
 
 
-def paste_difference(
+def _difference_float(
     image: np.ndarray, before: np.ndarray, after: np.ndarray, transform: AlignTransform, alpha: np.ndarray
-) -> np.ndarray:
-    """Undo a ``paste_back`` of crop ``before`` and apply ``after`` instead.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(region, unrounded values there) of undoing a paste of crop ``before`` and pasting ``after``.
 
     ``paste_back`` wrote ``a * before + (1 - a) * original``; adding
     ``a * (after - before)`` gives ``a * after + (1 - a) * original`` without ever
     knowing ``original`` (up to the rounding of the first paste).
     """
     region = region_mask(image.shape, transform, alpha)
-    if not region.any():
-        return image.copy()
     a = warp_to_image(alpha, image.shape, transform)[region]
     delta = warp_to_image(after - before, image.shape, transform)[region]
-    out = image.copy()
-    out[region] = np.clip(np.rint(image[region] + a[:, None] * delta), 0, 255).astype(np.uint8)
-    return out
+    return region, image[region].astype(np.float64) + a[:, None] * delta
 
 
 def _read_back_rgb(output: np.ndarray) -> np.ndarray:
@@ -177,11 +178,18 @@ def _read_back_rgb(output: np.ndarray) -> np.ndarray:
         return np.repeat(output[..., None], 3, axis=2)
     if output.shape[2] == 2:
         return np.repeat(output[..., :1], 3, axis=2)
-    return output[..., :3]
+    return np.ascontiguousarray(output[..., :3])
 
 
-def _compose_output(rgb: np.ndarray, like: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
-    return like(rgb) if like else rgb
+RESIDUAL_SCALE = 4.0  # residuals are stored in quarter grey levels: exact after rounding
+
+
+@dataclass
+class FaceJob:
+    """One face to anonymize: where its crop is and what its mask covers (crop pixels)."""
+
+    transform: AlignTransform
+    mask: np.ndarray
 
 
 # ---- public array-level API -----------------------------------------------------------
@@ -189,45 +197,60 @@ def anonymize_array(
     rgb: np.ndarray,
     key: Key,
     model: DiffusionModel,
-    faces: list[tuple[AlignTransform, np.ndarray]] | None = None,
+    faces: list[FaceJob] | None = None,
     settings: Settings | None = None,
     output_like: Callable[[np.ndarray], np.ndarray] | None = None,
+    residual: bool = True,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, dict, list[FaceReport]]:
     """Anonymize faces of an RGB uint8 image; returns (output array, header record, reports).
 
-    ``faces`` lists (crop transform, crop mask) pairs; ``None`` treats the whole image
-    as one aligned face with the default mask. ``output_like`` turns the RGB result
-    into the array that will be written (e.g. back to grayscale or with alpha), so
-    the hint accounts for exactly what is saved.
+    ``faces`` lists the faces; ``None`` treats the whole image as one aligned face with
+    the default mask. ``output_like`` turns the RGB result into the array that will be
+    written (back to grayscale, alpha re-attached), so hints and residuals account for
+    exactly what is saved. Faces are veiled one after another, each on the image with
+    the previous ones veiled; recovery undoes them in reverse order, so faces whose
+    regions touch stay exact. ``residual`` stores, sealed, what the model cannot give
+    back (detail lost to the crop's resolution, the autoencoder, rounding), so that
+    recovery restores the original pixels exactly.
     """
     settings = settings or Settings()
+    like = output_like or (lambda a: a)
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if faces is None:
         size = model.image_size
-        faces = [(whole_image_transform(rgb.shape[0], rgb.shape[1], size), default_mask(size))]
+        faces = [FaceJob(whole_image_transform(rgb.shape[0], rgb.shape[1], size), default_mask(size))]
     schedule = Schedule.from_scheduler(model.scheduler, settings.engine.steps)
-    out = rgb.copy()
-    latents, reports, public_faces, private_faces = [], [], [], []
-    for transform, crop_mask in faces:
-        crop_mask = mask_from_uint8(mask_to_uint8(crop_mask))  # exactly what the header keeps
-        masks = face_masks(crop_mask, model, rgb.shape, transform)
+    current = _read_back_rgb(like(rgb))  # the image in the domain that will be written
+    reports, public_faces, private_faces = [], [], []
+    for face in faces:
+        crop_mask = mask_from_uint8(mask_to_uint8(face.mask))  # exactly what the header keeps
+        masks = face_masks(crop_mask, model, rgb.shape, face.transform)
         nonce = new_nonce()
-        _, z_out, report = _veil_face(
-            rgb, model, schedule, key, nonce, transform, masks, settings, None, settings.decoder_iters, progress
+        _, z_out, z_back, report = _veil_face(
+            current, model, schedule, key, nonce, face.transform, masks, settings, None, settings.decoder_iters, progress
         )
-        out = paste_back(out, _to_pixels(model.decode(z_out)), transform, masks.alpha)
-        latents.append((z_out, masks))
+        anonymized_crop = _to_pixels(model.decode(z_out))
+        veiled = _read_back_rgb(like(paste_back(current, anonymized_crop, face.transform, masks.alpha)))
+        private: dict = {"mask": encode_array(mask_to_uint8(crop_mask))}
+        z_read = z_out
+        if settings.hint:
+            z_read = model.encode(_to_tensor(warp_crop(veiled, face.transform), model), refine_iters=settings.decoder_iters)
+            hint = ((z_out - z_read) * masks.latent.to(z_out.device)).cpu().numpy().astype(np.float16)
+            private["hint"] = encode_array(hint)
+            z_read = z_read + torch.from_numpy(hint.astype(np.float32)).to(z_read.device) * masks.latent.to(z_read.device)
+        if residual:
+            # what recovery will compute (the engine inverts to float round-off), and what it misses
+            region, predicted = _difference_float(
+                veiled, _to_pixels(model.decode(z_read)), _to_pixels(model.decode(z_back)), face.transform, masks.alpha
+            )
+            missing = np.rint((current[region] - predicted) * RESIDUAL_SCALE)
+            private["residual"] = encode_array(missing.astype(np.int16))
         reports.append(report)
-        public_faces.append({"nonce": nonce.hex(), "transform": transform.to_json()})
-        private_faces.append({"mask": encode_array(mask_to_uint8(crop_mask))})
-    written = _compose_output(out, output_like)
-    if settings.hint:
-        seen = _read_back_rgb(written)
-        for (z_out, masks), (transform, _), private in zip(latents, faces, private_faces):
-            z_read = model.encode(_to_tensor(warp_crop(seen, transform), model), refine_iters=settings.decoder_iters)
-            delta = ((z_out - z_read) * masks.latent.to(z_out.device)).cpu().numpy().astype(np.float16)
-            private["hint"] = encode_array(delta)
+        public_faces.append({"nonce": nonce.hex(), "transform": face.transform.to_json()})
+        private_faces.append(private)
+        current = veiled
+    written = like(current)
     public = {
         "model": {"id": model.model_id, "weights_sha256": model.weights_hash, "kind": model.kind},
         "settings": settings.to_json(),
@@ -241,6 +264,7 @@ def anonymize_array(
 class RecoverInfo:
     pixels_changed: bool  # the image is not byte for byte what anonymization wrote
     used_hint: bool
+    used_residual: bool
     reports: list[FaceReport]
 
 
@@ -250,16 +274,24 @@ def recover_array(
     key: Key,
     model: DiffusionModel,
     output_like: Callable[[np.ndarray], np.ndarray] | None = None,
+    use_residual: bool = True,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, RecoverInfo]:
-    """Restore the faces of an anonymized image given its header record and the key."""
+    """Restore the faces of an anonymized image given its header record and the key.
+
+    ``array`` is the image as written (gray, gray+alpha, RGB or RGBA).
+    """
     public, private = open_header(key, record)
     try:
         settings = Settings.from_json(public["settings"])
         faces = [(AlignTransform.from_json(f["transform"]), bytes.fromhex(f["nonce"])) for f in public["faces"]]
-        masks_u8 = [decode_array(f["mask"]) for f in private["faces"]]
-        hints = [decode_array(f["hint"]) if "hint" in f else None for f in private["faces"]]
+        privates = private["faces"]
+        masks_u8 = [decode_array(f["mask"]) for f in privates]
+        hints = [decode_array(f["hint"]) if "hint" in f else None for f in privates]
+        residuals = [decode_array(f["residual"]) if "residual" in f else None for f in privates]
         expected = public["image"]
+        if len(privates) != len(faces):
+            raise ValueError("face count mismatch")
     except (KeyError, TypeError, ValueError) as exc:
         raise HeaderError(f"the faceveil header is incomplete ({exc})") from None
     if public["model"]["weights_sha256"] != model.weights_hash:
@@ -272,19 +304,24 @@ def recover_array(
             f"the image is {array.shape[1]}x{array.shape[0]} but was anonymized at "
             f"{expected['width']}x{expected['height']}; resized images cannot be recovered"
         )
-    rgb = _read_back_rgb(np.asarray(array, dtype=np.uint8))
     changed = pixels_sha256(array) != expected["pixels_sha256"]
+    current = _read_back_rgb(np.asarray(array, dtype=np.uint8))
     schedule = Schedule.from_scheduler(model.scheduler, settings.engine.steps)
-    out = rgb.copy()
-    reports = []
-    for (transform, nonce), mask_u8, hint in zip(faces, masks_u8, hints):
-        crop_mask = mask_from_uint8(mask_u8)
-        masks = face_masks(crop_mask, model, rgb.shape, transform)
-        z_in, z_out, report = _veil_face(
-            rgb, model, schedule, key, nonce, transform, masks, settings, hint, settings.decoder_iters, progress
+    reports: list[FaceReport] = []
+    for (transform, nonce), mask_u8, hint, residual in reversed(list(zip(faces, masks_u8, hints, residuals))):
+        masks = face_masks(mask_from_uint8(mask_u8), model, current.shape, transform)
+        z_in, z_out, _, report = _veil_face(
+            current, model, schedule, key, nonce, transform, masks, settings, hint, settings.decoder_iters, progress
         )
-        before, after = _to_pixels(model.decode(z_in)), _to_pixels(model.decode(z_out))
-        out = paste_difference(out, before, after, transform, masks.alpha)
-        reports.append(report)
+        region, values = _difference_float(
+            current, _to_pixels(model.decode(z_in)), _to_pixels(model.decode(z_out)), transform, masks.alpha
+        )
+        if use_residual and residual is not None and residual.shape == values.shape:
+            values = values + residual / RESIDUAL_SCALE
+        current = current.copy()
+        current[region] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        reports.insert(0, report)
+    used_residual = use_residual and all(r is not None for r in residuals)
     used_hint = all(h is not None for h in hints)
-    return _compose_output(out, output_like), RecoverInfo(changed, used_hint, reports)
+    out = output_like(current) if output_like else current
+    return out, RecoverInfo(changed, used_hint, used_residual, reports)

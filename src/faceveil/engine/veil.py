@@ -98,6 +98,8 @@ def masked_invert(
     ones). Each step starts from plain DDIM inversion and is refined by the fixed-point
     iteration ``z <- invert(w_prev, eps(z))`` until a sampling step from ``z`` lands on
     ``w_prev`` within ``refine_tol`` (max abs), or ``refine_iters`` iterations are spent.
+    Where the iteration overshoots (the noise predictor is steep there), it backtracks
+    with halved steps from the best point so far, so the residual never grows.
     """
 
     def pin(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,15 +109,20 @@ def masked_invert(
     for k in range(1, schedule.steps + 1):
         prev, a_prev, a_k, t = w[-1], schedule.alphas[k - 1], schedule.alphas[k], schedule.timesteps[k]
         z = pin(ddim_step(prev, eps_fn(prev, t), a_prev, a_k), k)
-        residual = float("nan")
+        best_z, best_residual, best_move, damping = z, float("inf"), None, 1.0
         for _ in range(refine_iters):
             eps = eps_fn(z, t)
             residual = float(((ddim_step(z, eps, a_k, a_prev) - prev) * mask).abs().max())
-            if residual <= refine_tol:
+            if residual < best_residual:  # progress: keep it, take the full fixed-point step from here
+                best_z, best_residual, damping = z, residual, 1.0
+                best_move = pin(ddim_step(prev, eps, a_prev, a_k), k) - z
+            else:  # the iteration overshot: backtrack along the best point's step
+                damping *= 0.5
+            if best_residual <= refine_tol:
                 break
-            z = pin(ddim_step(prev, eps, a_prev, a_k), k)
-        stats.step_residuals.append(residual)
-        w.append(z)
+            z = best_z + damping * best_move
+        stats.step_residuals.append(best_residual if refine_iters else float("nan"))
+        w.append(best_z)
     return w
 
 
