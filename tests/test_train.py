@@ -347,3 +347,35 @@ def test_cli_prepare_data_arguments():
     args = _parser().parse_args(["prepare-data", "-o", "x.npz"])
     assert args.shared == "../shared" and args.size == 64 and args.output == "x.npz"
     assert callable(args.func)
+
+
+def test_export_is_a_faceveil_model_and_round_trips(full_run):
+    """What training exports is what `--model FOLDER` (and the embedded preset) loads."""
+    from faceveil.engine import EngineSettings, Schedule, veil
+    from faceveil.keys import Key, new_nonce
+    from faceveil.models import load_model
+
+    model = load_model(str(full_run.export_dir))
+    assert model.kind == "pixel" and model.image_size == RES
+    assert next(model.unet.parameters()).dtype == torch.float32
+    z0 = torch.rand(1, 3, RES, RES) * 2 - 1
+    mask = torch.zeros(1, 1, RES, RES)
+    mask[..., 4:12, 4:12] = 1
+    nonce = new_nonce()
+    signs = torch.from_numpy(Key.generate().sign_pattern(nonce, tuple(z0.shape)))
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    settings = EngineSettings(steps=5, refine_iters=10, refine_tol=1e-6)
+    schedule = Schedule.from_scheduler(model.scheduler, 5)
+    anon, _ = veil(model.eps, schedule, z0, mask, signs, settings, z0 * (1 - mask), noise)
+    back, _ = veil(model.eps, schedule, anon, mask, signs, settings, z0 * (1 - mask), noise)
+    assert float((anon - z0).abs().max()) > 0.1 and float((back - z0).abs().max()) < 1e-3
+
+
+def test_embedded_preset_without_weights_says_so():
+    from faceveil.errors import ModelUnavailableError
+    from faceveil.models import PRESETS, load_model, model_available
+
+    assert "faceveil-faces-64" in PRESETS
+    if not model_available("faceveil-faces-64"):
+        with pytest.raises(ModelUnavailableError, match="no weights"):
+            load_model("faceveil-faces-64")

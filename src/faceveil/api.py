@@ -134,6 +134,8 @@ def anonymize(
     written = write_veiled(target, array, record, overwrite=overwrite)
     if len(written) > 1:
         notes.append(f"header written to sidecar {written[1].name}: keep it with the image")
+    if target.suffix.lower() in (".jpg", ".jpeg", ".webp"):
+        notes.append("lossy output: pixels outside the faces are re-encoded and recovery is approximate; use .png for exactness")
     if loaded.exif_transposed:
         notes.append("EXIF orientation applied: the output is stored upright")
     return Result(source, written, reports, notes)
