@@ -101,10 +101,14 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="time one anonymize+recover with the LDM-256 architecture")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--contexts-only", action="store_true", help="only the context comparison (seconds)")
+    parser.add_argument("--decoder-only", action="store_true", help="only the decoder-inversion figures (a minute)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.contexts_only:
         compare_contexts()
+        return
+    if args.decoder_only:
+        decoder_inversion()
         return
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
 
@@ -142,6 +146,28 @@ def main() -> None:
             refined, ev1 = round_trip_error(model, steps, 10)
             print(f"  {name:20s} {steps:5d} {plain:10.2e} {refined:10.2e} {ev0:12d} {ev1:14d}")
     compare_contexts()
+    decoder_inversion()
+
+
+def decoder_inversion() -> None:
+    """PSNR of decode(encode(x)) against x with 0..100 decoder-inversion iterations, and their cost."""
+    print("\n== Decoder inversion (latent models): PSNR of decode(z) vs the image, seconds ==")
+    g = torch.Generator().manual_seed(0)
+    for name, model in (("tiny VQ 64", tiny_latent_model(64)), ("tiny KL 64", tiny_latent_model(64, autoencoder="kl"))):
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=64, mode="bilinear") * 2 - 1
+        row = []
+        for iters in (0, 20, 50, 100):
+            start = time.perf_counter()
+            z = model.encode(x, refine_iters=iters)
+            seconds = time.perf_counter() - start
+            mse = float(((model.decode(z) - x) ** 2).mean())
+            row.append(f"{10 * np.log10(4 / mse):5.1f} dB ({seconds:4.1f} s)")
+        print(f"  {name:11s} iterations 0/20/50/100: " + "  ".join(row))
+    ldm = ldm_celebahq_256_random()
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    start = time.perf_counter()
+    ldm.encode(x, refine_iters=1)
+    print(f"  LDM-256 VQ-f4: encode + 1 decoder-inversion iteration: {time.perf_counter() - start:.1f} s")
 
 
 def compare_contexts() -> None:

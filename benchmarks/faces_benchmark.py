@@ -18,27 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from faceveil.faces import align_face, detect_faces, face_mask
+from faceveil.evaluate.lfw import pair_images as lfw_pair_images
 from faceveil.imageio import read_image
 
 
 def pair_images(pairs: Path, n: int) -> list[Path]:
     """The first ``n`` distinct image paths named by an LFW pairs file."""
-    root = pairs.parent / "images"
-    seen: dict[Path, None] = {}
-    lines = pairs.read_text().splitlines()[1:]
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3:
-            names = [(parts[0], parts[1]), (parts[0], parts[2])]
-        elif len(parts) == 4:
-            names = [(parts[0], parts[1]), (parts[2], parts[3])]
-        else:
-            continue
-        for name, num in names:
-            seen.setdefault(root / name / f"{name}_{int(num):04d}.jpg", None)
-            if len(seen) >= n:
-                return list(seen)
-    return list(seen)
+    return [pairs.parent / "images" / rel for rel in lfw_pair_images(pairs)[:n]]
 
 
 def main() -> int:

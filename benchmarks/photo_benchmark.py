@@ -24,6 +24,7 @@ from PIL import Image
 
 from faceveil.api import find_faces
 from faceveil.engine import EngineSettings
+from faceveil.evaluate.lfw import pair_images
 from faceveil.faces import detect_faces
 from faceveil.keys import Key
 from faceveil.pipeline import Settings, anonymize_array, recover_array
@@ -31,18 +32,7 @@ from faceveil.testing import tiny_pixel_model
 
 
 def view2_images(lfw: Path) -> list[Path]:
-    seen: dict[Path, None] = {}
-    for line in (lfw / "pairs.txt").read_text().splitlines()[1:]:
-        p = line.split()
-        if len(p) == 3:
-            names = [(p[0], p[1]), (p[0], p[2])]
-        elif len(p) == 4:
-            names = [(p[0], p[1]), (p[2], p[3])]
-        else:
-            continue
-        for name, num in names:
-            seen.setdefault(lfw / "images" / name / f"{name}_{int(num):04d}.jpg", None)
-    return list(seen)
+    return [lfw / "images" / rel for rel in pair_images(lfw / "pairs.txt")]
 
 
 class TimedModel:

@@ -20,7 +20,7 @@ from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, 
 from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array
 from faceveil.keys import Key
 from faceveil.models import DEFAULT_MODEL, DiffusionModel, load_model
-from faceveil.pipeline import FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_array
+from faceveil.pipeline import FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_opened
 
 VEILED_TAG = ".veiled"
 CONVERGED_RESIDUAL = 1e-4  # latent units; above it the stored residual may not make recovery exact
@@ -158,10 +158,10 @@ def recover(
     target = Path(output) if output is not None else default_output(source, RECOVERED_TAG)
     _check_output(target, [source], overwrite)
     key = _key(key)
-    public, _ = open_header(key, record)  # wrong key or tampering stops here, before any model work
+    public, private = open_header(key, record)  # wrong key or tampering stops here, before any model work
     model = _model(model if model is not None else public.get("model", {}).get("id", DEFAULT_MODEL))
-    array, info = recover_array(
-        _raw_array(loaded), record, key, model, output_like=lambda rgb: to_output_array(loaded, rgb),
+    array, info = recover_opened(
+        _raw_array(loaded), public, private, key, model, output_like=lambda rgb: to_output_array(loaded, rgb),
         use_residual=use_residual, progress=progress,
     )
     notes = []

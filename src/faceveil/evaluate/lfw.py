@@ -38,6 +38,7 @@ from faceveil.evaluate.metrics import roc_auc
 
 __all__ = [
     "LFWPair",
+    "pair_images",
     "LFWReport",
     "FarThreshold",
     "parse_pairs",
@@ -105,6 +106,15 @@ def parse_pairs(path: str | os.PathLike[str]) -> list[LFWPair]:
             a, b = _image_rel(parts[0], parts[1]), _image_rel(parts[2], parts[3])
         pairs.append(LFWPair(a, b, same, fold))
     return pairs
+
+
+def pair_images(path: str | os.PathLike[str]) -> list[str]:
+    """The distinct images of a pairs file, in file order (relative to ``images``)."""
+    seen: dict[str, None] = {}
+    for pair in parse_pairs(path):
+        seen.setdefault(pair.image_a, None)
+        seen.setdefault(pair.image_b, None)
+    return list(seen)
 
 
 def load_image(path: str | os.PathLike[str], resolution: int | None = None) -> np.ndarray:
