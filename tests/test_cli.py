@@ -136,7 +136,7 @@ def test_unavailable_model_one_clear_line(face_png, keyfile, tmp_path, capsys, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["anonymize", str(face_png), "--key", str(keyfile), "--model", "CompVis/ldm-celebahq-256"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "huggingface-cli download" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "hf download" in err and "Traceback" not in err
     assert main(["anonymize", str(face_png), "--key", str(keyfile), "--model", str(tmp_path / "nothing")]) == 2
 
 

@@ -188,10 +188,11 @@ def _fetch_from_hub(repo_id: str) -> Path:
     except Exception:
         pass
     if not _hub_reachable():
+        folder = repo_id.split("/")[-1]
         raise ModelUnavailableError(
             f"model {repo_id!r} is not on this machine and the Hugging Face hub cannot be reached: "
-            f"on a connected machine run `huggingface-cli download {repo_id}` and copy the folder here, "
-            "then pass it with --model FOLDER"
+            f"on a connected machine run `hf download {repo_id} --local-dir {folder}`, "
+            f"copy that folder here and pass --model ./{folder}"
         )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
