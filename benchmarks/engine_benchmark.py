@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--contexts-only", action="store_true", help="only the context comparison (seconds)")
     parser.add_argument("--decoder-only", action="store_true", help="only the decoder-inversion figures (a minute)")
+    parser.add_argument("--full-only", action="store_true", help="only the measured LDM-256 anonymize+recover")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.contexts_only:
@@ -109,6 +110,10 @@ def main() -> None:
         return
     if args.decoder_only:
         decoder_inversion()
+        return
+    if args.full_only:
+        print("LDM-256 architecture, random weights, one 256x256 face, 50 steps:")
+        full_run(ldm_celebahq_256_random(), 50)
         return
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
 
