@@ -1,0 +1,214 @@
+"""The anonymization methods compared side by side by ``faceveil evaluate``.
+
+Each method anonymizes the same faces (the same :class:`~faceveil.pipeline.FaceJob`
+list, i.e. the same alignment and mask) and, where it can, recovers them:
+
+``blur``       Gaussian blur inside the face region (classic, irreversible).
+``pixelate``   block averaging inside the face region (classic, irreversible).
+``paper``      the reference configuration of Labarbarie et al.: plain DDIM inversion
+               (``refine_iters=0``), the image's own trajectory outside the mask
+               (context ``"own"``), no hint, no residual, 50 + 50 steps, and at
+               recovery the face mask *recomputed* from the anonymized image (the
+               stored mask is used only where no face is found again; counted).
+``faceveil``   faceveil's defaults (refined inversion, ``"noised"`` context, hint,
+               residual).
+
+Every method changes pixels only inside the region of the face masks
+(``faces.region_mask``), so "outside pixels unchanged" is comparable across methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from faceveil.container import encode_array, open_header
+from faceveil.engine import EngineSettings
+from faceveil.faces import CANONICAL_LANDMARKS5, detect_faces, face_mask, paste_back, region_mask, transform_points
+from faceveil.faces.align import AlignTransform
+from faceveil.faces.mask import mask_to_uint8
+from faceveil.keys import Key
+from faceveil.models import DiffusionModel
+from faceveil.pipeline import FaceJob, Settings, anonymize_array, recover_array, recover_opened, warp_crop
+
+__all__ = [
+    "Anonymized",
+    "Method",
+    "BlurBaseline",
+    "PixelateBaseline",
+    "DiffusionMethod",
+    "paper_reference",
+    "faceveil_default",
+    "engine_variant",
+    "face_region",
+    "METHOD_NAMES",
+]
+
+METHOD_NAMES = ("blur", "pixelate", "paper", "faceveil")
+
+
+@dataclass
+class Anonymized:
+    """One anonymized image and what it cost."""
+
+    array: np.ndarray  # RGB uint8, same shape as the input
+    record: dict | None  # faceveil header (reversible methods), else None
+    seconds: float
+    unet_evals: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Method(Protocol):
+    """An anonymization method under evaluation."""
+
+    name: str
+    reversible: bool
+
+    def anonymize(self, rgb: np.ndarray, jobs: list[FaceJob], key: Key) -> Anonymized:
+        """Anonymize every face of ``jobs`` in ``rgb``."""
+        ...
+
+    def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:
+        """Recover the original (reversible methods); may raise ``FaceveilError``."""
+        ...
+
+
+def face_region(shape: tuple[int, ...], jobs: list[FaceJob]) -> np.ndarray:
+    """Union of the image pixels the faces' masks can change (bool ``(H, W)``)."""
+    union = np.zeros(shape[:2], dtype=bool)
+    for job in jobs:
+        union |= region_mask(shape, job.transform, job.mask)
+    return union
+
+
+def _paste_each(rgb: np.ndarray, jobs: list[FaceJob], filt) -> np.ndarray:
+    out = np.ascontiguousarray(rgb, dtype=np.uint8)
+    for job in jobs:
+        crop = warp_crop(out, job.transform).astype(np.float64)
+        out = paste_back(out, filt(crop), job.transform, job.mask)
+    return out
+
+
+@dataclass
+class BlurBaseline:
+    """Gaussian blur of the aligned crop (sigma a fraction of the crop side), pasted in the mask."""
+
+    sigma_fraction: float = 0.05
+    name: str = "blur"
+    reversible: bool = False
+
+    def anonymize(self, rgb: np.ndarray, jobs: list[FaceJob], key: Key) -> Anonymized:
+        t0 = time.perf_counter()
+
+        def blur(crop: np.ndarray) -> np.ndarray:
+            sigma = max(1.0, self.sigma_fraction * crop.shape[0])
+            return cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+        return Anonymized(_paste_each(rgb, jobs, blur), None, time.perf_counter() - t0)
+
+    def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:
+        raise NotImplementedError("blur is not reversible")
+
+
+@dataclass
+class PixelateBaseline:
+    """Block averaging: the aligned crop is cut into ``blocks`` x ``blocks`` cells."""
+
+    blocks: int = 16
+    name: str = "pixelate"
+    reversible: bool = False
+
+    def anonymize(self, rgb: np.ndarray, jobs: list[FaceJob], key: Key) -> Anonymized:
+        t0 = time.perf_counter()
+
+        def pixelate(crop: np.ndarray) -> np.ndarray:
+            n = crop.shape[0]
+            small = cv2.resize(crop, (self.blocks, self.blocks), interpolation=cv2.INTER_AREA)
+            return cv2.resize(small, (n, n), interpolation=cv2.INTER_NEAREST)
+
+        return Anonymized(_paste_each(rgb, jobs, pixelate), None, time.perf_counter() - t0)
+
+    def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:
+        raise NotImplementedError("pixelation is not reversible")
+
+
+def _nearest_face_mask(array: np.ndarray, transform: AlignTransform, include: str) -> np.ndarray | None:
+    """Mask, in ``transform``'s crop, of the face detected in ``array`` nearest the crop's
+    canonical landmarks; ``None`` when no detected face lies within 10 % of the side."""
+    size = transform.size
+    target = CANONICAL_LANDMARKS5 * size - 0.5
+    best, best_dist = None, 0.1 * size
+    for face in detect_faces(np.ascontiguousarray(array, dtype=np.uint8)):
+        dist = float(np.linalg.norm(transform_points(face.landmarks5, transform.matrix) - target, axis=1).mean())
+        if dist < best_dist:
+            best, best_dist = face, dist
+    return None if best is None else face_mask(best, transform, include)
+
+
+@dataclass
+class DiffusionMethod:
+    """faceveil's pipeline with given settings; ``recompute_mask`` re-detects the face
+    on the anonymized image at recovery (the paper's protocol) instead of using the
+    sealed mask."""
+
+    name: str
+    model: DiffusionModel
+    settings: Settings
+    residual: bool = True
+    recompute_mask: bool = False
+    mask_include: str = "face"
+    reversible: bool = True
+    masks_recomputed: int = 0
+    masks_kept: int = 0
+
+    def anonymize(self, rgb: np.ndarray, jobs: list[FaceJob], key: Key) -> Anonymized:
+        counter = [0]
+
+        def count(n: int) -> None:
+            counter[0] += n
+
+        t0 = time.perf_counter()
+        array, record, _ = anonymize_array(
+            rgb, key, self.model, faces=jobs, settings=self.settings, residual=self.residual, progress=count
+        )
+        return Anonymized(array, record, time.perf_counter() - t0, counter[0])
+
+    def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:
+        if not self.recompute_mask:
+            return recover_array(array, record, key, self.model, use_residual=self.residual)[0]
+        public, private = open_header(key, record)
+        faces = []
+        for pub, priv in zip(public["faces"], private["faces"]):
+            transform = AlignTransform.from_json(pub["transform"])
+            mask = _nearest_face_mask(array, transform, self.mask_include)
+            if mask is None:
+                self.masks_kept += 1
+                faces.append(priv)
+            else:
+                self.masks_recomputed += 1
+                faces.append({**priv, "mask": encode_array(mask_to_uint8(mask))})
+        return recover_opened(array, public, {**private, "faces": faces}, key, self.model, use_residual=self.residual)[0]
+
+
+def paper_reference(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
+    """The paper's configuration: plain DDIM inversion, own trajectory, no hint or
+    residual, mask recomputed from the anonymized image at recovery."""
+    engine = dataclasses.replace(EngineSettings(), steps=steps, refine_iters=0, context="own")
+    if "mixing" in {f.name for f in dataclasses.fields(EngineSettings)}:
+        engine = dataclasses.replace(engine, mixing="signs")  # the paper flips signs only
+    return DiffusionMethod("paper", model, Settings(engine, hint=False), residual=False, recompute_mask=True)
+
+
+def faceveil_default(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
+    """faceveil's default settings (``steps`` aside)."""
+    return DiffusionMethod("faceveil", model, Settings(dataclasses.replace(EngineSettings(), steps=steps)))
+
+
+def engine_variant(name: str, model: DiffusionModel, steps: int = 50, **engine: object) -> DiffusionMethod:
+    """faceveil's defaults with some engine settings changed (e.g. ``mixing="pairs"``)."""
+    return DiffusionMethod(name, model, Settings(dataclasses.replace(EngineSettings(), steps=steps, **engine)))
