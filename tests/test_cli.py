@@ -71,6 +71,15 @@ def test_anonymize_recover_round_trip(face_png, keyfile, pixel_model_dir, pixel_
     assert 10 * np.log10(255**2 / max((error**2).mean(), 1e-12)) > 50
 
 
+def test_pair_mixing_round_trip_through_the_cli(face_png, keyfile, pixel_model_dir, tmp_path):
+    veiled, back = tmp_path / "v.png", tmp_path / "r.png"
+    args = ["--key", str(keyfile), "--model", str(pixel_model_dir)]
+    assert main(["anonymize", str(face_png), "-o", str(veiled), "--mixing", "pairs", *args, *STEPS]) == 0
+    assert json.loads(Image.open(veiled).text["faceveil"])["public"]["settings"]["engine"]["mixing"] == "pairs"
+    assert main(["recover", str(veiled), "-o", str(back), *args]) == 0
+    assert np.array_equal(_read(back), _read(face_png))
+
+
 def test_same_key_same_nonce_deterministic_and_keys_differ(face_png, pixel_model_dir, tmp_path):
     outs = []
     for i in range(2):

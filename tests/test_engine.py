@@ -104,3 +104,23 @@ def test_plain_sampling_and_inversion_shapes(latent_model):
     z = torch.randn(1, 3, 8, 8)
     trajectory = invert(latent_model.eps, schedule, z)
     assert len(trajectory) == 5 and sample(latent_model.eps, schedule, trajectory[-1]).shape == z.shape
+
+
+def test_pair_mixing_round_trip_and_moves_magnitudes(pixel_model):
+    from faceveil.engine import scramble
+
+    z0, mask, nonce, schedule, noise, context = _setup(pixel_model)
+    key = Key.generate()
+    inside = mask.expand_as(z0) > 0
+    partner = torch.from_numpy(key.pairing(nonce, tuple(z0.shape), inside.numpy()))
+    signs = _signs(key, nonce, z0)
+    z = torch.randn(z0.shape)
+    mixed = scramble(z, signs, partner)
+    assert torch.equal(scramble(mixed, signs, partner), z)  # its own inverse
+    moved = (mixed.abs() != z.abs())[inside].float().mean()
+    assert moved > 0.99  # magnitudes no longer sit where they were (sign flips alone keep all of them)
+    assert torch.equal(mixed.abs()[inside].sort().values, z.abs()[inside].sort().values)
+    settings = EngineSettings(steps=10, refine_iters=10, refine_tol=1e-6, mixing="pairs")
+    anon, _ = veil(pixel_model.eps, schedule, z0, mask, signs, settings, context, noise, partner)
+    back, _ = veil(pixel_model.eps, schedule, anon, mask, signs, settings, context, noise, partner)
+    assert (anon - z0)[inside].abs().mean() > 0.1 and (back - z0)[inside].abs().max() < 1e-3

@@ -104,3 +104,18 @@ def test_public_gaussian_is_deterministic_and_standard():
     assert np.array_equal(a, public_gaussian(b"seed", (4, 64, 64)))
     assert not np.array_equal(a, public_gaussian(b"other", (4, 64, 64)))
     assert abs(a.mean()) < 0.05 and abs(a.std() - 1) < 0.05
+
+
+def test_pairing_is_a_keyed_involution_inside_the_mask():
+    key, nonce = Key.generate(), new_nonce()
+    shape = (1, 3, 16, 16)
+    inside = np.zeros(shape, bool)
+    inside[..., 4:12, 4:12] = True
+    p = key.pairing(nonce, shape, inside)
+    flat = inside.reshape(-1)
+    assert np.array_equal(p[p], np.arange(p.size))  # an involution
+    assert np.array_equal(p[~flat], np.flatnonzero(~flat))  # outside: fixed
+    assert np.all(flat[p[flat]]) and (p[flat] != np.flatnonzero(flat)).all()  # inside: paired inside (even count)
+    assert np.array_equal(p, key.pairing(nonce, shape, inside))
+    assert not np.array_equal(p, Key.generate().pairing(nonce, shape, inside))
+    assert not np.array_equal(p, key.pairing(new_nonce(), shape, inside))

@@ -177,7 +177,10 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
 
     key = _load_key(args.key)
     settings = Settings(
-        EngineSettings(steps=args.steps, refine_iters=args.refine_iters, refine_tol=args.refine_tol, context=args.context),
+        EngineSettings(
+            steps=args.steps, refine_iters=args.refine_iters, refine_tol=args.refine_tol, context=args.context,
+            mixing=args.mixing,
+        ),
         decoder_iters=args.decoder_iters,
         hint=not args.no_hint,
     )
@@ -234,7 +237,7 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from faceveil.engine import CONTEXTS, EngineSettings
+    from faceveil.engine import CONTEXTS, MIXINGS, EngineSettings
     from faceveil.faces.detect import DEFAULT_MIN_SIZE
     from faceveil.faces.mask import INCLUDE_OPTIONS
     from faceveil.models import DEFAULT_MODEL
@@ -261,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-tol", type=float, default=defaults.refine_tol, help="refinement tolerance (default %(default)s)")
     p.add_argument("--context", choices=CONTEXTS, default=defaults.context,
                    help="trajectory re-injected outside the mask; 'own' is the paper's (not exactly reversible)")
+    p.add_argument("--mixing", choices=MIXINGS, default=defaults.mixing,
+                   help="what the key does to the noise: flip signs (the paper), or also swap secret pairs of "
+                        "coordinates, which stops linking an original to its anonymized version by noise magnitudes")
     p.add_argument("--decoder-iters", type=int, default=0, help="decoder inversion steps for latent models (default 0)")
     p.add_argument("--no-hint", action="store_true", help="do not store the sealed recovery hint (recovery becomes approximate)")
     p.add_argument("--no-residual", action="store_true",
@@ -285,12 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list model presets and whether each is available here")
     p.set_defaults(func=_cmd_models)
 
-    try:
-        from faceveil.train.command import register as register_train
-    except ImportError:
-        register_train = None
-    if register_train is not None:
-        register_train(sub)
+    from faceveil.evaluate.command import register as register_evaluate
+    from faceveil.train.command import register as register_train
+
+    register_evaluate(sub)
+    register_train(sub)
     return parser
 
 

@@ -220,6 +220,28 @@ class Key:
         bits = np.unpackbits(np.frombuffer(_stream(self._derive(label), (n + 7) // 8), dtype=np.uint8), bitorder="little")
         return (1.0 - 2.0 * bits[:n].astype(np.float32)).reshape(shape)
 
+    def pairing(self, nonce: bytes, shape: tuple[int, ...], inside: np.ndarray) -> np.ndarray:
+        """A secret involution of the flat indices of ``shape``: pairs up the ``inside`` ones at random.
+
+        Indices outside map to themselves. Swapping paired noise coordinates (with the
+        sign pattern) moves every magnitude to a secret place, which breaks the
+        magnitude linkage that a plain sign flip leaves (METHOD.md, security notes).
+        """
+        if len(nonce) != NONCE_BYTES:
+            raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+        chosen = np.flatnonzero(np.asarray(inside, dtype=bool).reshape(-1))
+        n = len(chosen)
+        label = b"pairs/" + nonce + b"/" + "x".join(map(str, shape)).encode() + b"/" + str(n).encode()
+        draws = np.frombuffer(_stream(self._derive(label), 8 * max(n, 1)), dtype="<u8")
+        order = chosen.copy()
+        for i in range(n - 1, 0, -1):  # Fisher-Yates; modulo bias below 2**-50 for any latent size
+            j = int(draws[i] % np.uint64(i + 1))
+            order[i], order[j] = order[j], order[i]
+        partner = np.arange(int(np.prod(shape)), dtype=np.int64)
+        first, second = order[0 : n - 1 : 2], order[1:n:2]
+        partner[first], partner[second] = second, first
+        return partner
+
     def check_tag(self, file_nonce: bytes) -> bytes:
         """A 16-byte tag binding this key to one file; unlinkable across files."""
         return hmac.new(self._derive(b"check"), b"check/" + file_nonce, hashlib.sha256).digest()[:16]

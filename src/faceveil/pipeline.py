@@ -151,7 +151,11 @@ def _veil_face(
         return model.eps(z, t)
 
     mask = masks.latent.to(z0.device)
-    z_out, stats = veil(eps, schedule, z0, mask, signs, settings.engine, context, noise)
+    partner = None
+    if settings.engine.mixing == "pairs":
+        inside = masks.latent.expand(shape).numpy() > 0
+        partner = torch.from_numpy(key.pairing(nonce, shape, inside))
+    z_out, stats = veil(eps, schedule, z0, mask, signs, settings.engine, context, noise, partner)
     # what the inverse transform will return: z0 inside the mask, the context outside
     expected_back = mask * z0 + (1 - mask) * (context if settings.engine.context != "own" else z0)
     return z0, z_out, expected_back, FaceReport(transform, stats.unet_evals, stats.max_residual)

@@ -1,9 +1,9 @@
 """The diffusion engine: stateless DDIM steps and the keyed masked transform."""
 
 from faceveil.engine.ddim import Schedule, ddim_step, invert, sample
-from faceveil.engine.veil import CONTEXTS, EngineSettings, VeilStats, masked_invert, masked_sample, veil
+from faceveil.engine.veil import CONTEXTS, MIXINGS, EngineSettings, VeilStats, masked_invert, masked_sample, scramble, veil
 
 __all__ = [
-    "CONTEXTS", "EngineSettings", "Schedule", "VeilStats",
-    "ddim_step", "invert", "masked_invert", "masked_sample", "sample", "veil",
+    "CONTEXTS", "MIXINGS", "EngineSettings", "Schedule", "VeilStats",
+    "ddim_step", "invert", "masked_invert", "masked_sample", "sample", "scramble", "veil",
 ]

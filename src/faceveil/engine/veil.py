@@ -31,6 +31,7 @@ import torch
 from faceveil.engine.ddim import EpsFn, Schedule, ddim_step, invert, sample_step
 
 CONTEXTS = ("inverted", "noised", "own")
+MIXINGS = ("signs", "pairs")
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,13 @@ class EngineSettings:
     refine_iters: int = 10
     refine_tol: float = 1e-5
     context: str = "noised"
+    mixing: str = "signs"  # "pairs": also swap keyed pairs of coordinates (breaks magnitude linkage)
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
             raise ValueError(f"context must be one of {', '.join(CONTEXTS)}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}")
         if self.steps < 1 or self.refine_iters < 0 or self.refine_tol < 0:
             raise ValueError("steps must be >= 1, refine_iters and refine_tol >= 0")
 
@@ -53,7 +57,7 @@ class EngineSettings:
 
     @classmethod
     def from_json(cls, data: dict) -> "EngineSettings":
-        return cls(**{k: data[k] for k in ("steps", "refine_iters", "refine_tol", "context")})
+        return cls(**{k: data[k] for k in ("steps", "refine_iters", "refine_tol", "context")}, mixing=data.get("mixing", "signs"))
 
 
 @dataclass
@@ -136,6 +140,20 @@ def masked_sample(
     return z
 
 
+def scramble(z: torch.Tensor, signs: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
+    """The key's operation on noise: ``signs * z``, or with ``partner``, ``s_i * z[partner(i)]``.
+
+    Paired coordinates share one sign, so applying it twice gives ``z`` back.
+    """
+    if partner is None:
+        return signs * z
+    flat, s = z.reshape(-1), signs.reshape(-1)
+    partner = partner.to(z.device)
+    index = torch.arange(flat.numel(), device=z.device)
+    shared = torch.where(partner < index, s[partner], s)  # each pair takes its first member's sign
+    return (shared * flat[partner]).reshape(z.shape)
+
+
 def veil(
     eps_fn: EpsFn,
     schedule: Schedule,
@@ -145,12 +163,15 @@ def veil(
     settings: EngineSettings,
     context_latent: torch.Tensor | None = None,
     context_noise: torch.Tensor | None = None,
+    partner: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, VeilStats]:
     """Anonymize (or, with the same ``signs``, recover) one clean latent ``z0``.
 
     ``mask`` (broadcastable to ``z0``, 1 inside the face) and ``signs`` (+1/-1, shape of
     ``z0``) select and flip the noise. ``context_latent`` is required for the
     ``"inverted"`` and ``"noised"`` contexts, ``context_noise`` for ``"noised"``.
+    ``partner`` (an involution of the flat indices, see ``Key.pairing``) also swaps
+    paired noise coordinates; the whole key operation stays its own inverse.
     """
     stats = VeilStats()
     counted = _CountingEps(eps_fn, stats)
@@ -170,5 +191,5 @@ def veil(
                 raise ValueError("context 'noised' needs context noise")
             context = noised_trajectory(schedule, context_latent, context_noise)
         zN = masked_invert(counted, schedule, z0, mask, context, settings.refine_iters, settings.refine_tol, stats)[-1]
-    flipped = mask * signs * zN + (1 - mask) * zN
+    flipped = mask * scramble(zN, signs, partner) + (1 - mask) * zN
     return masked_sample(counted, schedule, flipped, mask, context), stats
