@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from faceveil.errors import UsageError
+
+
+@contextmanager
+def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Yield a temporary file beside ``path``; on success it replaces ``path`` whole.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_temp(directory: Path, data: bytes, mode: int) -> Path:
@@ -46,11 +69,6 @@ def write_file(path: Path, data: bytes, overwrite: bool = False, mode: int = 0o6
     path = Path(path)
     if not overwrite:
         return write_new_file(path, data, mode)
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = _write_temp(directory, data, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, mode) as handle:
+        handle.write(data)
     return path

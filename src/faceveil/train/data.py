@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from faceveil.atomic import atomic_output
 from faceveil.errors import UsageError
 
 __all__ = [
@@ -207,19 +207,9 @@ def _decode(data: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], compressed: bool) -> int:
     """Write atomically; return the file size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
-        size = os.path.getsize(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return size
+    with atomic_output(path) as fh:
+        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+    return os.path.getsize(path)
 
 
 def save_faces(

@@ -26,7 +26,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from faceveil.atomic import atomic_output
 from faceveil.errors import UsageError
 
 __all__ = [
@@ -301,16 +301,8 @@ class _Batches:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as fh:
+        torch.save(obj, fh)
 
 
 _CKPT_RE = re.compile(r"^ckpt_(\d{8,})\.pt$")
