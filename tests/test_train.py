@@ -104,6 +104,10 @@ def test_default_preset_parameter_count():
         unet = UNet2DModel(**trainer.model_config("default", 64))
     n = sum(p.numel() for p in unet.parameters())
     assert 20e6 <= n <= 40e6, n
+    with torch.device("meta"):
+        small = UNet2DModel(**trainer.model_config("small", 64))
+    assert 3e6 <= sum(p.numel() for p in small.parameters()) <= 6e6
+    assert trainer.TrainConfig(preset="small").resolved().batch_size == 32
 
 
 def test_overfit_fixed_batch(images):
