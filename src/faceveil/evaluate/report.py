@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from faceveil.atomic import atomic_output, write_file
+
 __all__ = ["to_jsonable", "fmt", "save_grid", "save_histograms", "render_markdown", "write_report"]
 
 
@@ -78,7 +80,8 @@ def save_grid(rows: Sequence[dict[str, np.ndarray]], path: Path, columns: Sequen
             if r == 0:
                 ax.set_title(name, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as fh:
+        fig.savefig(fh, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -113,7 +116,8 @@ def save_histograms(
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as fh:
+        fig.savefig(fh, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -324,6 +328,7 @@ def write_report(
         save_histograms(emb, lfw[0], lfw[1], series, thr, fig_dir / f"similarity_{emb}.png")
         figures[f"similarity ({emb})"] = f"figures/similarity_{emb}.png"
     results = {**results, "figures": figures}
-    (out_dir / "results.json").write_text(json.dumps(to_jsonable(results), indent=1) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(results, figures))
+    text = json.dumps(to_jsonable(results), indent=1) + "\n"
+    write_file(out_dir / "results.json", text.encode(), overwrite=True)
+    write_file(out_dir / "report.md", render_markdown(results, figures).encode(), overwrite=True)
     return {"report": out_dir / "report.md", "json": out_dir / "results.json", "figures": fig_dir}
