@@ -45,6 +45,12 @@ PRESETS: dict[str, Preset] = {
             str(WEIGHTS_DIR / "faceveil-faces-64"),
             "faceveil's own pixel model, 64x64, embedded in the package (not trained yet: no weights shipped)",
         ),
+        Preset(
+            "faceveil-faces-64-draft",
+            str(WEIGHTS_DIR / "faceveil-faces-64-draft"),
+            "faceveil's draft pixel model, 64x64, 4.3 M parameters, trained 64 min on a 2-core CPU "
+            "(embedded, offline): for trials and evaluation runs, far below a GPU-trained model (MODEL_CARD.md)",
+        ),
     )
 }
 DEFAULT_MODEL = "ldm-celebahq-256"
