@@ -20,10 +20,9 @@ from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, 
 from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array
 from faceveil.keys import Key
 from faceveil.models import DEFAULT_MODEL, DiffusionModel, load_model
-from faceveil.pipeline import FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_opened
+from faceveil.pipeline import CONVERGED_RESIDUAL, FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_opened
 
 VEILED_TAG = ".veiled"
-CONVERGED_RESIDUAL = 1e-4  # latent units; above it the stored residual may not make recovery exact
 RECOVERED_TAG = ".recovered"
 
 
@@ -129,7 +128,8 @@ def anonymize(
     if not worst <= CONVERGED_RESIDUAL:  # NaN (plain DDIM inversion) counts as not converged
         notes.append(
             f"the inversion did not converge (worst step residual {worst:.1e}): "
-            "recovery may not be exact; raise --refine-iters"
+            + ("recovery was replayed so that the stored residual keeps it exact (twice the cost; raise --refine-iters or --steps)"
+               if residual else "recovery may not be exact; raise --refine-iters")
         )
     written = write_veiled(target, array, record, overwrite=overwrite)
     if len(written) > 1:

@@ -186,6 +186,7 @@ def _read_back_rgb(output: np.ndarray) -> np.ndarray:
 
 
 RESIDUAL_SCALE = 4.0  # residuals are stored in quarter grey levels: exact after rounding
+CONVERGED_RESIDUAL = 1e-4  # latent units; a worse inversion step makes anonymization replay recovery
 
 
 @dataclass
@@ -237,17 +238,27 @@ def anonymize_array(
         anonymized_crop = _to_pixels(model.decode(z_out))
         veiled = _read_back_rgb(like(paste_back(current, anonymized_crop, face.transform, masks.alpha)))
         private: dict = {"mask": encode_array(mask_to_uint8(crop_mask))}
-        z_read = z_out
+        z_read, hint = z_out, None
         if settings.hint:
             z_read = model.encode(_to_tensor(warp_crop(veiled, face.transform), model), refine_iters=settings.decoder_iters)
             hint = ((z_out - z_read) * masks.latent.to(z_out.device)).cpu().numpy().astype(np.float16)
             private["hint"] = encode_array(hint)
             z_read = z_read + torch.from_numpy(hint.astype(np.float32)).to(z_read.device) * masks.latent.to(z_read.device)
-        if residual:
-            # what recovery will compute (the engine inverts to float round-off), and what it misses
+        if residual and report.max_inversion_residual <= CONVERGED_RESIDUAL:
+            # the engine inverted to float round-off: recovery will compute z_back from z_read
             region, predicted = _difference_float(
                 veiled, _to_pixels(model.decode(z_read)), _to_pixels(model.decode(z_back)), face.transform, masks.alpha
             )
+        elif residual:
+            # the inversion did not converge (a rough model, few steps): replay recovery to
+            # learn exactly what it will compute, so the residual still makes it exact
+            z_in, z_rec, _, _ = _veil_face(
+                veiled, model, schedule, key, nonce, face.transform, masks, settings, hint, settings.decoder_iters, progress
+            )
+            region, predicted = _difference_float(
+                veiled, _to_pixels(model.decode(z_in)), _to_pixels(model.decode(z_rec)), face.transform, masks.alpha
+            )
+        if residual:
             missing = np.rint((current[region] - predicted) * RESIDUAL_SCALE)
             private["residual"] = encode_array(missing.astype(np.int16))
         reports.append(report)
