@@ -244,21 +244,19 @@ def anonymize_array(
             hint = ((z_out - z_read) * masks.latent.to(z_out.device)).cpu().numpy().astype(np.float16)
             private["hint"] = encode_array(hint)
             z_read = z_read + torch.from_numpy(hint.astype(np.float32)).to(z_read.device) * masks.latent.to(z_read.device)
-        if residual and report.max_inversion_residual <= CONVERGED_RESIDUAL:
-            # the engine inverted to float round-off: recovery will compute z_back from z_read
-            region, predicted = _difference_float(
-                veiled, _to_pixels(model.decode(z_read)), _to_pixels(model.decode(z_back)), face.transform, masks.alpha
-            )
-        elif residual:
-            # the inversion did not converge (a rough model, few steps): replay recovery to
-            # learn exactly what it will compute, so the residual still makes it exact
-            z_in, z_rec, _, _ = _veil_face(
-                veiled, model, schedule, key, nonce, face.transform, masks, settings, hint, settings.decoder_iters, progress
-            )
-            region, predicted = _difference_float(
-                veiled, _to_pixels(model.decode(z_in)), _to_pixels(model.decode(z_rec)), face.transform, masks.alpha
-            )
         if residual:
+            if report.max_inversion_residual <= CONVERGED_RESIDUAL:
+                # the engine inverted to float round-off: recovery will compute z_back from z_read
+                z_start, z_end = z_read, z_back
+            else:
+                # the inversion did not converge (a rough model, few steps): replay recovery to
+                # learn exactly what it will compute, so the residual still makes it exact
+                z_start, z_end, _, _ = _veil_face(
+                    veiled, model, schedule, key, nonce, face.transform, masks, settings, hint, settings.decoder_iters, progress
+                )
+            region, predicted = _difference_float(
+                veiled, _to_pixels(model.decode(z_start)), _to_pixels(model.decode(z_end)), face.transform, masks.alpha
+            )
             missing = np.rint((current[region] - predicted) * RESIDUAL_SCALE)
             private["residual"] = encode_array(missing.astype(np.int16))
         reports.append(report)
