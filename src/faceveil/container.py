@@ -1,29 +1,39 @@
-"""The faceveil header: a versioned, authenticated record carried with an anonymized image.
+"""The faceveil header: a versioned, authenticated, compact record carried with an anonymized image.
 
-Layout (JSON)::
+Record (in memory)::
 
-    {"faceveil": 1, "file_nonce": b64, "check": b64, "public": {...},
-     "seal_nonce": b64, "sealed": b64}
+    {"faceveil": 2, "file_nonce": b64, "check": b64, "public": {...}, "seal_nonce": b64,
+     "sealed": bytes}
 
 ``public`` holds what anyone may read (model, engine settings, per-face nonces and
 geometry, a hash of the anonymized pixels); ``sealed`` is ChaCha20-Poly1305 over the
-private part (face masks, recovery hints, residuals) with everything else as associated
-data, so changing any byte of the header is detected. ``check`` is an HMAC of
-``file_nonce`` under the key: it tells "wrong key" apart from "tampered header".
+private part (face outlines, colour fits, recovery hints, residuals) with everything
+else as associated data, so changing any byte of the header is detected. ``check`` is
+an HMAC of ``file_nonce`` under the key: it tells "wrong key" apart from "tampered".
 
-In a PNG the record is an ``iTXt`` chunk named ``faceveil``; other formats get a
-sidecar file ``NAME.veil.json`` beside the image.
+On disk the record is binary (``pack_record``): ``faceveil`` magic, version byte, the
+length-prefixed canonical JSON of everything but ``sealed``, then the sealed bytes. The
+private part is binary too (``pack_private``): byte strings in it (residual images,
+hints) travel as raw blobs, not base64. In a PNG the record is a private ancillary
+chunk ``veIL`` (read here with a bound, never through Pillow's text limits); other
+formats get a sidecar ``NAME.veil`` with the same bytes.
+
+Bounds: a record may be at most ``header_bound(height, width)`` bytes (1 MiB plus 4
+bytes per pixel, at most ``MAX_HEADER_BYTES``); a larger one is refused before it is read.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import io
 import json
 import secrets
+import struct
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -32,10 +42,15 @@ from faceveil.atomic import write_file
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
 from faceveil.keys import InvalidTag, Key, canonical_json, new_nonce
 
-FORMAT_VERSION = 1
-PNG_KEYWORD = "faceveil"
-SIDECAR_SUFFIX = ".veil.json"
-MAX_HEADER_BYTES = 256 * 1024 * 1024
+FORMAT_VERSION = 2
+MAGIC = b"faceveil"
+PNG_CHUNK = b"veIL"  # ancillary, private, not safe to copy (it depends on the pixels)
+LEGACY_PNG_KEYWORD = b"faceveil"  # format 1: an iTXt chunk
+SIDECAR_SUFFIX = ".veil"
+MAX_HEADER_BYTES = 256 * 1024 * 1024  # hard ceiling, whatever the image
+MAX_PUBLIC_BYTES = 1024 * 1024
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BLOB = "$blob"
 
 
 def b64(data: bytes) -> str:
@@ -46,27 +61,94 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-def encode_array(array: np.ndarray) -> dict:
-    """A numpy array as a JSON-safe dict (zlib-compressed bytes)."""
-    array = np.ascontiguousarray(array)
-    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": b64(zlib.compress(array.tobytes(), 9))}
-
-
-def decode_array(obj: dict) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(unb64(obj["data"])), dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+def header_bound(height: int, width: int) -> int:
+    """The largest record accepted for an image of ``height`` x ``width`` pixels."""
+    return min(MAX_HEADER_BYTES, (1 << 20) + 4 * max(0, int(height)) * max(0, int(width)))
 
 
 def pixels_sha256(array: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+# ---- arrays and the private part ----------------------------------------------------
+def encode_array(array: np.ndarray) -> dict:
+    """A small numpy array as a dict for the private part (raw bytes, zlib-compressed)."""
+    array = np.ascontiguousarray(array)
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": zlib.compress(array.tobytes(), 9)}
+
+
+def decode_array(obj: dict, max_bytes: int = MAX_HEADER_BYTES) -> np.ndarray:
+    """Inverse of :func:`encode_array`; refuses shapes whose size does not match the data."""
+    dtype = np.dtype(obj["dtype"])
+    shape = [int(n) for n in obj["shape"]]
+    if any(n < 0 for n in shape):
+        raise ValueError("negative array dimension")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected > max_bytes:
+        raise ValueError("array too large")
+    data = obj["data"]
+    raw = zlib.decompressobj().decompress(data if isinstance(data, bytes) else unb64(data), expected + 1)
+    if len(raw) != expected:
+        raise ValueError("array data does not match its shape")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+def pack_private(obj: Any) -> bytes:
+    """Binary form of a JSON-like tree whose leaves may be ``bytes`` (kept raw, not base64)."""
+    blobs: list[bytes] = []
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, (bytes, bytearray)):
+            blobs.append(bytes(node))
+            return {_BLOB: len(blobs) - 1}
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [strip(v) for v in node]
+        return node
+
+    tree = canonical_json(strip(obj))
+    parts = [struct.pack(">II", len(tree), len(blobs)), tree]
+    for blob in blobs:
+        parts += [struct.pack(">I", len(blob)), blob]
+    return b"".join(parts)
+
+
+def unpack_private(data: bytes) -> Any:
+    """Inverse of :func:`pack_private`."""
+    view = memoryview(data)
+    tree_len, count = struct.unpack_from(">II", view, 0)
+    pos = 8 + tree_len
+    if pos > len(view) or count > len(view):
+        raise ValueError("truncated private part")
+    tree = json.loads(bytes(view[8:pos]))
+    blobs = []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">I", view, pos)
+        pos += 4
+        if pos + size > len(view):
+            raise ValueError("truncated private part")
+        blobs.append(bytes(view[pos : pos + size]))
+        pos += size
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {_BLOB}:
+                return blobs[int(node[_BLOB])]
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        return node
+
+    return fill(tree)
+
+
+# ---- sealing ----------------------------------------------------------------------
 def _aad(record: dict) -> bytes:
     return canonical_json({k: record[k] for k in ("faceveil", "file_nonce", "check", "public", "seal_nonce")})
 
 
-def seal_header(key: Key, public: dict, private: dict) -> dict:
+def seal_header(key: Key, public: dict, private: Any) -> dict:
     """Build an authenticated header record; ``private`` is encrypted under ``key``."""
     file_nonce = new_nonce()
     record = {
@@ -76,12 +158,11 @@ def seal_header(key: Key, public: dict, private: dict) -> dict:
         "public": public,
         "seal_nonce": b64(secrets.token_bytes(12)),
     }
-    plaintext = zlib.compress(canonical_json(private), 9)
-    record["sealed"] = b64(key.seal(unb64(record["seal_nonce"]), plaintext, _aad(record)))
+    record["sealed"] = key.seal(unb64(record["seal_nonce"]), pack_private(private), _aad(record))
     return record
 
 
-def open_header(key: Key, record: dict) -> tuple[dict, dict]:
+def open_header(key: Key, record: dict) -> tuple[dict, Any]:
     """Verify a header record and decrypt its private part.
 
     Raises ``WrongKeyError`` when the key is not the one used, ``HeaderError`` when
@@ -95,7 +176,9 @@ def open_header(key: Key, record: dict) -> tuple[dict, dict]:
         file_nonce = unb64(record["file_nonce"])
         check = unb64(record["check"])
         seal_nonce = unb64(record["seal_nonce"])
-        sealed = unb64(record["sealed"])
+        sealed = record["sealed"]
+        if not isinstance(sealed, bytes) or not isinstance(record["public"], dict):
+            raise TypeError
         public = record["public"]
         aad = _aad(record)
     except (KeyError, TypeError, ValueError):
@@ -103,24 +186,54 @@ def open_header(key: Key, record: dict) -> tuple[dict, dict]:
     if not hmac.compare_digest(check, key.check_tag(file_nonce)):
         raise WrongKeyError("wrong key: this file was anonymized with a different key")
     try:
-        private = json.loads(zlib.decompress(key.open(seal_nonce, sealed, aad)))
+        plaintext = key.open(seal_nonce, sealed, aad)
     except InvalidTag:
         raise HeaderError("the faceveil header has been tampered with (authentication failed)") from None
-    except (zlib.error, ValueError):
+    except ValueError:
+        raise HeaderError("the faceveil header is malformed (invalid seal)") from None
+    try:
+        private = unpack_private(plaintext)
+    except (struct.error, ValueError, KeyError, IndexError, TypeError):
         raise HeaderError("the faceveil header's private part is corrupt") from None
     return public, private
 
 
-# ---- carrying the record with an image ----------------------------------------------
+# ---- the record on disk ---------------------------------------------------------------
+def pack_record(record: dict) -> bytes:
+    """The binary form of a record (what the PNG chunk and the sidecar hold)."""
+    head = canonical_json({k: record[k] for k in ("faceveil", "file_nonce", "check", "public", "seal_nonce")})
+    return MAGIC + struct.pack(">BI", FORMAT_VERSION, len(head)) + head + record["sealed"]
+
+
+def unpack_record(data: bytes, where: str = "the file") -> dict:
+    """Inverse of :func:`pack_record`; a clear ``HeaderError`` for anything malformed."""
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 5:
+        raise HeaderError(f"the faceveil header of {where} is malformed")
+    version, head_len = struct.unpack_from(">BI", data, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise HeaderError(f"{where} has faceveil header format {version}; this faceveil reads format {FORMAT_VERSION}")
+    start = len(MAGIC) + 5
+    if head_len > min(MAX_PUBLIC_BYTES, len(data) - start):
+        raise HeaderError(f"the faceveil header of {where} is malformed (public part too large or truncated)")
+    try:
+        head = json.loads(data[start : start + head_len])
+    except ValueError:
+        raise HeaderError(f"the faceveil header of {where} is not valid JSON") from None
+    if not isinstance(head, dict):
+        raise HeaderError(f"the faceveil header of {where} is malformed")
+    head["sealed"] = bytes(data[start + head_len :])
+    return head
+
+
 def sidecar_path(image_path: Path) -> Path:
     return image_path.with_name(image_path.name + SIDECAR_SUFFIX)
 
 
 def encode_png(array: np.ndarray, record: dict | None) -> bytes:
-    """PNG bytes of ``array`` (H×W, H×W×3 or H×W×4 uint8) with the record in an iTXt chunk."""
+    """PNG bytes of ``array`` (H×W, H×W×2, H×W×3 or H×W×4 uint8) with the record in a ``veIL`` chunk."""
     info = PngImagePlugin.PngInfo()
     if record is not None:
-        info.add_itxt(PNG_KEYWORD, json.dumps(record, separators=(",", ":")), zip=True)
+        info.add(PNG_CHUNK, pack_record(record))
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", pnginfo=info, compress_level=6)
     return buffer.getvalue()
@@ -150,7 +263,7 @@ def write_image(path: Path, array: np.ndarray, overwrite: bool = False) -> Path:
 def write_veiled(path: Path, array: np.ndarray, record: dict, overwrite: bool = False) -> list[Path]:
     """Write the anonymized image with its header; returns the files written.
 
-    PNG carries the header inside; any other format gets a sidecar ``NAME.veil.json``.
+    PNG carries the header inside; any other format gets a sidecar ``NAME.veil``.
     """
     path = Path(path)
     if path.suffix.lower() == ".png":
@@ -160,29 +273,77 @@ def write_veiled(path: Path, array: np.ndarray, record: dict, overwrite: bool = 
     if not overwrite and sidecar.exists():
         raise UsageError(f"{sidecar} already exists; refusing to overwrite it")
     written = [write_file(path, data, overwrite=overwrite)]
-    written.append(write_file(sidecar, (json.dumps(record) + "\n").encode(), overwrite=overwrite))
+    written.append(write_file(sidecar, pack_record(record), overwrite=overwrite))
     return written
 
 
-def read_record(path: Path) -> dict:
-    """The header record of an anonymized image: from its PNG chunk, else its sidecar."""
+def _png_header_chunk(stream: BinaryIO, where: str) -> bytes | None:
+    """The ``veIL`` chunk's data of a PNG stream (after its signature), read with a bound.
+
+    Other chunks are skipped without being read. A format-1 header (an iTXt chunk named
+    ``faceveil``) gets a clear message.
+    """
+    bound = MAX_HEADER_BYTES
+    while True:
+        head = stream.read(8)
+        if len(head) < 8:
+            return None
+        length, ctype = struct.unpack(">I4s", head)
+        if ctype == b"IHDR" and length >= 8:
+            data = stream.read(length)
+            width, height = struct.unpack(">II", data[:8])
+            bound = header_bound(height, width)
+            stream.seek(4, io.SEEK_CUR)
+            continue
+        if ctype == PNG_CHUNK:
+            if length > bound:
+                raise HeaderError(
+                    f"the faceveil header of {where} is {length} bytes, more than this image can need ({bound}): refused"
+                )
+            data = stream.read(length)
+            crc = stream.read(4)
+            if len(data) != length or len(crc) != 4 or zlib.crc32(ctype + data) != struct.unpack(">I", crc)[0]:
+                raise HeaderError(f"the faceveil header of {where} is truncated or corrupt (chunk checksum)")
+            return data
+        if ctype == b"iTXt" and length >= len(LEGACY_PNG_KEYWORD) + 1:
+            keyword = stream.read(len(LEGACY_PNG_KEYWORD) + 1)
+            if keyword == LEGACY_PNG_KEYWORD + b"\0":
+                raise HeaderError(
+                    f"{where} was anonymized by faceveil 0.1 (header format 1); recover it with faceveil 0.1 "
+                    "(pip install 'faceveil==0.1.*')"
+                )
+            stream.seek(length - len(keyword) + 4, io.SEEK_CUR)
+            continue
+        if ctype == b"IEND":
+            return None
+        stream.seek(length + 4, io.SEEK_CUR)
+
+
+def read_record(path: Path, max_bytes: int | None = None) -> dict:
+    """The header record of an anonymized image: from its PNG chunk, else its sidecar.
+
+    Reads at most the header's own bytes (bounded by :func:`header_bound` and
+    ``max_bytes``); changes no library-wide setting.
+    """
     path = Path(path)
-    record_text = None
+    data = None
     try:
-        with Image.open(path) as image:
-            if image.format == "PNG":
-                PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, MAX_HEADER_BYTES)
-                PngImagePlugin.MAX_TEXT_MEMORY = max(PngImagePlugin.MAX_TEXT_MEMORY, MAX_HEADER_BYTES)
-                image.load()
-                record_text = image.text.get(PNG_KEYWORD) if hasattr(image, "text") else None
-    except (OSError, SyntaxError, ValueError):
-        raise UsageError(f"{path} is not a readable image") from None
-    if record_text is None:
+        with open(path, "rb") as stream:
+            if stream.read(8) == _PNG_SIGNATURE:
+                data = _png_header_chunk(stream, str(path))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if data is None:
         sidecar = sidecar_path(path)
         if not sidecar.is_file():
+            legacy = path.with_name(path.name + ".veil.json")
+            if legacy.is_file():
+                raise HeaderError(f"{legacy.name} is a faceveil 0.1 sidecar (format 1); recover it with faceveil 0.1")
             raise HeaderError(f"{path} has no faceveil header (no PNG chunk and no {sidecar.name}): nothing to recover")
-        record_text = sidecar.read_text()
-    try:
-        return json.loads(record_text)
-    except ValueError:
-        raise HeaderError(f"the faceveil header of {path} is not valid JSON") from None
+        limit = max_bytes or MAX_HEADER_BYTES
+        if sidecar.stat().st_size > limit:
+            raise HeaderError(f"{sidecar.name} is larger than any faceveil header can be ({limit} bytes): refused")
+        data = sidecar.read_bytes()
+    if max_bytes is not None and len(data) > max_bytes:
+        raise HeaderError(f"the faceveil header of {path} is larger than this image can need: refused")
+    return unpack_record(data, str(path))
