@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from faceveil.cli import main
-from faceveil.faces.mask import default_mask
-from faceveil.pipeline import face_masks, whole_image_transform
+from faceveil.faces.mask import default_outline
+from faceveil.pipeline import face_geometry, whole_image_transform
 
 STEPS = ["--steps", "8", "--aligned"]
 
@@ -58,8 +58,8 @@ def test_anonymize_recover_round_trip(face_png, keyfile, pixel_model_dir, pixel_
     assert veiled.is_file()
     original, anonymized = _read(face_png), _read(veiled)
     # pixels outside the pasted region are bit-identical; inside, the face changed
-    masks = face_masks(default_mask(32), pixel_model, original.shape, whole_image_transform(32, 32, 32))
-    outside = masks.alpha == 0
+    geometry = face_geometry(original.shape, whole_image_transform(32, 32, 32), default_outline(32), pixel_model)
+    outside = ~geometry.region.full(original.shape)
     assert np.array_equal(original[outside], anonymized[outside])
     assert np.abs(original[~outside].astype(int) - anonymized[~outside]).mean() > 20
 

@@ -20,7 +20,7 @@ from faceveil.evaluate.command import register, subset_pairs_file
 from faceveil.evaluate.embedders import FaceDetection, available_embedders
 from faceveil.evaluate.lfw import parse_pairs
 from faceveil.evaluate.report import fmt, render_markdown, to_jsonable
-from faceveil.faces.mask import default_mask
+from faceveil.faces.mask import default_outline
 from faceveil.keys import Key
 from faceveil.pipeline import FaceJob, whole_image_transform
 
@@ -40,7 +40,7 @@ def _image(size: int = 48, seed: int = 0) -> np.ndarray:
 
 def _jobs(image: np.ndarray, size: int = 32) -> list[FaceJob]:
     """The whole image as one aligned face with the default mask."""
-    return [FaceJob(whole_image_transform(image.shape[0], image.shape[1], size), default_mask(size))]
+    return [FaceJob(whole_image_transform(image.shape[0], image.shape[1], size), default_outline(size))]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,12 +10,10 @@ from faceveil.api import anonymize, recover
 from faceveil.cli import main
 from faceveil.engine import EngineSettings
 from faceveil.evaluate.metrics import psnr
-from faceveil.faces import region_mask
-from faceveil.faces.mask import mask_from_uint8
 from faceveil.keys import Key
-from faceveil.container import open_header, read_record, decode_array
+from faceveil.container import open_header, read_record
 from faceveil.faces.align import AlignTransform
-from faceveil.pipeline import Settings, face_masks
+from faceveil.pipeline import Settings, face_geometry
 
 from conftest import SHARED
 
@@ -41,8 +39,8 @@ def _regions(veiled_path, key, model, shape):
     union = np.zeros(shape[:2], bool)
     for face, priv in zip(public["faces"], private["faces"]):
         transform = AlignTransform.from_json(face["transform"])
-        masks = face_masks(mask_from_uint8(decode_array(priv["mask"])), model, shape, transform)
-        union |= region_mask(shape, transform, masks.alpha)
+        outline = np.frombuffer(priv["outline"], dtype="<f8").reshape(-1, 2)
+        union |= face_geometry(shape, transform, outline, model).region.full(shape)
     return len(public["faces"]), union
 
 
@@ -110,7 +108,7 @@ def test_jpeg_output_gets_a_sidecar_and_recover_finds_it(pixel_model, tmp_path):
     Image.fromarray(_lfw("Abel_Pacheco")).save(path)
     key = Key.generate()
     result = anonymize(path, key, tmp_path / "v.jpg", model=pixel_model, settings=FAST)
-    assert [p.name for p in result.outputs] == ["v.jpg", "v.jpg.veil.json"]
+    assert [p.name for p in result.outputs] == ["v.jpg", "v.jpg.veil"]
     assert any("sidecar" in n for n in result.notes)
     back = recover(tmp_path / "v.jpg", key, tmp_path / "r.png", model=pixel_model)
     assert back.outputs[0].is_file()

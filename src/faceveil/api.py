@@ -16,11 +16,11 @@ import numpy as np
 from faceveil.container import open_header, read_record, write_image, write_veiled
 from faceveil.engine import EngineSettings
 from faceveil.errors import NoFaceError, UsageError
-from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, face_mask
+from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, face_outline
 from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array
 from faceveil.keys import Key
 from faceveil.models import DEFAULT_MODEL, DiffusionModel, load_model
-from faceveil.pipeline import CONVERGED_RESIDUAL, FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_opened
+from faceveil.pipeline import FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_opened
 
 VEILED_TAG = ".veiled"
 RECOVERED_TAG = ".recovered"
@@ -73,7 +73,7 @@ def find_faces(
     jobs = []
     for face in faces:
         transform = alignment_transform(face, size)
-        jobs.append(FaceJob(transform, face_mask(face, transform, include=mask)))
+        jobs.append(FaceJob(transform, face_outline(face, transform, include=mask)))
     small = [f for f in faces if f.too_small]
     notes = []
     if small:
@@ -124,13 +124,8 @@ def anonymize(
         loaded.rgb, key, model, faces=jobs, settings=settings, output_like=lambda rgb: to_output_array(loaded, rgb),
         residual=residual, progress=progress,
     )
-    worst = max((r.max_inversion_residual for r in reports), default=0.0)
-    if not worst <= CONVERGED_RESIDUAL:  # NaN (plain DDIM inversion) counts as not converged
-        notes.append(
-            f"the inversion did not converge (worst step residual {worst:.1e}): "
-            + ("recovery was replayed so that the stored residual keeps it exact (twice the cost; raise --refine-iters or --steps)"
-               if residual else "recovery may not be exact; raise --refine-iters")
-        )
+    if not residual:
+        notes.append("no residual stored (--no-residual): recovery will give the model's reconstruction, not the exact original")
     written = write_veiled(target, array, record, overwrite=overwrite)
     if len(written) > 1:
         notes.append(f"header written to sidecar {written[1].name}: keep it with the image")

@@ -1,24 +1,28 @@
 """Photo-level anonymize and recover: composes faces, models, engine, keys and container.
 
-One face goes through these steps (``_veil_face``), the same way in both directions:
+One face goes through these steps, the same way in both directions:
 
-1. crop: the face's aligned crop is warped out of the photo (``faces.align``);
-2. masks: the crop mask (soft, in crop pixels) gives the latent mask ``m`` (cells the
-   face touches), the paste alpha (the soft mask inside ``m``), and the context mask:
-   every crop pixel that pasting can change, directly or through interpolation;
-3. context: the crop with the context mask filled from its surroundings, encoded;
+1. geometry (``face_geometry``): from the face's outline, the paste alpha on the
+   photo's own pixel grid (smooth and feathered at any face size), the latent mask
+   ``m`` (every model cell the paste reads, through bicubic resampling), and the
+   context mask (every crop pixel that pasting can change, directly or through the
+   crop's interpolation);
+2. context: the crop with the context mask filled from its surroundings, encoded;
    anonymization and recovery see the same pixels there, so the same context;
-4. engine: ``engine.veil`` with the key's sign pattern for this face's nonce;
-5. paste: the decoded crop goes back into the photo inside the region only.
+3. engine: ``engine.veil`` with the key's sign pattern for this face's nonce;
+4. paste: the decoded crop, colour-matched to the face it replaces, is resampled
+   bicubically onto the photo and blended in by the alpha.
 
-Anonymization also stores, sealed in the header, a *hint*: the difference between
-the latent the engine produced and the latent recovery will read back from the saved
-8-bit pixels (quantisation, clipping and autoencoder error), so recovery starts from
-the exact latent.
+Exactness: anonymization stores, sealed, a *hint* (the latent the engine produced minus
+the latent recovery will read back from the saved pixels) and then *replays recovery*
+on the saved pixels, so it knows bit for bit what recovery will predict; the *residual*
+is the original minus that integer prediction, coded as a lossless image
+(``faceveil.residual``). Recovery adds it back: exact whatever the model's error.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,17 +30,20 @@ import cv2
 import numpy as np
 import torch
 
-from faceveil.container import decode_array, encode_array, open_header, pixels_sha256, seal_header
+from faceveil.container import open_header, pixels_sha256, seal_header
 from faceveil.engine import EngineSettings, Schedule, veil
 from faceveil.errors import HeaderError, UsageError
 from faceveil.faces.align import AlignTransform
 from faceveil.faces.align import warp_crop as align_warp
-from faceveil.faces.mask import default_mask, mask_from_uint8, mask_to_uint8
-from faceveil.faces.paste import paste_back, region_mask, warp_to_image
+from faceveil.faces.mask import default_outline, outline_alpha, outline_reach
+from faceveil.faces.paste import FaceRegion, blend_region, outline_region, sample_crop, sampled_cells
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
+from faceveil.residual import CODEC, apply_residual, decode_residual, encode_residual, residual_image
 
 Progress = Callable[[int], None]
+
+HINT_STEP = 1.0 / 2048  # latent units per stored hint step (int16)
 
 
 @dataclass(frozen=True)
@@ -45,14 +52,15 @@ class Settings:
 
     engine: EngineSettings = field(default_factory=EngineSettings)
     decoder_iters: int = 0  # decoder inversion of the original (latent models)
-    hint: bool = True  # store the sealed latent hint for exact recovery
+    hint: bool = True  # store the sealed latent hint (smaller residual)
+    colour: bool = True  # match the new face's colour and brightness to the face it replaces
 
     def to_json(self) -> dict:
-        return {"engine": self.engine.to_json(), "decoder_iters": self.decoder_iters, "hint": self.hint}
+        return {"engine": self.engine.to_json(), "decoder_iters": self.decoder_iters, "hint": self.hint, "colour": self.colour}
 
     @classmethod
     def from_json(cls, data: dict) -> "Settings":
-        return cls(EngineSettings.from_json(data["engine"]), int(data["decoder_iters"]), bool(data["hint"]))
+        return cls(EngineSettings.from_json(data["engine"]), int(data["decoder_iters"]), bool(data["hint"]), bool(data["colour"]))
 
 
 @dataclass
@@ -62,9 +70,25 @@ class FaceReport:
     transform: AlignTransform
     unet_evals: int
     max_inversion_residual: float
+    header_bytes: int = 0  # sealed bytes this face adds (outline, colour, hint, residual)
 
 
-# ---- crops and masks ------------------------------------------------------------
+@dataclass
+class FaceJob:
+    """One face to anonymize: where its crop is and its outline (crop coordinates, N x 2)."""
+
+    transform: AlignTransform
+    outline: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The outline's feathered crop mask (float32 S x S)."""
+        margin, feather = outline_reach(self.transform.size)
+        n = self.transform.size
+        return outline_alpha(self.outline, (0, n, 0, n), margin, feather).astype(np.float32)
+
+
+# ---- crops and geometry -----------------------------------------------------------
 def warp_crop(image: np.ndarray, transform: AlignTransform) -> np.ndarray:
     """The float32 crop of ``transform`` from ``image``: the alignment warp."""
     return align_warp(np.asarray(image, dtype=np.float32), transform)
@@ -77,23 +101,33 @@ def whole_image_transform(height: int, width: int, size: int) -> AlignTransform:
 
 
 @dataclass(frozen=True)
-class FaceMasks:
-    latent: torch.Tensor  # (1, 1, h, w) 0/1 on the latent grid
-    alpha: np.ndarray  # (S, S) float64 paste alpha in crop pixels, 0 outside the latent mask
+class FaceGeometry:
+    """Where one face is, on the photo and on the model's grid (both directions agree)."""
+
+    transform: AlignTransform
+    region: FaceRegion  # paste alpha on the photo's grid
+    latent: torch.Tensor  # (1, 1, h, w) 0/1: latent cells the model regenerates
     context: np.ndarray  # (S, S) bool: crop pixels recovery may see differently
+    interior: np.ndarray  # (S, S) bool: the face itself (colour statistics)
 
 
-def face_masks(crop_mask: np.ndarray, model: DiffusionModel, image_shape: tuple[int, ...], transform: AlignTransform) -> FaceMasks:
-    """Derive the latent mask, paste alpha and context mask from one crop mask."""
+def face_geometry(image_shape: tuple[int, ...], transform: AlignTransform, outline: np.ndarray, model: DiffusionModel) -> FaceGeometry:
+    """Derive the paste region, latent mask, context mask and interior of one face."""
     f, n = model.downscale, model.latent_size
-    if crop_mask.shape != (n * f, n * f):
-        raise UsageError(f"mask is {crop_mask.shape}, the model needs {(n * f, n * f)}")
-    cells = (crop_mask >= 0.5).reshape(n, f, n, f).any(axis=(1, 3))
-    alpha = crop_mask.astype(np.float64) * np.kron(cells, np.ones((f, f)))
-    region = region_mask(image_shape, transform, alpha)
-    influence = np.abs(warp_crop(region.astype(np.float32), transform)) > 0
-    context = (alpha > 0) | influence | np.kron(cells, np.ones((f, f), dtype=bool))
-    return FaceMasks(torch.from_numpy(cells.astype(np.float32))[None, None], alpha, context)
+    size = transform.size
+    if size != n * f:
+        raise UsageError(f"face crop is {size} px, the model needs {n * f}")
+    region = outline_region(image_shape, transform, outline)
+    read = sampled_cells(transform, region) if region.inside.any() else np.zeros((size, size), bool)
+    cells = read.reshape(n, f, n, f).any(axis=(1, 3))
+    cells_px = np.kron(cells, np.ones((f, f), dtype=bool))
+    full = np.zeros(tuple(image_shape[:2]), dtype=np.float32)
+    y0, y1, x0, x1 = region.bounds
+    full[y0:y1, x0:x1] = region.inside
+    influence = np.abs(warp_crop(full, transform)) > 0
+    interior = outline_alpha(outline, (0, size, 0, size), 0.0, 1e-6) > 0.5
+    interior &= cells_px
+    return FaceGeometry(transform, region, torch.from_numpy(cells.astype(np.float32))[None, None], influence | cells_px, interior)
 
 
 def fill_region(crop: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -111,69 +145,122 @@ def fill_region(crop: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 
 def _to_tensor(crop: np.ndarray, model: DiffusionModel) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(model.device) / 127.5 - 1
+    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32))[None].to(model.device) / 127.5 - 1
 
 
 def _to_pixels(x: torch.Tensor) -> np.ndarray:
     return ((x[0].detach().cpu().double().numpy().transpose(1, 2, 0) + 1) * 127.5).clip(0, 255)
 
 
-# ---- one face -------------------------------------------------------------------
-def _veil_face(
+# ---- colour -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Colour:
+    """Per-channel affine map from the model's face to the photo: ``(x - src) * gain + dst``."""
+
+    src: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    dst: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gain: float = 1.0
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return (x - np.asarray(self.src)) * self.gain + np.asarray(self.dst)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return (y - np.asarray(self.dst)) / self.gain + np.asarray(self.src)
+
+    def to_json(self) -> list[float]:
+        return [*self.src, *self.dst, self.gain]
+
+    @classmethod
+    def from_json(cls, data: list) -> "Colour":
+        values = [float(v) for v in data]
+        if len(values) != 7 or not all(np.isfinite(values)) or not 0.1 <= values[6] <= 10:
+            raise ValueError("invalid colour fit")
+        return cls(tuple(values[:3]), tuple(values[3:6]), values[6])
+
+
+def fit_colour(generated: np.ndarray, original: np.ndarray, interior: np.ndarray) -> Colour:
+    """Match the generated face's mean colour and contrast to the original face's (crop pixels)."""
+    if interior.sum() < 16:
+        return Colour()
+    g, o = generated[interior], original[interior]
+    luma = np.array([0.299, 0.587, 0.114])
+    gain = float(np.clip((o @ luma).std() / max((g @ luma).std(), 1e-3), 0.6, 1.5))
+    return Colour(tuple(float(v) for v in g.mean(axis=0)), tuple(float(v) for v in o.mean(axis=0)), gain)
+
+
+# ---- one face -------------------------------------------------------------------------
+def _engine(
     image: np.ndarray,
+    z_start: torch.Tensor,
+    geometry: FaceGeometry,
     model: DiffusionModel,
     schedule: Schedule,
     key: Key,
     nonce: bytes,
-    transform: AlignTransform,
-    masks: FaceMasks,
     settings: Settings,
-    hint: np.ndarray | None,
-    decoder_iters: int,
     progress: Progress | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FaceReport]:
-    """Run the keyed transform on one face of ``image``.
-
-    Returns (latent in, latent out, what the inverse transform will give back, report).
-    """
-    crop = warp_crop(image, transform)
-    z0 = model.encode(_to_tensor(crop, model), refine_iters=decoder_iters)
-    if hint is not None:
-        z0 = z0 + torch.from_numpy(hint.astype(np.float32)).to(z0.device) * masks.latent.to(z0.device)
-    context = model.encode(_to_tensor(fill_region(crop, masks.context), model))
-    shape = tuple(z0.shape)
-    signs = torch.from_numpy(key.sign_pattern(nonce, shape)).to(z0.device)
-    noise = torch.from_numpy(public_gaussian(nonce, shape)).to(z0.device)
+) -> tuple[torch.Tensor, FaceReport]:
+    """The keyed transform of one face's latent, with the context taken from ``image``."""
+    crop = warp_crop(image, geometry.transform)
+    context = model.encode(_to_tensor(fill_region(crop, geometry.context), model))
+    shape = tuple(z_start.shape)
+    signs = torch.from_numpy(key.sign_pattern(nonce, shape)).to(z_start.device)
+    noise = torch.from_numpy(public_gaussian(nonce, shape)).to(z_start.device)
 
     def eps(z: torch.Tensor, t: int) -> torch.Tensor:
         if progress:
             progress(1)
         return model.eps(z, t)
 
-    mask = masks.latent.to(z0.device)
+    mask = geometry.latent.to(z_start.device)
     partner = None
     if settings.engine.mixing == "pairs":
-        inside = masks.latent.expand(shape).numpy() > 0
+        inside = geometry.latent.expand(shape).numpy() > 0
         partner = torch.from_numpy(key.pairing(nonce, shape, inside))
-    z_out, stats = veil(eps, schedule, z0, mask, signs, settings.engine, context, noise, partner)
-    # what the inverse transform will return: z0 inside the mask, the context outside
-    expected_back = mask * z0 + (1 - mask) * (context if settings.engine.context != "own" else z0)
-    return z0, z_out, expected_back, FaceReport(transform, stats.unet_evals, stats.max_residual)
+    z_out, stats = veil(eps, schedule, z_start, mask, signs, settings.engine, context, noise, partner)
+    return z_out, FaceReport(geometry.transform, stats.unet_evals, stats.max_residual)
 
 
-def _difference_float(
-    image: np.ndarray, before: np.ndarray, after: np.ndarray, transform: AlignTransform, alpha: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(region, unrounded values there) of undoing a paste of crop ``before`` and pasting ``after``.
+def _read_latent(image: np.ndarray, geometry: FaceGeometry, model: DiffusionModel, colour: Colour, settings: Settings) -> torch.Tensor:
+    """The latent recovery reads from a veiled image's face (colour map undone)."""
+    crop = colour.inverse(warp_crop(image, geometry.transform).astype(np.float64))
+    return model.encode(_to_tensor(crop, model), refine_iters=settings.decoder_iters)
 
-    ``paste_back`` wrote ``a * before + (1 - a) * original``; adding
-    ``a * (after - before)`` gives ``a * after + (1 - a) * original`` without ever
-    knowing ``original`` (up to the rounding of the first paste).
+
+def _hint_tensor(hint: np.ndarray | None, geometry: FaceGeometry, like: torch.Tensor) -> torch.Tensor:
+    if hint is None:
+        return torch.zeros_like(like)
+    return torch.from_numpy(hint.astype(np.float32) * HINT_STEP).to(like.device) * geometry.latent.to(like.device)
+
+
+def _predict(
+    veiled: np.ndarray,
+    geometry: FaceGeometry,
+    model: DiffusionModel,
+    schedule: Schedule,
+    key: Key,
+    nonce: bytes,
+    settings: Settings,
+    colour: Colour,
+    hint: np.ndarray | None,
+    progress: Progress | None,
+) -> tuple[np.ndarray, FaceReport]:
+    """Recovery's prediction of a face's region (K x 3 uint8) from the veiled image.
+
+    Undoes the paste ``v = a L + (1 - a) o`` of the layer ``L`` read back from the
+    pixels by adding ``a (B - L)``, where ``B`` is the model's reconstruction of the
+    original: ``a B + (1 - a) o`` without ever knowing ``o`` inside the region.
     """
-    region = region_mask(image.shape, transform, alpha)
-    a = warp_to_image(alpha, image.shape, transform)[region]
-    delta = warp_to_image(after - before, image.shape, transform)[region]
-    return region, image[region].astype(np.float64) + a[:, None] * delta
+    z_in = _read_latent(veiled, geometry, model, colour, settings)
+    z_in = z_in + _hint_tensor(hint, geometry, z_in)
+    z_back, report = _engine(veiled, z_in, geometry, model, schedule, key, nonce, settings, progress)
+    layer = sample_crop(colour.forward(_to_pixels(model.decode(z_in))), geometry.transform, geometry.region)
+    back = sample_crop(_to_pixels(model.decode(z_back)), geometry.transform, geometry.region)
+    y0, y1, x0, x1 = geometry.region.bounds
+    inside = geometry.region.inside
+    a = geometry.region.alpha[inside][:, None]
+    values = veiled[y0:y1, x0:x1][inside].astype(np.float64) + a * (back - layer)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8), report
 
 
 def _read_back_rgb(output: np.ndarray) -> np.ndarray:
@@ -185,16 +272,12 @@ def _read_back_rgb(output: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(output[..., :3])
 
 
-RESIDUAL_SCALE = 4.0  # residuals are stored in quarter grey levels: exact after rounding
-CONVERGED_RESIDUAL = 1e-4  # latent units; a worse inversion step makes anonymization replay recovery
-
-
-@dataclass
-class FaceJob:
-    """One face to anonymize: where its crop is and what its mask covers (crop pixels)."""
-
-    transform: AlignTransform
-    mask: np.ndarray
+def _box(values: np.ndarray, region: FaceRegion, fill: int = 0) -> np.ndarray:
+    """Region samples (K x 3) laid out in the region's bounding box."""
+    y0, y1, x0, x1 = region.bounds
+    out = np.full((y1 - y0, x1 - x0, values.shape[-1]), fill, dtype=values.dtype)
+    out[region.inside] = values
+    return out
 
 
 # ---- public array-level API -----------------------------------------------------------
@@ -211,54 +294,51 @@ def anonymize_array(
     """Anonymize faces of an RGB uint8 image; returns (output array, header record, reports).
 
     ``faces`` lists the faces; ``None`` treats the whole image as one aligned face with
-    the default mask. ``output_like`` turns the RGB result into the array that will be
-    written (back to grayscale, alpha re-attached), so hints and residuals account for
-    exactly what is saved. Faces are veiled one after another, each on the image with
-    the previous ones veiled; recovery undoes them in reverse order, so faces whose
+    the default outline. ``output_like`` turns the RGB result into the array that will
+    be written (back to grayscale, alpha re-attached), so hints and residuals account
+    for exactly what is saved. Faces are veiled one after another, each on the image
+    with the previous ones veiled; recovery undoes them in reverse order, so faces whose
     regions touch stay exact. ``residual`` stores, sealed, what the model cannot give
-    back (detail lost to the crop's resolution, the autoencoder, rounding), so that
-    recovery restores the original pixels exactly.
+    back, so that recovery restores the original pixels exactly; it costs a replay of
+    recovery at anonymization.
     """
     settings = settings or Settings()
     like = output_like or (lambda a: a)
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if faces is None:
         size = model.image_size
-        faces = [FaceJob(whole_image_transform(rgb.shape[0], rgb.shape[1], size), default_mask(size))]
+        faces = [FaceJob(whole_image_transform(rgb.shape[0], rgb.shape[1], size), default_outline(size))]
     schedule = Schedule.from_scheduler(model.scheduler, settings.engine.steps)
     current = _read_back_rgb(like(rgb))  # the image in the domain that will be written
     reports, public_faces, private_faces = [], [], []
     for face in faces:
-        crop_mask = mask_from_uint8(mask_to_uint8(face.mask))  # exactly what the header keeps
-        masks = face_masks(crop_mask, model, rgb.shape, face.transform)
+        outline = np.ascontiguousarray(face.outline, dtype=np.float64).reshape(-1, 2)
+        geometry = face_geometry(current.shape, face.transform, outline, model)
         nonce = new_nonce()
-        _, z_out, z_back, report = _veil_face(
-            current, model, schedule, key, nonce, face.transform, masks, settings, None, settings.decoder_iters, progress
-        )
-        anonymized_crop = _to_pixels(model.decode(z_out))
-        veiled = _read_back_rgb(like(paste_back(current, anonymized_crop, face.transform, masks.alpha)))
-        private: dict = {"mask": encode_array(mask_to_uint8(crop_mask))}
-        z_read, hint = z_out, None
+        crop = warp_crop(current, face.transform)
+        z0 = model.encode(_to_tensor(crop, model), refine_iters=settings.decoder_iters)
+        z_out, report = _engine(current, z0, geometry, model, schedule, key, nonce, settings, progress)
+        generated = _to_pixels(model.decode(z_out))
+        colour = fit_colour(generated, crop.astype(np.float64), geometry.interior) if settings.colour else Colour()
+        layer = sample_crop(colour.forward(generated), face.transform, geometry.region)
+        veiled = _read_back_rgb(like(blend_region(current, layer, geometry.region)))
+        private: dict = {"outline": outline.astype("<f8").tobytes()}
+        if settings.colour:
+            private["colour"] = colour.to_json()
+        hint = None
         if settings.hint:
-            z_read = model.encode(_to_tensor(warp_crop(veiled, face.transform), model), refine_iters=settings.decoder_iters)
-            hint = ((z_out - z_read) * masks.latent.to(z_out.device)).cpu().numpy().astype(np.float16)
-            private["hint"] = encode_array(hint)
-            z_read = z_read + torch.from_numpy(hint.astype(np.float32)).to(z_read.device) * masks.latent.to(z_read.device)
+            z_read = _read_latent(veiled, geometry, model, colour, settings)
+            steps = ((z_out - z_read) * geometry.latent.to(z_out.device)).cpu().numpy() / HINT_STEP
+            hint = np.clip(np.rint(steps), -32767, 32767).astype(np.int16)
+            private["hint"] = zlib.compress(hint.astype("<i2").tobytes(), 9)
         if residual:
-            if report.max_inversion_residual <= CONVERGED_RESIDUAL:
-                # the engine inverted to float round-off: recovery will compute z_back from z_read
-                z_start, z_end = z_read, z_back
-            else:
-                # the inversion did not converge (a rough model, few steps): replay recovery to
-                # learn exactly what it will compute, so the residual still makes it exact
-                z_start, z_end, _, _ = _veil_face(
-                    veiled, model, schedule, key, nonce, face.transform, masks, settings, hint, settings.decoder_iters, progress
-                )
-            region, predicted = _difference_float(
-                veiled, _to_pixels(model.decode(z_start)), _to_pixels(model.decode(z_end)), face.transform, masks.alpha
-            )
-            missing = np.rint((current[region] - predicted) * RESIDUAL_SCALE)
-            private["residual"] = encode_array(missing.astype(np.int16))
+            predicted, replay = _predict(veiled, geometry, model, schedule, key, nonce, settings, colour, hint, progress)
+            report.unet_evals += replay.unet_evals
+            y0, y1, x0, x1 = geometry.region.bounds
+            original = current[y0:y1, x0:x1]
+            box = residual_image(original, _box(predicted, geometry.region), geometry.region.inside)
+            private["residual"] = encode_residual(box)
+        report.header_bytes = sum(len(v) for v in private.values() if isinstance(v, bytes)) + 7 * 8
         reports.append(report)
         public_faces.append({"nonce": nonce.hex(), "transform": face.transform.to_json()})
         private_faces.append(private)
@@ -266,7 +346,7 @@ def anonymize_array(
     written = like(current)
     public = {
         "model": {"id": model.model_id, "weights_sha256": model.weights_hash, "kind": model.kind},
-        "settings": settings.to_json(),
+        "settings": {**settings.to_json(), "residual_codec": CODEC},
         "image": {"height": int(written.shape[0]), "width": int(written.shape[1]), "pixels_sha256": pixels_sha256(written)},
         "faces": public_faces,
     }
@@ -298,6 +378,14 @@ def recover_array(
     return recover_opened(array, public, private, key, model, output_like, use_residual, progress)
 
 
+def _hint_array(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape))
+    raw = zlib.decompressobj().decompress(data, 2 * count + 1)
+    if len(raw) != 2 * count:
+        raise ValueError("hint does not match the latent shape")
+    return np.frombuffer(raw, dtype="<i2").reshape(shape).astype(np.int16)
+
+
 def recover_opened(
     array: np.ndarray,
     public: dict,
@@ -316,13 +404,14 @@ def recover_opened(
         settings = Settings.from_json(public["settings"])
         faces = [(AlignTransform.from_json(f["transform"]), bytes.fromhex(f["nonce"])) for f in public["faces"]]
         privates = private["faces"]
-        masks_u8 = [decode_array(f["mask"]) for f in privates]
-        hints = [decode_array(f["hint"]) if "hint" in f else None for f in privates]
-        residuals = [decode_array(f["residual"]) if "residual" in f else None for f in privates]
+        outlines = [np.frombuffer(f["outline"], dtype="<f8").reshape(-1, 2).astype(np.float64) for f in privates]
+        colours = [Colour.from_json(f["colour"]) if "colour" in f else Colour() for f in privates]
         expected = public["image"]
         if len(privates) != len(faces):
             raise ValueError("face count mismatch")
-    except (KeyError, TypeError, ValueError) as exc:
+        if public["settings"].get("residual_codec", CODEC) != CODEC:
+            raise ValueError(f"unknown residual codec {public['settings'].get('residual_codec')!r}")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise HeaderError(f"the faceveil header is incomplete ({exc})") from None
     if public["model"]["weights_sha256"] != model.weights_hash:
         raise UsageError(
@@ -337,21 +426,30 @@ def recover_opened(
     changed = pixels_sha256(array) != expected["pixels_sha256"]
     current = _read_back_rgb(np.asarray(array, dtype=np.uint8))
     schedule = Schedule.from_scheduler(model.scheduler, settings.engine.steps)
+    latent_shape = (1, model.latent_channels, model.latent_size, model.latent_size)
     reports: list[FaceReport] = []
-    for (transform, nonce), mask_u8, hint, residual in reversed(list(zip(faces, masks_u8, hints, residuals))):
-        masks = face_masks(mask_from_uint8(mask_u8), model, current.shape, transform)
-        z_in, z_out, _, report = _veil_face(
-            current, model, schedule, key, nonce, transform, masks, settings, hint, settings.decoder_iters, progress
-        )
-        region, values = _difference_float(
-            current, _to_pixels(model.decode(z_in)), _to_pixels(model.decode(z_out)), transform, masks.alpha
-        )
-        if use_residual and residual is not None and residual.shape == values.shape:
-            values = values + residual / RESIDUAL_SCALE
+    used_residual, used_hint = use_residual, True
+    for (transform, nonce), outline, colour, priv in reversed(list(zip(faces, outlines, colours, privates))):
+        geometry = face_geometry(current.shape, transform, outline, model)
+        try:
+            hint = _hint_array(priv["hint"], latent_shape) if "hint" in priv else None
+        except (ValueError, zlib.error, TypeError) as exc:
+            raise HeaderError(f"the faceveil header's hint is corrupt ({exc})") from None
+        used_hint &= hint is not None
+        predicted, report = _predict(current, geometry, model, schedule, key, nonce, settings, colour, hint, progress)
+        y0, y1, x0, x1 = geometry.region.bounds
+        inside = geometry.region.inside
+        values = predicted
+        if use_residual and "residual" in priv:
+            try:
+                box = decode_residual(priv["residual"], (y1 - y0, x1 - x0))
+            except (ValueError, OSError) as exc:
+                raise HeaderError(f"the faceveil header's residual is corrupt ({exc})") from None
+            values = apply_residual(predicted, box[inside])
+        else:
+            used_residual = False
         current = current.copy()
-        current[region] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        current[y0:y1, x0:x1][inside] = values
         reports.insert(0, report)
-    used_residual = use_residual and all(r is not None for r in residuals)
-    used_hint = all(h is not None for h in hints)
     out = output_like(current) if output_like else current
     return out, RecoverInfo(changed, used_hint, used_residual, reports)

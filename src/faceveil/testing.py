@@ -72,3 +72,42 @@ def ldm_celebahq_256_random(seed: int = 0) -> DiffusionModel:
         VQModel(**LDM_CELEBAHQ_256_VQVAE),
         model_id="ldm-celebahq-256-random",
     )
+
+
+# ---- large photos built from ../shared, for tests, benchmarks and the README figures --------
+def _celeba(shared, name: str):
+    import numpy as np
+    from PIL import Image
+
+    return Image.open(f"{shared}/data/celeba/images/{name}.jpg").convert("RGB"), np
+
+
+def portrait_photo(shared) -> "np.ndarray":
+    """A 1024 x 1024 portrait with a face of about 600 px: CelebA 000176, a 170 px window
+    upscaled with Lanczos, plus mild sensor-like noise (seeded) so it is not unnaturally smooth."""
+    from PIL import Image
+
+    image, np = _celeba(shared, "000176")
+    big = image.crop((43, 22, 213, 192)).resize((1024, 1024), Image.LANCZOS)
+    noise = np.random.default_rng(176).normal(0.0, 1.5, (1024, 1024, 3))
+    return np.clip(np.rint(np.asarray(big, dtype=np.float64) + noise), 0, 255).astype(np.uint8)
+
+
+GROUP_FACES = ("000306", "000875", "001618", "000180", "000987", "000795")
+
+
+def group_photo(shared, width: int = 4000) -> "np.ndarray":
+    """A ``width`` x 0.6 ``width`` photo of six people (CelebA tiles upscaled, on a grey wall)."""
+    from PIL import Image
+
+    _, np = _celeba(shared, GROUP_FACES[0])
+    height = int(round(width * 0.6))
+    canvas = Image.new("RGB", (width, height), (118, 124, 131))
+    tile = int(width * 0.24)
+    for i, name in enumerate(GROUP_FACES):
+        image, _ = _celeba(shared, name)
+        x = int(width * (0.04 + 0.32 * (i % 3)))
+        y = int(height * (0.06 + 0.48 * (i // 3)))
+        canvas.paste(image.resize((tile, tile), Image.LANCZOS), (x, y))
+    noise = np.random.default_rng(6).normal(0.0, 1.5, (height, width, 3))
+    return np.clip(np.rint(np.asarray(canvas, dtype=np.float64) + noise), 0, 255).astype(np.uint8)

@@ -27,11 +27,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from faceveil.container import encode_array, open_header
+from faceveil.container import open_header
 from faceveil.engine import EngineSettings
-from faceveil.faces import CANONICAL_LANDMARKS5, detect_faces, face_mask, paste_back, region_mask, transform_points
+from faceveil.faces import CANONICAL_LANDMARKS5, detect_faces, face_outline, outline_region, transform_points
+from faceveil.faces.paste import blend_region, sample_crop
 from faceveil.faces.align import AlignTransform
-from faceveil.faces.mask import mask_to_uint8
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel
 from faceveil.pipeline import FaceJob, Settings, anonymize_array, recover_array, recover_opened, warp_crop
@@ -82,7 +82,7 @@ def face_region(shape: tuple[int, ...], jobs: list[FaceJob]) -> np.ndarray:
     """Union of the image pixels the faces' masks can change (bool ``(H, W)``)."""
     union = np.zeros(shape[:2], dtype=bool)
     for job in jobs:
-        union |= region_mask(shape, job.transform, job.mask)
+        union |= outline_region(shape, job.transform, job.outline).full(shape)
     return union
 
 
@@ -90,7 +90,8 @@ def _paste_each(rgb: np.ndarray, jobs: list[FaceJob], filt) -> np.ndarray:
     out = np.ascontiguousarray(rgb, dtype=np.uint8)
     for job in jobs:
         crop = warp_crop(out, job.transform).astype(np.float64)
-        out = paste_back(out, filt(crop), job.transform, job.mask)
+        region = outline_region(out.shape, job.transform, job.outline)
+        out = blend_region(out, sample_crop(filt(crop), job.transform, region), region)
     return out
 
 
@@ -137,8 +138,8 @@ class PixelateBaseline:
         raise NotImplementedError("pixelation is not reversible")
 
 
-def _nearest_face_mask(array: np.ndarray, transform: AlignTransform, include: str) -> np.ndarray | None:
-    """Mask, in ``transform``'s crop, of the face detected in ``array`` nearest the crop's
+def _nearest_face_outline(array: np.ndarray, transform: AlignTransform, include: str) -> np.ndarray | None:
+    """Outline, in ``transform``'s crop, of the face detected in ``array`` nearest the crop's
     canonical landmarks; ``None`` when no detected face lies within 10 % of the side."""
     size = transform.size
     target = CANONICAL_LANDMARKS5 * size - 0.5
@@ -147,7 +148,7 @@ def _nearest_face_mask(array: np.ndarray, transform: AlignTransform, include: st
         dist = float(np.linalg.norm(transform_points(face.landmarks5, transform.matrix) - target, axis=1).mean())
         if dist < best_dist:
             best, best_dist = face, dist
-    return None if best is None else face_mask(best, transform, include)
+    return None if best is None else face_outline(best, transform, include)
 
 
 @dataclass
@@ -185,13 +186,13 @@ class DiffusionMethod:
         faces = []
         for pub, priv in zip(public["faces"], private["faces"]):
             transform = AlignTransform.from_json(pub["transform"])
-            mask = _nearest_face_mask(array, transform, self.mask_include)
-            if mask is None:
+            outline = _nearest_face_outline(array, transform, self.mask_include)
+            if outline is None:
                 self.masks_kept += 1
                 faces.append(priv)
             else:
                 self.masks_recomputed += 1
-                faces.append({**priv, "mask": encode_array(mask_to_uint8(mask))})
+                faces.append({**priv, "outline": outline.astype("<f8").tobytes()})
         return recover_opened(array, public, {**private, "faces": faces}, key, self.model, use_residual=self.residual)[0]
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "roc_curve",
     "SimilarityStats",
     "similarity_stats",
+    "SeamReport",
+    "seam_measure",
 ]
 
 
@@ -258,3 +260,76 @@ def similarity_stats(similarities: np.ndarray) -> SimilarityStats:
         p05=float(p05),
         p95=float(p95),
     )
+
+
+# --------------------------------------------------------------------------- seams
+@dataclass(frozen=True)
+class SeamReport:
+    """Gradients along the changed region's edge, against the photo's own there.
+
+    ``ratio`` is the mean gradient magnitude of the anonymized image over the edge band
+    divided by the original's over the same band (1.0: the edge is as busy as the photo
+    itself; a visible seam or ramp pushes it up); ``worst`` is the largest such ratio
+    over 16 angular sectors of each face's edge (a local seam); ``band_px`` the band's
+    half-width.
+    """
+
+    ratio: float
+    worst: float
+    band_px: float
+    faces: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _gradient(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    img = np.asarray(image, dtype=np.float64)
+    luma = img @ np.array([0.299, 0.587, 0.114]) if img.ndim == 3 else img
+    gx = cv2.Sobel(luma, cv2.CV_64F, 1, 0, ksize=3)
+    gy = cv2.Sobel(luma, cv2.CV_64F, 0, 1, ksize=3)
+    return np.hypot(gx, gy)
+
+
+def seam_measure(original: np.ndarray, anonymized: np.ndarray, band_fraction: float = 0.04, sectors: int = 16) -> SeamReport:
+    """Seam measure of an anonymized photo, from the two images alone.
+
+    The changed region is where the images differ, with holes filled, one component per
+    face. Its edge band is every pixel within ``band_fraction`` of the component's
+    equivalent diameter (at least 3 px) of its outline, on both sides.
+    """
+    import cv2
+
+    a, b = np.asarray(original), np.asarray(anonymized)
+    if a.shape != b.shape:
+        raise ValueError("images must have the same shape")
+    diff = (a != b) if a.ndim == 2 else (a != b).any(axis=-1)
+    contours, _ = cv2.findContours(diff.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours = [c for c in contours if cv2.contourArea(c) >= 64]
+    if not contours:
+        return SeamReport(float("nan"), float("nan"), 0.0, 0)
+    ga, gb = _gradient(a), _gradient(b)
+    num = den = 0.0
+    worst, widths = 0.0, []
+    for contour in contours:
+        filled = np.zeros(diff.shape, np.uint8)
+        cv2.drawContours(filled, [contour], -1, 1, thickness=-1)
+        width = max(3.0, band_fraction * float(np.sqrt(4.0 * filled.sum() / np.pi)))
+        widths.append(width)
+        inside = cv2.distanceTransform(filled, cv2.DIST_L2, 5)
+        outside = cv2.distanceTransform(1 - filled, cv2.DIST_L2, 5)
+        band = ((inside > 0) & (inside <= width)) | ((outside > 0) & (outside <= width))
+        num += float(gb[band].sum())
+        den += float(ga[band].sum())
+        ys, xs = np.nonzero(band)
+        cy, cx = np.nonzero(filled)
+        angle = np.arctan2(ys - cy.mean(), xs - cx.mean())
+        sector = np.minimum(((angle + np.pi) / (2 * np.pi) * sectors).astype(int), sectors - 1)
+        for k in range(sectors):
+            sel = sector == k
+            base = float(ga[ys[sel], xs[sel]].sum())
+            if sel.sum() >= 16 and base > 0:
+                worst = max(worst, float(gb[ys[sel], xs[sel]].sum()) / base)
+    return SeamReport(num / den if den > 0 else float("nan"), worst, float(np.mean(widths)), len(contours))

@@ -52,7 +52,7 @@ from faceveil.evaluate.metrics import (
 )
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel
-from faceveil.pipeline import FaceJob, face_masks, recover_array, recover_opened, warp_crop
+from faceveil.pipeline import FaceJob, face_geometry, recover_array, recover_opened, warp_crop
 
 __all__ = [
     "Sample",
@@ -327,7 +327,7 @@ def noise_magnitudes(
         return model.eps(z, t)
 
     z_t = invert(eps, schedule, z0)[-1]
-    mask = face_masks(job.mask, model, rgb.shape, job.transform).latent[0, 0].cpu().numpy() > 0.5
+    mask = face_geometry(rgb.shape, job.transform, job.outline, model).latent[0, 0].cpu().numpy() > 0.5
     return z_t[0].abs().cpu().double().numpy(), mask
 
 

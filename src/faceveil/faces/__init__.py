@@ -12,11 +12,13 @@ from faceveil.faces.mask import (
     CANONICAL_LANDMARKS5,
     INCLUDE_OPTIONS,
     default_mask,
+    default_outline,
     face_mask,
+    face_outline,
     mask_from_uint8,
     mask_to_uint8,
 )
-from faceveil.faces.paste import paste_back, region_bounds, region_mask, warp_to_image
+from faceveil.faces.paste import FaceRegion, outline_region, paste_back, region_bounds, region_mask, warp_to_image
 
 __all__ = [
     "AlignTransform",
@@ -27,8 +29,12 @@ __all__ = [
     "align_face",
     "alignment_transform",
     "default_mask",
+    "default_outline",
     "detect_faces",
     "face_mask",
+    "face_outline",
+    "FaceRegion",
+    "outline_region",
     "mask_from_uint8",
     "mask_to_uint8",
     "paste_back",

@@ -28,7 +28,10 @@ __all__ = [
     "INCLUDE_OPTIONS",
     "CANONICAL_LANDMARKS5",
     "default_mask",
+    "default_outline",
     "face_mask",
+    "face_outline",
+    "outline_alpha",
     "mask_from_uint8",
     "mask_to_uint8",
 ]
@@ -54,28 +57,33 @@ _MARGIN = 0.015  # full-strength margin outside the outline (fraction of size)
 _FEATHER = 0.035  # width of the soft ramp outside that margin (fraction of size)
 
 
-def _outline_alpha(points: np.ndarray, size: int) -> np.ndarray:
-    """Feathered fill of a closed polygon (float crop coordinates) on the pixel centres.
+def outline_alpha(
+    points: np.ndarray, bounds: tuple[int, int, int, int], margin: float, feather: float, quantize: bool = True
+) -> np.ndarray:
+    """Feathered fill of a closed polygon on the pixel centres of ``bounds`` (y0, y1, x0, x1).
 
     Exact geometry in float64 (no rasteriser rounding): alpha is 1 inside the polygon
-    and within ``_MARGIN`` of it, then falls smoothly to exactly 0 over ``_FEATHER``.
+    and within ``margin`` of it, then falls smoothly (smoothstep) to exactly 0 over
+    ``feather``. Any pixel grid works, so the same outline gives a crop mask on the
+    model's grid and a smooth paste alpha on the photo's own grid. ``quantize`` rounds
+    to multiples of 1/255 (what a crop mask stores).
     """
     poly = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    margin = max(1.0, _MARGIN * size)
-    feather = max(1.0, _FEATHER * size)
-    reach = margin + feather
-    out = np.zeros((size, size), dtype=np.float32)
-    x0 = max(0, int(np.floor(poly[:, 0].min() - reach)))
-    x1 = min(size, int(np.ceil(poly[:, 0].max() + reach)) + 1)
-    y0 = max(0, int(np.floor(poly[:, 1].min() - reach)))
-    y1 = min(size, int(np.ceil(poly[:, 1].max() + reach)) + 1)
-    if x1 <= x0 or y1 <= y0 or len(poly) < 3:
+    y0, y1, x0, x1 = bounds
+    out = np.zeros((max(0, y1 - y0), max(0, x1 - x0)), dtype=np.float64)
+    if out.size == 0 or len(poly) < 3:
         return out
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    px = xs.astype(np.float64)
-    py = ys.astype(np.float64)
-    dist2 = np.full(px.shape, np.inf)
-    inside = np.zeros(px.shape, dtype=bool)
+    reach = margin + feather
+    bx0 = max(x0, int(np.floor(poly[:, 0].min() - reach)))
+    bx1 = min(x1, int(np.ceil(poly[:, 0].max() + reach)) + 1)
+    by0 = max(y0, int(np.floor(poly[:, 1].min() - reach)))
+    by1 = min(y1, int(np.ceil(poly[:, 1].max() + reach)) + 1)
+    if bx1 <= bx0 or by1 <= by0:
+        return out
+    py = np.arange(by0, by1, dtype=np.float64)[:, None]
+    px = np.arange(bx0, bx1, dtype=np.float64)[None, :]
+    dist2 = np.full((by1 - by0, bx1 - bx0), np.inf)
+    inside = np.zeros(dist2.shape, dtype=bool)
     nxt = np.roll(poly, -1, axis=0)
     for (ax, ay), (bx, by) in zip(poly, nxt):
         ex, ey = bx - ax, by - ay
@@ -83,20 +91,33 @@ def _outline_alpha(points: np.ndarray, size: int) -> np.ndarray:
         if len2 > 0:
             t = np.clip(((px - ax) * ex + (py - ay) * ey) / len2, 0.0, 1.0)
         else:
-            t = np.zeros_like(px)
+            t = np.zeros(dist2.shape)
         dx = px - (ax + t * ex)
         dy = py - (ay + t * ey)
         np.minimum(dist2, dx * dx + dy * dy, out=dist2)
         # even-odd crossing test of a ray towards +x
         crosses = (ay > py) != (by > py)
         with np.errstate(divide="ignore", invalid="ignore"):
-            xcross = ax + (py - ay) * ex / np.where(ey == 0, 1.0, ey)
+            xcross = ax + (py - ay) * ex / (ey if ey != 0 else 1.0)
         inside ^= crosses & (px < xcross)
     d_out = np.where(inside, 0.0, np.sqrt(dist2))
-    t = np.clip((reach - d_out) / feather, 0.0, 1.0)
+    t = np.clip((reach - d_out) / max(feather, 1e-9), 0.0, 1.0)
     alpha = t * t * (3.0 - 2.0 * t)  # smoothstep
-    out[y0:y1, x0:x1] = (np.rint(alpha * 255.0) / 255.0).astype(np.float32)
+    if quantize:
+        alpha = np.rint(alpha * 255.0) / 255.0
+    out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = alpha
     return out
+
+
+def outline_reach(size: int) -> tuple[float, float]:
+    """(margin, feather) in crop pixels of a ``size`` crop."""
+    return max(1.0, _MARGIN * size), max(1.0, _FEATHER * size)
+
+
+def _outline_alpha(points: np.ndarray, size: int) -> np.ndarray:
+    """The crop mask of an outline (float32 ``size`` x ``size``, multiples of 1/255)."""
+    margin, feather = outline_reach(size)
+    return outline_alpha(points, (0, size, 0, size), margin, feather).astype(np.float32)
 
 
 def _face_frame(lm_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
@@ -148,17 +169,14 @@ def _check(include: str) -> None:
         raise UsageError(f"unknown mask option {include!r}; choose one of {', '.join(INCLUDE_OPTIONS)}")
 
 
-def face_mask(
-    face: Face | np.ndarray, transform: AlignTransform, include: str = "face"
-) -> np.ndarray:
-    """Mask of ``face`` in the crop of ``transform`` (float32 ``size`` x ``size``, [0, 1]).
+def face_outline(face: Face | np.ndarray, transform: AlignTransform, include: str = "face") -> np.ndarray:
+    """Closed outline (N x 2 float64, crop coordinates) of what the mask of ``face`` covers.
 
-    ``face`` is a :class:`~faceveil.faces.detect.Face` (its mesh outline is used when
+    ``face`` is a :class:`~faceveil.faces.detect.Face` (its mesh oval is used when
     present, else an ellipse fitted to its 5 landmarks) or a 5x2 landmark array in
     image coordinates.
     """
     _check(include)
-    size = transform.size
     mesh = getattr(face, "mesh", None)
     lm = np.asarray(getattr(face, "landmarks5", face), dtype=np.float64)
     if lm.shape != (5, 2) or not np.all(np.isfinite(lm)):
@@ -170,11 +188,18 @@ def face_mask(
         outline = _ellipse_points(lm_crop)
     if include == "face+hair":
         outline = _with_hair(outline, lm_crop)
-    return _outline_alpha(outline, size)
+    return np.asarray(outline, dtype=np.float64)
 
 
-def default_mask(size: int, include: str = "face") -> np.ndarray:
-    """Mask for an already FFHQ-aligned ``size`` crop with no landmarks: a centred ellipse."""
+def face_mask(
+    face: Face | np.ndarray, transform: AlignTransform, include: str = "face"
+) -> np.ndarray:
+    """Mask of ``face`` in the crop of ``transform`` (float32 ``size`` x ``size``, [0, 1])."""
+    return _outline_alpha(face_outline(face, transform, include), transform.size)
+
+
+def default_outline(size: int, include: str = "face") -> np.ndarray:
+    """Outline for an already FFHQ-aligned ``size`` crop with no landmarks: a centred ellipse."""
     _check(include)
     size = int(size)
     if size <= 0:
@@ -183,7 +208,12 @@ def default_mask(size: int, include: str = "face") -> np.ndarray:
     outline = _ellipse_points(lm_crop)
     if include == "face+hair":
         outline = _with_hair(outline, lm_crop)
-    return _outline_alpha(outline, size)
+    return np.asarray(outline, dtype=np.float64)
+
+
+def default_mask(size: int, include: str = "face") -> np.ndarray:
+    """Mask for an already FFHQ-aligned ``size`` crop with no landmarks: a centred ellipse."""
+    return _outline_alpha(default_outline(size, include), int(size))
 
 
 def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
