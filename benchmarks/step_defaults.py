@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model = load_model(args.model)
     embedder = ArcFaceOnnxEmbedder()
-    people = sorted((SHARED / "data/lfw/images").iterdir())[:: 97][: args.faces]
+    people = [p for p in sorted((SHARED / "data/lfw/images").iterdir()) if any(p.glob("*.jpg"))][::97][: args.faces]
     photos = [np.asarray(Image.open(next(p.glob("*.jpg"))).convert("RGB")) for p in people]
     key = Key.generate()
     print(f"model {args.model}, {len(photos)} LFW photos, torch threads {torch.get_num_threads()}")

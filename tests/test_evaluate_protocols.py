@@ -272,3 +272,19 @@ def test_evaluate_smoke_on_lfw(tmp_path, capsys):
     # a second run into the same folder is refused without --overwrite
     with pytest.raises(UsageError):
         args.func(args)
+
+
+def test_encrypted_crop_baseline_is_exact_and_sealed():
+    from faceveil.container import pack_record
+    from faceveil.evaluate.baselines import EncryptedCropBaseline
+
+    image = _image(64)
+    key = Key.generate()
+    method = EncryptedCropBaseline()
+    anon = method.anonymize(image, _jobs(image), key)
+    region = face_region(image.shape, _jobs(image))
+    assert np.array_equal(anon.array[~region], image[~region]) and not np.array_equal(anon.array, image)
+    assert anon.unet_evals == 0 and len(pack_record(anon.record)) > 100
+    assert np.array_equal(method.recover(anon.array, anon.record, key), image)
+    with pytest.raises(WrongKeyError):
+        method.recover(anon.array, anon.record, Key.generate())

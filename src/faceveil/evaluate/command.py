@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="evaluate at most N faces (default: all of a folder, 100 of LFW)")
     p.add_argument("--embedders", default=DEFAULT_EMBEDDERS, help=f"comma-separated (default {DEFAULT_EMBEDDERS})")
-    p.add_argument("--methods", default="blur,pixelate,paper,faceveil", help="comma-separated: blur, pixelate, paper, faceveil (default: all four), faceveil-pairs (keyed pair swap, where the engine has it)")
+    p.add_argument("--methods", default="blur,pixelate,paper,faceveil", help="comma-separated: blur, pixelate, paper, faceveil, encrypted-crop (the header-size baseline), faceveil-pairs (keyed pair swap, where the engine has it)")
     p.add_argument("--resolution", type=int, default=None, metavar="PX",
                    help="resize inputs so their longer side is PX before evaluating (and calibrate at PX); default native")
     p.add_argument("--calibration", choices=("lfw", "none"), default="lfw",
@@ -234,6 +234,7 @@ def _methods(names: Sequence[str], model: Any, steps: int) -> list[Any]:
     from faceveil.engine import EngineSettings
     from faceveil.evaluate.baselines import (
         BlurBaseline,
+        EncryptedCropBaseline,
         PixelateBaseline,
         engine_variant,
         faceveil_default,
@@ -245,6 +246,7 @@ def _methods(names: Sequence[str], model: Any, steps: int) -> list[Any]:
         "pixelate": lambda: PixelateBaseline(),
         "paper": lambda: paper_reference(model, steps),
         "faceveil": lambda: faceveil_default(model, steps),
+        "encrypted-crop": lambda: EncryptedCropBaseline(),
     }
     if "mixing" in {f.name for f in dataclasses.fields(EngineSettings)}:  # the keyed pair swap, where present
         make["faceveil-pairs"] = lambda: engine_variant("faceveil-pairs", model, steps, mixing="pairs")

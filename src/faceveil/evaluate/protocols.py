@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from faceveil.container import open_header
+from faceveil.container import encode_png, open_header, pack_record
 from faceveil.engine import Schedule, invert
 from faceveil.errors import FaceveilError, HeaderError, UsageError, WrongKeyError
 from faceveil.evaluate.baselines import Anonymized, DiffusionMethod, Method, face_region
@@ -445,6 +445,9 @@ def run_protocols(
             stats["seconds"] += anon.seconds
             stats["unet_evals"] += anon.unet_evals
             stats["face_count"] += len(sample.jobs)
+            if anon.record is not None:
+                stats["header_bytes"] = stats.get("header_bytes", 0) + len(pack_record(anon.record))
+                stats["image_bytes"] = stats.get("image_bytes", 0) + len(encode_png(sample.rgb, None))
             face: dict[str, Any] = {"sample": sample.name, "faces_in_image": len(sample.jobs)}
             face["anonymized"] = image_quality(sample.rgb, anon.array, region)
             face["outside"] = outside_unchanged(sample.rgb, anon.array, region)
@@ -600,6 +603,10 @@ def _method_summary(
             "unet_evals_per_face": stats["unet_evals"] / n_faces,
             "recover_seconds_per_face": stats.get("recover_seconds", 0.0) / n_faces if method.reversible else None,
             "peak_rss_mb": stats.get("peak_rss_mb"),
+        },
+        "header": {
+            "bytes_per_face": stats["header_bytes"] / n_faces if "header_bytes" in stats else None,
+            "ratio_to_image_png": stats["header_bytes"] / stats["image_bytes"] if stats.get("image_bytes") else None,
         },
         "notes": stats["notes"],
         "faces": faces,

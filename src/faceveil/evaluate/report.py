@@ -158,7 +158,7 @@ def _side_by_side(results: dict[str, Any], embedders: Sequence[str], strict: str
     for e in embedders:
         header += [f"cos anon {e}"] + ([f"re-id {e} @{strict}"] if strict else [])
     header += ["PSNR face rec. (median)", "SSIM face rec.", "exact", "detected", "landmark drift",
-               "outside unchanged", "linkage AUC", "s/face", "UNet evals/face"]
+               "outside unchanged", "linkage AUC", "s/face", "UNet evals/face", "header B/face", "header / image PNG"]
     rows = []
     for name, m in results["methods"].items():
         cells = [name]
@@ -179,6 +179,8 @@ def _side_by_side(results: dict[str, Any], embedders: Sequence[str], strict: str
             fmt(m.get("linkage", {}).get("auc")) if "linkage" in m else "n/a",
             fmt(m["speed"]["seconds_per_face"], 2),
             fmt(m["speed"]["unet_evals_per_face"], 0),
+            fmt(m.get("header", {}).get("bytes_per_face"), 0) if m.get("header", {}).get("bytes_per_face") is not None else "n/a",
+            fmt(m.get("header", {}).get("ratio_to_image_png"), 2) if m.get("header", {}).get("ratio_to_image_png") is not None else "n/a",
         ]
         rows.append(cells)
     return ["## Side by side (same faces, one run)", ""] + _table(header, rows)
