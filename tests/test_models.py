@@ -74,3 +74,50 @@ def test_embedded_draft_model_veils_and_recovers_a_real_face():
     assert np.abs(veiled.astype(int) - rgb).max() > 30
     back, _ = recover_array(veiled, record, key, model)
     assert np.array_equal(back, rgb)
+
+
+# ---- the default model: the best one embedded in the package ------------------------
+def test_default_model_is_the_best_embedded_one(tmp_path):
+    from faceveil.models import EMBEDDED_MODELS, default_model
+
+    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-64-draft")
+    assert default_model(tmp_path) == DRAFT  # nothing shipped: the draft is named (its loading explains)
+    (tmp_path / DRAFT / "unet").mkdir(parents=True)
+    assert default_model(tmp_path) == DRAFT
+    (tmp_path / "faceveil-faces-64").mkdir()
+    assert default_model(tmp_path) == DRAFT  # a folder without weights does not count
+    (tmp_path / "faceveil-faces-64" / "unet").mkdir()
+    assert default_model(tmp_path) == "faceveil-faces-64"  # the day the GPU model ships
+
+
+def test_default_alias_loads_under_its_real_name(tmp_path, monkeypatch):
+    import faceveil.models as models
+    from faceveil.testing import tiny_pixel_model
+
+    tiny = tiny_pixel_model(32)
+    tiny.unet.save_pretrained(tmp_path / "unet")
+    tiny.scheduler.save_pretrained(tmp_path / "scheduler")
+    monkeypatch.setattr(models, "default_model", lambda weights_dir=None: str(tmp_path))
+    for spec in (None, "default"):
+        loaded = load_model(spec)
+        assert loaded.model_id == str(tmp_path)  # what headers record: never the alias
+        assert loaded.weights_hash == tiny.weights_hash
+    assert models.model_available("default")
+
+
+@pytest.mark.skipif(not _draft_available(), reason="the draft model's weights are not in this checkout")
+def test_shipped_default_is_the_draft_and_loads_offline(monkeypatch):
+    from faceveil.models import default_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert default_model() == DRAFT  # until faceveil-faces-64 ships
+    assert load_model().model_id == DRAFT
+
+
+def test_hub_presets_are_chosen_by_name_with_one_line_when_unreachable(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-faceveil-test")
+    with pytest.raises(ModelUnavailableError) as exc:
+        load_model("ldm-celebahq-256")
+    message = str(exc.value)
+    assert len(message.splitlines()) == 1 and "hf download CompVis/ldm-celebahq-256" in message

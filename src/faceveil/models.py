@@ -43,7 +43,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "faceveil-faces-64",
             str(WEIGHTS_DIR / "faceveil-faces-64"),
-            "faceveil's own pixel model, 64x64, embedded in the package (not trained yet: no weights shipped)",
+            "faceveil's own pixel model, 64x64, GPU-trained, embedded in the package; the default once its "
+            "weights ship in weights/faceveil-faces-64 (see TRAINING.md)",
         ),
         Preset(
             "faceveil-faces-64-draft",
@@ -53,7 +54,26 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
-DEFAULT_MODEL = "ldm-celebahq-256"
+# Embedded models, best first: the default is the first whose weights ship in this installation,
+# so the GPU-trained model becomes the default the day its folder is added, with no code change.
+EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-64-draft")
+DEFAULT_ALIAS = "default"
+
+
+def default_model(weights_dir: Path | None = None) -> str:
+    """The preset name of the best model embedded in the package (runs offline).
+
+    ``faceveil-faces-64`` when its weights folder is present, else the CPU-trained
+    ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
+    """
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    for name in EMBEDDED_MODELS:
+        if (root / name / "unet").is_dir():
+            return name
+    return EMBEDDED_MODELS[-1]  # nothing shipped: name the draft, whose loading then explains what is missing
+
+
+DEFAULT_MODEL = default_model()  # resolved once at import; ``load_model("default")`` resolves at call time
 
 
 @dataclass
@@ -221,8 +241,18 @@ def _component_dirs(folder: Path) -> dict[str, str]:
     return found
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu") -> DiffusionModel:
-    """Load a preset name, a hub id or a local diffusers folder (unet/, scheduler/, vqvae/ or vae/)."""
+def resolve_spec(spec: str | None) -> str:
+    """``None`` or ``"default"`` to the default embedded preset; anything else unchanged."""
+    return default_model() if spec in (None, DEFAULT_ALIAS) else spec
+
+
+def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
+    """Load a preset name, a hub id or a local diffusers folder (unet/, scheduler/, vqvae/ or vae/).
+
+    ``None`` or ``"default"`` loads :func:`default_model` (embedded, no network); the
+    model's id (written into headers) is always the resolved name, never the alias.
+    """
+    spec = resolve_spec(spec)
     preset = PRESETS.get(spec)
     source = preset.source if preset else spec
     folder = Path(source).expanduser()
@@ -233,7 +263,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu") -> DiffusionModel
             raise ModelUnavailableError(f"model folder {source} does not exist")
         if "/" not in source:
             names = ", ".join(PRESETS)
-            raise ModelUnavailableError(f"unknown model {spec!r}: use a preset ({names}), a hub id or a folder")
+            raise ModelUnavailableError(
+                f"unknown model {spec!r}: use a preset ({names}, or {DEFAULT_ALIAS!r}), a hub id or a folder"
+            )
         folder = _fetch_from_hub(source)
     parts = _component_dirs(folder)
     if "unet" not in parts:
@@ -256,6 +288,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu") -> DiffusionModel
 
 def model_available(spec: str) -> bool:
     """Whether ``spec`` can be loaded without a download (a local folder or the hub cache)."""
+    spec = resolve_spec(spec)
     preset = PRESETS.get(spec)
     source = preset.source if preset else spec
     if Path(source).expanduser().is_dir():
