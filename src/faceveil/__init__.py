@@ -13,8 +13,40 @@ needs neither the crypto nor the face-detection stack.
 from __future__ import annotations
 
 import importlib
+import os
 
 __version__ = "0.1.0"
+
+
+def _quiet_native_logs() -> None:
+    """Ask native libraries that log through glog or TensorFlow's logger for errors only.
+
+    Set at ``import faceveil``, before mediapipe or TFLite can be imported, and only
+    where the user has not chosen a level (``setdefault``). MediaPipe 0.10.21's absl
+    lines (``W0000 ... Feedback manager``) ignore these variables; ``faces.detect``
+    silences them around the graph's start-up.
+    """
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def quiet_diffusers() -> None:
+    """Set the ``diffusers`` library logger to errors only (its ``accelerate`` hint on every load).
+
+    Called by ``faceveil.models`` when it imports diffusers, so the API and the CLI both
+    get it; no other logger is touched. ``DIFFUSERS_VERBOSITY`` in the environment, the
+    library's own switch, wins.
+    """
+    if os.environ.get("DIFFUSERS_VERBOSITY"):
+        return
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:  # pragma: no cover
+        return
+    diffusers_logging.set_verbosity_error()
+
+
+_quiet_native_logs()
 
 _EXPORTS = {
     "anonymize": "faceveil.api", "recover": "faceveil.api", "Result": "faceveil.api",
@@ -23,6 +55,7 @@ _EXPORTS = {
     "UsageError": "faceveil.errors", "WrongKeyError": "faceveil.errors",
     "Key": "faceveil.keys", "generate_key": "faceveil.keys",
     "PRESETS": "faceveil.models", "DiffusionModel": "faceveil.models", "load_model": "faceveil.models",
+    "default_model": "faceveil.models",
     "Settings": "faceveil.pipeline",
 }
 

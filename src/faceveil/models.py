@@ -18,8 +18,11 @@ from urllib.parse import urlparse
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
 
+from faceveil import quiet_diffusers
 from faceveil.engine.ddim import to_epsilon
 from faceveil.errors import ModelUnavailableError
+
+quiet_diffusers()
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
