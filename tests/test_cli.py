@@ -75,7 +75,11 @@ def test_pair_mixing_round_trip_through_the_cli(face_png, keyfile, pixel_model_d
     veiled, back = tmp_path / "v.png", tmp_path / "r.png"
     args = ["--key", str(keyfile), "--model", str(pixel_model_dir)]
     assert main(["anonymize", str(face_png), "-o", str(veiled), "--mixing", "pairs", *args, *STEPS]) == 0
-    assert json.loads(Image.open(veiled).text["faceveil"])["public"]["settings"]["engine"]["mixing"] == "pairs"
+    from faceveil.container import open_header, read_record
+    from faceveil.keys import Key
+
+    public, _ = open_header(Key.load(keyfile), read_record(veiled))
+    assert public["settings"]["engine"]["mixing"] == "pairs"
     assert main(["recover", str(veiled), "-o", str(back), *args]) == 0
     assert np.array_equal(_read(back), _read(face_png))
 
@@ -105,10 +109,11 @@ def test_wrong_key_exits_3_and_writes_nothing(face_png, keyfile, pixel_model_dir
 def test_tampered_and_missing_header_exit_3(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
     veiled = tmp_path / "v.png"
     main(["anonymize", str(face_png), "--key", str(keyfile), "-o", str(veiled), "--model", str(pixel_model_dir), *STEPS])
+    from faceveil.container import encode_png, read_record
+
     image = Image.open(veiled)
-    record = json.loads(image.text["faceveil"])
+    record = read_record(veiled)
     record["public"]["settings"]["engine"]["steps"] = 9
-    from faceveil.container import encode_png
 
     tampered = tmp_path / "t.png"
     tampered.write_bytes(encode_png(np.asarray(image), record))
