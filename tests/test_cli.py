@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from faceveil.faces.mask import default_outline
 from faceveil.pipeline import face_geometry, whole_image_transform
 
 STEPS = ["--steps", "8", "--aligned"]
+FAST = ["--steps", "2", "--refine-iters", "1", "--aligned"]  # where exactness at 8 steps is not the point
 
 
 @pytest.fixture()
@@ -164,3 +166,277 @@ def test_bad_usage_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["anonymize"])
     assert exc.value.code == 2
+
+
+# ---- issue 11: a person's first hour -------------------------------------------------
+def _use_tiny_default(monkeypatch, folder):
+    """Make the tiny test model the 'best embedded model' (the real default is the draft)."""
+    import faceveil.models
+
+    monkeypatch.setattr(faceveil.models, "default_model", lambda weights_dir=None: str(folder))
+
+
+def test_anonymize_and_recover_without_model_use_the_embedded_default(face_png, keyfile, pixel_model_dir, tmp_path, monkeypatch):
+    from faceveil.container import open_header, read_record
+    from faceveil.keys import Key
+
+    _use_tiny_default(monkeypatch, pixel_model_dir)
+    veiled, back = tmp_path / "v.png", tmp_path / "r.png"
+    assert main(["anonymize", str(face_png), "--key", str(keyfile), "-o", str(veiled), *FAST]) == 0
+    public, _ = open_header(Key.load(keyfile), read_record(veiled))
+    assert public["model"]["id"] == str(pixel_model_dir)  # the resolved name, never an alias
+    assert main(["recover", str(veiled), "--key", str(keyfile), "-o", str(back)]) == 0
+    assert np.array_equal(_read(back), _read(face_png))
+
+
+def test_api_default_model_and_progress(face_png, pixel_model_dir, tmp_path, monkeypatch):
+    import faceveil
+
+    _use_tiny_default(monkeypatch, pixel_model_dir)
+    key = faceveil.generate_key()
+    counts = {"anonymize": 0, "recover": 0}
+
+    def counter(name):
+        def progress(n):
+            counts[name] += n
+        return progress
+
+    settings = faceveil.Settings(faceveil.EngineSettings(steps=2, refine_iters=1))
+    result = faceveil.anonymize(face_png, key, tmp_path / "v.png", aligned=True, settings=settings, progress=counter("anonymize"))
+    faceveil.recover(result.outputs[0], key, tmp_path / "r.png", progress=counter("recover"))
+    # every UNet evaluation counts once: at least one inversion and one sampling pass of 2 steps
+    assert counts["anonymize"] >= 4 and counts["recover"] >= 4
+    assert np.array_equal(_read(tmp_path / "r.png"), _read(face_png))
+
+
+class _Terminal:
+    """A stand-in for a terminal's stderr."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_bar_on_a_terminal_and_quiet_otherwise(face_png, keyfile, pixel_model_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    args = ["--key", str(keyfile), "--model", str(pixel_model_dir), *FAST]
+    assert main(["anonymize", str(face_png), "-o", str(tmp_path / "a.png"), *args]) == 0
+    assert "UNet evals" not in capsys.readouterr().err  # not a terminal: no bar
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["anonymize", str(face_png), "-o", str(tmp_path / "b.png"), *args]) == 0
+    shown = terminal.buffer.getvalue()
+    assert "anonymize face.png" in shown and "UNet evals" in shown
+    terminal.buffer.truncate(0)
+    assert main(["anonymize", str(face_png), "-o", str(tmp_path / "c.png"), "--quiet", *args]) == 0
+    assert "UNet evals" not in terminal.buffer.getvalue()
+
+
+QUIET_SCRIPT = r"""
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="user-config %(name)s %(message)s")
+logging.getLogger("myapp").setLevel(logging.DEBUG)
+import numpy as np
+import faceveil
+from faceveil.faces import detect_faces
+from faceveil.models import load_model
+load_model(sys.argv[1])
+detect_faces(np.full((96, 96, 3), 128, np.uint8))
+logging.getLogger("myapp").debug("still mine")
+assert logging.getLogger().level == logging.INFO and logging.getLogger("myapp").level == logging.DEBUG
+print("ok")
+"""
+
+
+def test_api_silences_third_party_log_lines_only(pixel_model_dir, tmp_path):
+    """``import faceveil`` + first use: no accelerate hint, no mediapipe W0000 lines; the user's logging intact."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "use_api.py"
+    script.write_text(QUIET_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL", "DIFFUSERS_VERBOSITY")}
+    run = subprocess.run([sys.executable, str(script), str(pixel_model_dir)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+    for noise in ("accelerate", "W0000", "Feedback manager", "XNNPACK", "absl::InitializeLog"):
+        assert noise not in run.stderr, run.stderr
+    assert "user-config myapp still mine" in run.stderr  # the user's own logger still logs
+
+
+def test_recover_of_lossy_output_says_lossy_not_modified(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    args = ["--key", str(keyfile), "--model", str(pixel_model_dir)]
+    for suffix, name in ((".jpg", "JPEG"), (".webp", "WebP")):
+        veiled = tmp_path / f"v{suffix}"
+        assert main(["anonymize", str(face_png), "-o", str(veiled), *args, *FAST]) == 0
+        capsys.readouterr()
+        assert main(["recover", str(veiled), "-o", str(tmp_path / f"r{suffix}.png"), *args]) == 0
+        err = capsys.readouterr().err
+        assert f"{name} is a lossy format" in err and "approximate" in err and "17 dB" in err and ".png" in err
+        assert "modified" not in err
+
+
+def test_recover_of_an_edited_png_says_modified(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    from faceveil.container import encode_png, read_record
+
+    args = ["--key", str(keyfile), "--model", str(pixel_model_dir)]
+    veiled = tmp_path / "v.png"
+    assert main(["anonymize", str(face_png), "-o", str(veiled), *args, *FAST]) == 0
+    pixels = _read(veiled).copy()
+    pixels[0, 0] ^= 1  # one pixel edited, header kept
+    edited = tmp_path / "edited.png"
+    edited.write_bytes(encode_png(pixels, read_record(veiled)))
+    capsys.readouterr()
+    assert main(["recover", str(edited), "-o", str(tmp_path / "r.png"), *args]) == 0
+    err = capsys.readouterr().err
+    assert "modified after anonymization" in err and "lossy" not in err
+
+
+def test_lossy_format_reads_the_bytes_not_the_name(tmp_path):
+    from faceveil.api import lossy_format
+
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    image.save(tmp_path / "a.jpg", quality=95)
+    image.save(tmp_path / "lossy.webp", quality=95)
+    image.save(tmp_path / "lossless.webp", lossless=True)
+    image.save(tmp_path / "a.png")
+    (tmp_path / "a.png").rename(tmp_path / "png-named.jpg")
+    assert lossy_format(tmp_path / "a.jpg") == "JPEG"
+    assert lossy_format(tmp_path / "lossy.webp") == "WebP"
+    assert lossy_format(tmp_path / "lossless.webp") is None
+    assert lossy_format(tmp_path / "png-named.jpg") is None
+    assert lossy_format(tmp_path / "missing.jpg") is None
+
+
+def _manifest(folder):
+    return {Path(e["input"]).name: e for e in json.loads((folder / "manifest.json").read_text())["files"]}
+
+
+def test_manifest_is_merged_and_never_marks_a_good_output_failed(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    second = tmp_path / "second.png"
+    Image.fromarray(np.flipud(_read(face_png)).copy()).save(second)
+    out = tmp_path / "out"
+    base = ["--key", str(keyfile), "--model", str(pixel_model_dir), "-o", str(out), *FAST]
+    assert main(["anonymize", str(face_png), str(second), *base]) == 0
+    first = _manifest(out)
+    assert {e["status"] for e in first.values()} == {"done"}
+    outputs = {name: (out / Path(e["outputs"][0]).name).read_bytes() for name, e in first.items()}
+
+    # again without --resume: refused (exit 2, said so), the records stay "done"
+    capsys.readouterr()
+    assert main(["anonymize", str(face_png), str(second), *base]) == 2
+    err = capsys.readouterr().err
+    assert "0 done, 0 skipped, 0 failed, 2 refused" in err and "--resume" in err
+    assert _manifest(out) == first
+    # again with --resume: skipped, the records stay "done"
+    assert main(["anonymize", str(face_png), str(second), "--resume", *base]) == 0
+    assert _manifest(out) == first
+    # one input alone: the other's record is kept
+    assert main(["anonymize", str(second), "--resume", *base]) == 0
+    assert _manifest(out) == first
+
+    # a new input that fails is added; the good ones keep their records
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["anonymize", str(broken), str(second), "--resume", *base]) == 2
+    now = _manifest(out)
+    assert now["broken.png"]["status"] == "failed" and now["face.png"] == first["face.png"] and now["second.png"] == first["second.png"]
+
+    # --overwrite of an input that now fails: its earlier output is still there and good
+    face_png.write_bytes(b"garbage now")
+    assert main(["anonymize", str(face_png), "--overwrite", *base]) == 2
+    now = _manifest(out)
+    assert now["face.png"]["status"] == "done" and now["face.png"]["last_attempt"]["status"] == "failed"
+    assert (out / "face.veiled.png").read_bytes() == outputs["face.png"]
+    # a fresh success replaces the record (and its last_attempt)
+    broken.write_bytes(second.read_bytes())
+    assert main(["anonymize", str(broken), *base]) == 0
+    assert _manifest(out)["broken.png"]["status"] == "done"
+    assert len(_manifest(out)) == 3
+
+
+def test_unreadable_manifest_is_kept_aside(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{ not json")
+    assert main(["anonymize", str(face_png), "--key", str(keyfile), "--model", str(pixel_model_dir), "-o", str(out), *FAST]) == 0
+    assert (out / "manifest.json.unreadable-1").read_text() == "{ not json"
+    assert _manifest(out)["face.png"]["status"] == "done"
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_merge_manifest_rules(tmp_path):
+    from faceveil.cli import SKIPPED, merge_manifest
+
+    kept = tmp_path / "a.veiled.png"
+    kept.write_bytes(b"x")
+    done = {"input": "/in/a.png", "outputs": [str(kept)], "status": "done"}
+    gone = {"input": "/in/b.png", "outputs": [str(tmp_path / "gone.png")], "status": "done"}
+    merged = {e["input"]: e for e in merge_manifest([done, gone], [
+        {"input": "/in/a.png", "outputs": [str(kept)], "status": SKIPPED},
+        {"input": "/in/b.png", "outputs": [], "status": "failed", "reason": "bad"},
+        {"input": "/in/c.png", "outputs": ["/out/c.png"], "status": SKIPPED},
+    ])}
+    assert merged["/in/a.png"] == done  # skipped never replaces
+    assert merged["/in/b.png"]["status"] == "failed"  # its output is gone: the failure is the truth
+    assert merged["/in/c.png"]["status"] == SKIPPED  # a new record
+    merged = {e["input"]: e for e in merge_manifest([done], [{"input": "/in/a.png", "outputs": [], "status": "failed", "reason": "r"}])}
+    assert merged["/in/a.png"]["status"] == "done" and merged["/in/a.png"]["last_attempt"] == {"status": "failed", "reason": "r"}
+
+
+def _options(parser, name=""):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _options(subparser, f"{name} {sub}".strip())
+        elif action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield name, parser._get_formatter(), action
+
+
+@pytest.mark.parametrize("command", ["keygen", "anonymize", "recover", "models", "evaluate"])
+def test_every_option_has_help_with_its_default(command):
+    from faceveil.cli import build_parser
+
+    checked = 0
+    for name, formatter, action in _options(build_parser()):
+        if name != command:
+            continue
+        text = formatter._get_help_string(action) if action.help else ""
+        assert text, f"{name} {action.option_strings} has no help"
+        assert "default" in text.lower() or "(required)" in text, f"{name} {action.option_strings}: {text!r}"
+        checked += 1
+    assert command == "models" or checked
+
+
+def test_help_shows_defaults_and_key_help(capsys):
+    from faceveil.engine import EngineSettings
+    from faceveil.models import default_model
+
+    with pytest.raises(SystemExit):
+        main(["anonymize", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the secret key file made by `faceveil keygen`" in out
+    assert f"(default: {default_model()}" in out and f"DDIM steps (default: {EngineSettings().steps})" in out
+    assert "--quiet" in out
+
+
+def test_models_marks_the_embedded_default(capsys):
+    from faceveil.models import default_model
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"{default_model()} (default): available (embedded, offline)" in out
+    assert "ldm-celebahq-256 (default)" not in out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -21,22 +22,52 @@ from faceveil.errors import FaceveilError, UsageError
 EXIT_USAGE = 2
 
 
+_NAMES_DEFAULT = re.compile(r"\(default|default:|; default ", re.IGNORECASE)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or _NAMES_DEFAULT.search(text):
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'off' if isinstance(action, argparse._StoreTrueAction) else 'on'})"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # exit code 2 with one line, as argparse does
         self.exit(EXIT_USAGE, f"faceveil: error: {message}\n")
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """The command owns its process: no Python warnings, no hub or diffusers chatter.
+
+    The library-level part (native log levels at ``import faceveil``, diffusers at
+    ``import faceveil.models``) is the API's too; this adds what only a command may do.
+    """
+    from faceveil import _quiet_native_logs, quiet_diffusers
+
+    _quiet_native_logs()
     warnings.filterwarnings("ignore")
-    for name in ("diffusers", "huggingface_hub", "transformers"):
+    for name in ("huggingface_hub", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_diffusers()
     try:
         from diffusers.utils import logging as dlogging
 
-        dlogging.set_verbosity_error()
         dlogging.disable_progress_bar()
-    except ImportError:
+    except ImportError:  # pragma: no cover
         pass
 
 
@@ -82,10 +113,16 @@ def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recoverin
     return [Task(path, default_output(out / rel, tag)) for path, rel in pairs]
 
 
-def _progress_bar(desc: str):
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal, and not with ``--quiet``."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def _progress_bar(desc: str, enabled: bool):
+    """A bar counting UNet evaluations (no total: refinement stops early, so any total would be wrong)."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit=" UNet evals", leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    bar = tqdm(desc=desc, unit=" UNet evals", leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
     return bar, bar.update
 
 
@@ -98,20 +135,30 @@ def _run_batch(args: argparse.Namespace, action, recovering: bool, tag: str) -> 
     tasks = plan_tasks(args.inputs, args.output, getattr(args, "recursive", False), recovering, tag)
     if not tasks:
         raise UsageError("no input images found" + ("" if getattr(args, "recursive", False) else " (folders: add --recursive to go into subfolders)"))
-    done, skipped, failed, manifest = 0, 0, [], []
+    done, skipped, refused, failed, manifest = 0, 0, [], [], []
     first_failure = 0
-    for task in tqdm(tasks, desc="images", unit=" image", disable=len(tasks) < 2 or not sys.stderr.isatty()):
+    show = _show_progress(args)
+    for task in tqdm(tasks, desc="images", unit=" image", disable=len(tasks) < 2 or not show, file=sys.stderr):
         target = task.target or default_output(task.source, tag)
-        if args.resume and target.exists():
-            skipped += 1
-            manifest.append({"input": str(task.source), "outputs": [str(target)], "status": "skipped (exists)"})
+        source_key = str(task.source.resolve())
+        if target.exists() and not args.overwrite and not _same_file(target, task.source):
+            # an earlier run's output: --resume skips it quietly; without it the refusal is reported
+            # (exit 2) but the manifest keeps the earlier record: the output is not a failure
+            manifest.append({"input": source_key, "outputs": [str(target)], "status": SKIPPED})
+            if args.resume:
+                skipped += 1
+                continue
+            reason = f"{target} already exists (--resume skips it, --overwrite redoes it)"
+            print(f"faceveil: {task.source}: {reason}", file=sys.stderr)
+            refused.append((task.source, reason))
+            first_failure = first_failure or UsageError.exit_code
             continue
         try:
             result = action(task.source, target)
         except FaceveilError as exc:
             print(f"faceveil: {task.source}: {exc}", file=sys.stderr)
             failed.append((task.source, str(exc)))
-            manifest.append({"input": str(task.source), "outputs": [], "status": "failed", "reason": str(exc)})
+            manifest.append({"input": source_key, "outputs": [], "status": "failed", "reason": str(exc)})
             first_failure = first_failure or exc.exit_code
             continue
         done += 1
@@ -119,35 +166,79 @@ def _run_batch(args: argparse.Namespace, action, recovering: bool, tag: str) -> 
             print(f"faceveil: {task.source}: note: {note}", file=sys.stderr)
         print(f"{task.source} -> {', '.join(str(p) for p in result.outputs)}")
         manifest.append({
-            "input": str(task.source), "outputs": [str(p) for p in result.outputs], "status": "done",
+            "input": source_key, "outputs": [str(p) for p in result.outputs], "status": "done",
             "faces": len(result.faces), "notes": result.notes,
         })
     if len(tasks) > 1:
-        print(f"faceveil: {done} done, {skipped} skipped, {len(failed)} failed", file=sys.stderr)
+        extra = f", {len(refused)} refused (output exists)" if refused else ""
+        print(f"faceveil: {done} done, {skipped} skipped, {len(failed)} failed{extra}", file=sys.stderr)
         for source, reason in failed:
             print(f"  failed: {source}: {reason}", file=sys.stderr)
+        for source, reason in refused:
+            print(f"  refused: {source}: {reason}", file=sys.stderr)
     if args.output and Path(args.output).is_dir():
         _write_manifest(Path(args.output) / "manifest.json", manifest)
     return first_failure
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+SKIPPED = "skipped (exists)"
+
+
+def merge_manifest(previous: list[dict], entries: list[dict]) -> list[dict]:
+    """Records keyed by input; the newest outcome wins, except that nothing good is lost.
+
+    - ``skipped (exists)`` never replaces an earlier record (it only adds a missing one);
+    - ``failed`` does not replace a ``done`` whose outputs all still exist (atomic writes
+      leave them whole): the record stays ``done`` and gains ``last_attempt``;
+    - ``done`` replaces anything.
+    """
+    merged: dict[str, dict] = {}
+    for entry in previous:
+        if isinstance(entry, dict) and isinstance(entry.get("input"), str):
+            merged[entry["input"]] = entry
+    for entry in entries:
+        old = merged.get(entry["input"])
+        if old is not None and entry["status"] == SKIPPED:
+            continue
+        if (old is not None and entry["status"] == "failed" and old.get("status") == "done"
+                and all(Path(p).is_file() for p in old.get("outputs", []))):
+            merged[entry["input"]] = {**old, "last_attempt": {"status": "failed", "reason": entry.get("reason", "")}}
+            continue
+        merged[entry["input"]] = entry
+    return list(merged.values())
+
+
 def _write_manifest(path: Path, entries: list[dict]) -> None:
-    """Merge this run's entries into the folder's manifest (latest entry per input wins)."""
+    """Merge this run's entries into the folder's ``manifest.json``, atomically.
+
+    An unreadable manifest is kept aside (``manifest.json.unreadable-N``), never dropped.
+    """
     import json
 
     from faceveil.atomic import write_file
 
-    merged: dict[str, dict] = {}
+    previous: list[dict] = []
     if path.is_file():
         try:
-            merged = {e["input"]: e for e in json.loads(path.read_text()).get("files", [])}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            merged = {}
-    for entry in entries:
-        if entry["status"].startswith("skipped") and entry["input"] in merged:
-            continue
-        merged[entry["input"]] = entry
-    data = {"faceveil": __version__, "files": list(merged.values())}
+            files = json.loads(path.read_text()).get("files", [])
+            if not isinstance(files, list):
+                raise TypeError("files is not a list")
+            previous = files
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+            n = 1
+            while path.with_name(f"{path.name}.unreadable-{n}").exists():
+                n += 1
+            aside = path.with_name(f"{path.name}.unreadable-{n}")
+            os.replace(path, aside)
+            print(f"faceveil: note: {path} was unreadable; kept as {aside.name}, a new one started", file=sys.stderr)
+    data = {"faceveil": __version__, "files": merge_manifest(previous, entries)}
     write_file(path, (json.dumps(data, indent=1) + "\n").encode(), overwrite=True)
 
 
@@ -184,10 +275,11 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
         decoder_iters=args.decoder_iters,
         hint=not args.no_hint,
     )
-    model = load_model(args.model)
+    model = load_model(args.model)  # None: the best embedded model
+    show = _show_progress(args)
 
     def action(source: Path, target: Path):
-        bar, update = _progress_bar(f"anonymize {source.name}")
+        bar, update = _progress_bar(f"anonymize {source.name}", show)
         with bar:
             return anonymize(
                 source, key, target, model=model, settings=settings, aligned=args.aligned, mask=args.mask,
@@ -204,9 +296,10 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
     key = _load_key(args.key)
     model = load_model(args.model) if args.model else None
+    show = _show_progress(args)
 
     def action(source: Path, target: Path):
-        bar, update = _progress_bar(f"recover {source.name}")
+        bar, update = _progress_bar(f"recover {source.name}", show)
         with bar:
             return recover(
                 source, key, target, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
@@ -217,12 +310,18 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from faceveil.models import DEFAULT_MODEL, PRESETS, model_available
+    from faceveil.models import PRESETS, WEIGHTS_DIR, default_model, model_available
 
+    default = default_model()
     for name, preset in PRESETS.items():
-        state = "available" if model_available(name) else "not available here"
-        default = " (default)" if name == DEFAULT_MODEL else ""
-        print(f"{name}{default}: {state}\n    source: {preset.source}\n    {preset.description}")
+        embedded = preset.source.startswith(str(WEIGHTS_DIR))
+        if model_available(name):
+            state = "available (embedded, offline)" if embedded else "available (in the hub cache)"
+        else:
+            state = "not shipped in this installation" if embedded else "not available here (downloaded from the hub on first use)"
+        tag = " (default)" if name == default else ""
+        print(f"{name}{tag}: {state}\n    source: {preset.source}\n    {preset.description}")
+    print(f"default: {default} (the best embedded model; others are chosen with --model NAME)")
     return 0
 
 
@@ -230,60 +329,71 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     from faceveil.imageio import DEFAULT_MAX_PIXELS
 
     p.add_argument("--recursive", action="store_true", help="go into subfolders of folder inputs")
-    p.add_argument("--resume", action="store_true", help="skip inputs whose output already exists")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse images larger than this many pixels (default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs whose output already exists (without it they are refused, exit 2)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images larger than this many pixels")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they show only on a terminal anyway); results, notes and errors still print")
+
+
+KEY_HELP = "the secret key file made by `faceveil keygen` (asks for its passphrase if it has one)"
+OUTPUT_HELP = ("output file (one input file) or folder (several inputs, or folders: subfolders mirrored, "
+               "manifest.json merged there) (default: beside each input, {name})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from faceveil.engine import CONTEXTS, MIXINGS, EngineSettings
     from faceveil.faces.detect import DEFAULT_MIN_SIZE
     from faceveil.faces.mask import INCLUDE_OPTIONS
-    from faceveil.models import DEFAULT_MODEL
+    from faceveil.models import default_model
 
     defaults = EngineSettings()
+    embedded = default_model()
     parser = _Parser(prog="faceveil", description="Secure, key-reversible face anonymization with diffusion models.")
     parser.add_argument("--version", action="version", version=f"faceveil {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="create a new secret key file (mode 0600, never overwrites)")
-    p.add_argument("keyfile")
+    p.add_argument("keyfile", help="where to write the new key (refused if it exists)")
     p.add_argument("--passphrase", action="store_true",
                    help="protect the key with a passphrase (Argon2id); read from $FACEVEIL_PASSPHRASE or a prompt")
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("anonymize", help="replace faces by faces of nobody, reversibly with the key")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--key", required=True, metavar="KEYFILE")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (one input file) or folder (several, or folders)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"preset, hub id or local folder (default {DEFAULT_MODEL})")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps (default %(default)s)")
+    p.add_argument("--key", required=True, metavar="KEYFILE", help=KEY_HELP)
+    p.add_argument("-o", "--output", metavar="OUT", help=OUTPUT_HELP.format(name="photo.veiled.png"))
+    p.add_argument("--model", default=None, metavar="M",
+                   help=f"preset (see `faceveil models`), hub id or local diffusers folder (default: {embedded}, "
+                        "the best model embedded in this installation; runs offline)")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps")
     p.add_argument("--refine-iters", type=int, default=defaults.refine_iters,
-                   help="fixed-point refinements per inversion step, 0 = plain DDIM inversion (default %(default)s)")
-    p.add_argument("--refine-tol", type=float, default=defaults.refine_tol, help="refinement tolerance (default %(default)s)")
+                   help="fixed-point refinements per inversion step, 0 = plain DDIM inversion")
+    p.add_argument("--refine-tol", type=float, default=defaults.refine_tol, help="refinement tolerance")
     p.add_argument("--context", choices=CONTEXTS, default=defaults.context,
                    help="trajectory re-injected outside the mask; 'own' is the paper's (not exactly reversible)")
     p.add_argument("--mixing", choices=MIXINGS, default=defaults.mixing,
                    help="what the key does to the noise: flip signs (the paper), or also swap secret pairs of "
                         "coordinates, which stops linking an original to its anonymized version by noise magnitudes")
-    p.add_argument("--decoder-iters", type=int, default=0, help="decoder inversion steps for latent models (default 0)")
+    p.add_argument("--decoder-iters", type=int, default=0, help="decoder inversion steps for latent models")
     p.add_argument("--no-hint", action="store_true", help="do not store the sealed recovery hint (recovery becomes approximate)")
     p.add_argument("--no-residual", action="store_true",
                    help="do not store the sealed residual: recovery gives the model's reconstruction, not the exact pixels")
     p.add_argument("--aligned", action="store_true", help="the input is one aligned face crop: no detection, default mask")
-    p.add_argument("--mask", choices=INCLUDE_OPTIONS, default="face", help="what the face mask covers (default %(default)s)")
+    p.add_argument("--mask", choices=INCLUDE_OPTIONS, default="face", help="what the face mask covers")
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_SIZE,
-                   help="faces smaller than this (pixels) are anonymized but reported (default %(default)s)")
+                   help="faces smaller than this (pixels) are anonymized but reported")
     p.add_argument("--allow-no-face", action="store_true", help="write images without faces unchanged instead of failing")
     _batch_options(p)
     p.set_defaults(func=_cmd_anonymize)
 
     p = sub.add_parser("recover", help="restore the original faces with the key")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--key", required=True, metavar="KEYFILE")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file (one input file) or folder (several, or folders)")
-    p.add_argument("--model", default=None, help="override the model named in the header (a local copy, say)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized image files or folders (*.veiled.*)")
+    p.add_argument("--key", required=True, metavar="KEYFILE", help=KEY_HELP)
+    p.add_argument("-o", "--output", metavar="OUT", help=OUTPUT_HELP.format(name="photo.recovered.png"))
+    p.add_argument("--model", default=None, metavar="M",
+                   help="override the model named in the header, e.g. a local copy of it (default: the header's model)")
     p.add_argument("--no-residual", action="store_true", help="ignore the stored residual (show the model's reconstruction)")
     _batch_options(p)
     p.set_defaults(func=_cmd_recover)
