@@ -174,7 +174,7 @@ def ddim_scheduler_config() -> dict[str, Any]:
 class TrainConfig:
     """Settings of a training run. ``None`` fields take the preset's default."""
 
-    data: str | None = None  # .npz from prepare_dataset (or pass images= to train())
+    data: str | None = None  # .npz or chunked set folder from prepare-data (or pass images= to train())
     out_dir: str = "runs/faces64"
     preset: str = "default"  # "tiny" | "default"
     steps: int = 20_000  # total optimizer steps of the run (resume continues towards it)
@@ -526,20 +526,23 @@ def _load_images(cfg: TrainConfig, images: np.ndarray | None) -> tuple[np.ndarra
     else:
         if not cfg.data:
             raise UsageError("no training data: pass --data FILE (from prepare-data)")
-        from faceveil.train.data import load_faces
+        from faceveil.train.chunks import SET_FORMAT, load_face_set, set_summary
 
-        fd = load_faces(cfg.data)
+        fd = load_face_set(cfg.data)
         arr = fd.images
         m = fd.manifest
-        summary = {
-            "source": Path(cfg.data).name,
-            "images": int(len(arr)),
-            "identities": len(fd.identity_names),
-            "counts": m.get("counts"),
-            "celeba_holdout_identities": (m.get("celeba_holdout") or {}).get("identities"),
-            "lfw_excluded_files": (m.get("lfw_excluded") or {}).get("files"),
-            "encoding": m.get("encoding"),
-        }
+        if m.get("format") == SET_FORMAT:
+            summary = set_summary(cfg.data, m)
+        else:
+            summary = {
+                "source": Path(cfg.data).name,
+                "images": int(len(arr)),
+                "identities": len(fd.identity_names),
+                "counts": m.get("counts"),
+                "celeba_holdout_identities": (m.get("celeba_holdout") or {}).get("identities"),
+                "lfw_excluded_files": (m.get("lfw_excluded") or {}).get("files"),
+                "encoding": m.get("encoding"),
+            }
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[1] != arr.shape[2]:
         raise UsageError(f"training images must be uint8 N x S x S x 3, got {arr.shape} {arr.dtype}")
     if len(arr) == 0:
