@@ -23,11 +23,15 @@ def register(subparsers: Any) -> None:
         description=(
             "Detect and FFHQ-align the training faces of the shared CelebA and LFW photos "
             "(held-out CelebA identities and every person of LFW's pairs.txt and "
-            "pairsDevTest.txt left out) and write them to one .npz file of at most 40 MB."
+            "pairsDevTest.txt left out) and write them to one .npz file of at most 40 MB; with "
+            "--sources-root, add the external sources of faceveil.train.sources (CelebA "
+            "exclude_identities.txt left out too, duplicates removed, tight crops filled "
+            "FFHQ-style) and write a chunked set (a folder of .npz chunks and provenance.json)."
         ),
     )
     p.add_argument("--shared", default="../shared", metavar="DIR", help="shared folder (default: ../shared)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="file to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="file to write (OUT.npz), or the folder of a chunked set (with --sources-root)")
     p.add_argument("--size", type=int, default=64, help="crop side in pixels (default: 64)")
     p.add_argument(
         "--holdout-fraction", type=float, default=0.1,
@@ -39,6 +43,28 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--encoding", choices=("auto", "raw", "webp", "jpeg"), default="auto",
                    help="auto: raw uint8 if it fits, else lossless WebP, else JPEG 4:4:4 at the best quality that fits")
+    p.add_argument(
+        "--sources-root", metavar="DIR", default=None,
+        help="extracted external sources (faceveil.train.sources.KNOWN_SOURCES under DIR/<name>/); "
+             "writes a chunked set: -o is then a folder",
+    )
+    p.add_argument("--source", action="append", default=None, metavar="NAME",
+                   help="use only this external source (repeatable; default: all known)")
+    p.add_argument("--extract-from", metavar="MIRRORS", default=None,
+                   help="first extract missing sources from bare mirrors MIRRORS/<owner>+<name>/repo")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="cache of aligned crops per source (chunked sets; reruns only re-assemble)")
+    p.add_argument("--chunk-mb", type=float, default=48.0,
+                   help="chunk size limit in MiB for a chunked set (default: 48; a device call carries 64 MiB with the tree)")
+    p.add_argument("--chunk-encoding", choices=("jpeg", "webp"), default="jpeg",
+                   help="chunked set: jpeg 4:4:4 at --jpeg-quality (default) or lossless webp")
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--max-hash-distance", type=int, default=6,
+                   help="chunked set: face-region hash bits within which two crops are duplicate candidates (default: 6)")
+    p.add_argument("--min-similarity", type=float, default=0.8,
+                   help="chunked set: fine-detail similarity that confirms a duplicate candidate (default: 0.8)")
+    p.add_argument("--max-filled", type=float, default=1.0,
+                   help="chunked set: drop crops with a larger fraction filled beyond the source image (default: 1, keep all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prepare_data)
 
@@ -52,7 +78,8 @@ def register(subparsers: Any) -> None:
             "model as a diffusers folder (unet/ + scheduler/)."
         ),
     )
-    t.add_argument("--data", metavar="FILE", help="face file from prepare-data")
+    t.add_argument("--data", metavar="PATH",
+                   help="face file (.npz) or chunked set (folder or its provenance.json) from prepare-data")
     t.add_argument("--out", default="runs/faces64", metavar="DIR", help="run folder (default: runs/faces64)")
     t.add_argument("--config", choices=("tiny", "small", "default"), default="default",
                    help="model preset: tiny (tests), small (4.3 M, CPU drafts), default (26.6 M, GPU)")
@@ -92,6 +119,8 @@ def run_prepare_data(args: argparse.Namespace) -> int:
     shared = Path(args.shared)
     if not (shared / "data").is_dir():
         raise UsageError(f"shared folder not found or without data/: {shared}")
+    if args.sources_root or Path(args.output).suffix != ".npz":
+        return _run_prepare_set(args, shared)
     report = prepare_dataset(
         shared,
         args.output,
@@ -100,6 +129,40 @@ def run_prepare_data(args: argparse.Namespace) -> int:
         limit_per_source=args.limit,
         max_bytes=int(args.max_mb * 1e6),
         encoding=args.encoding,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return 0
+
+
+def _run_prepare_set(args: argparse.Namespace, shared: Path) -> int:
+    from faceveil.errors import UsageError
+    from faceveil.train import sources
+    from faceveil.train.prepare import prepare_face_set
+
+    if args.extract_from:
+        if not args.sources_root:
+            raise UsageError("--extract-from needs --sources-root")
+        for name in args.source or [s.name for s in sources.KNOWN_SOURCES]:
+            spec = sources.known_source(name)
+            if not (Path(args.sources_root) / spec.name).is_dir():
+                sources.extract_source(sources.mirror_dir(args.extract_from, spec), spec, args.sources_root)
+                print(f"extracted {spec.repository}@{spec.commit[:12]} into {Path(args.sources_root) / spec.name}")
+    encoding = {"kind": args.chunk_encoding, "quality": args.jpeg_quality}
+    report = prepare_face_set(
+        shared,
+        args.output,
+        args.size,
+        sources_root=args.sources_root,
+        source_names=args.source,
+        holdout_fraction=args.holdout_fraction,
+        cache_dir=args.cache,
+        max_chunk_bytes=int(args.chunk_mb * (1 << 20)),
+        encoding=encoding,
+        max_hash_distance=args.max_hash_distance,
+        min_similarity=args.min_similarity,
+        max_filled=args.max_filled,
+        limit_per_source=args.limit,
         progress=not args.quiet,
     )
     print(report.summary())
