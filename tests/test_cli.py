@@ -440,3 +440,21 @@ def test_models_marks_the_embedded_default(capsys):
     out = capsys.readouterr().out
     assert f"{default_model()} (default): available (embedded, offline)" in out
     assert "ldm-celebahq-256 (default)" not in out
+
+
+def test_readme_setup_installs_what_the_test_command_needs():
+    """The README's set-up installs pytest, and pytest's own addopts do not hide its summary line."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    extras = re.search(r'pip install [^\n]*-e "\.\[([^\]]*)\]"', setup)
+    assert extras, setup
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    needed = {name for name in extras.group(1).split(",")}
+    assert any(dep.startswith("pytest") for name in needed for dep in project["project"]["optional-dependencies"][name])
+    assert "python -m pytest -q" in readme
+    addopts = project["tool"]["pytest"]["ini_options"].get("addopts", "")
+    assert "-q" not in addopts.split()
