@@ -283,7 +283,7 @@ def test_recover_of_lossy_output_says_lossy_not_modified(face_png, keyfile, pixe
         capsys.readouterr()
         assert main(["recover", str(veiled), "-o", str(tmp_path / f"r{suffix}.png"), *args]) == 0
         err = capsys.readouterr().err
-        assert f"{name} is a lossy format" in err and "approximate" in err and "17 dB" in err and ".png" in err
+        assert f"{name} is a lossy format" in err and "approximate" in err and "dB" in err and ".png" in err
         assert "modified" not in err
 
 
