@@ -273,7 +273,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
             mixing=args.mixing,
         ),
         decoder_iters=args.decoder_iters,
-        hint=not args.no_hint,
+        hint=args.hint,
     )
     model = load_model(args.model)  # None: the best embedded model
     show = _show_progress(args)
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the key does to the noise: flip signs (the paper), or also swap secret pairs of "
                         "coordinates, which stops linking an original to its anonymized version by noise magnitudes")
     p.add_argument("--decoder-iters", type=int, default=0, help="decoder inversion steps for latent models")
-    p.add_argument("--no-hint", action="store_true", help="do not store the sealed recovery hint (recovery becomes approximate)")
+    p.add_argument("--hint", action="store_true", help="also store a sealed latent hint (about 5 KB per face; the residual already makes recovery exact)")
     p.add_argument("--no-residual", action="store_true",
                    help="do not store the sealed residual: recovery gives the model's reconstruction, not the exact pixels")
     p.add_argument("--aligned", action="store_true", help="the input is one aligned face crop: no detection, default mask")
