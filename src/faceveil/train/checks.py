@@ -80,7 +80,6 @@ def check_face_set(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = np.array([s.split("/", 1)[0] for s in fd.sources])
-    filled = None
     prov_sources = (fd.manifest.get("sources") or {}) if isinstance(fd.manifest, dict) else {}
     rng = np.random.default_rng(seed)
     result: dict[str, Any] = {"set": str(path), "images": len(fd), "size": fd.size, "sources": {}}
@@ -97,8 +96,7 @@ def check_face_set(
             "redetect": _redetect(crops, detect_side),
         }
         if name in prov_sources:
-            filled = prov_sources[name].get("filled", {})
-            entry["filled_mean"] = filled.get("mean")
+            entry["filled_mean"] = prov_sources[name].get("filled", {}).get("mean")
         result["sources"][name] = entry
         mean = fd.images[idx].astype(np.float64).mean(axis=0).round().astype(np.uint8)
         shown = [fd.images[i] for i in pick[:samples_shown]]

@@ -512,7 +512,7 @@ def prepare_face_set(
         sel = src_idx_a == k
         r = reason[sel]
         st = status[sel]
-        ex = [e for e in s.excluded]
+        ex = s.excluded
         lm = aligned[s.name]["landmarks"][kept_mask[sel]]
         fill = aligned[s.name]["filled"][kept_mask[sel]]
         info = dict(s.info)
