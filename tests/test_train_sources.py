@@ -395,3 +395,16 @@ def test_cli_prepare_data_writes_a_chunked_set(world, tmp_path, capsys):
         bad = parser.parse_args(["prepare-data", "--shared", str(world["shared"]), "-o", str(out),
                                  "--extract-from", "/nowhere"])
         bad.func(bad)
+
+
+@needs_photos
+def test_checks_compare_crops_with_inference_crops(world, tmp_path):
+    from faceveil.train.checks import check_face_set
+
+    result = check_face_set(world["out"], tmp_path / "check", sample=4)
+    assert (tmp_path / "check" / "means.png").is_file()
+    assert json.loads((tmp_path / "check" / "check.json").read_text())["images"] == world["report"].images
+    shared = result["sources"]["shared-celeba"]
+    assert shared["redetect"]["detected"] == shared["redetect"]["sampled"] > 0
+    assert shared["redetect"]["landmark_error_mean"] < 0.06  # where inference puts the face
+    assert result["sources"]["male-female-face-dataset"]["filled_mean"] > 0.2
