@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from faceveil.engine import EngineSettings
 from faceveil.errors import ModelUnavailableError, UsageError
 
 __all__ = [
@@ -68,7 +69,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"preset, hub id or local folder (default {DEFAULT_MODEL})")
     p.add_argument("--tiny", choices=("pixel", "latent"), default=None,
                    help="use a tiny random-weight model instead of --model (smoke runs: identity figures meaningless)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of every diffusion method (default 50; the paper: 50)")
+    p.add_argument("--steps", type=int, default=EngineSettings().steps, help="DDIM steps of every diffusion method (the paper: 50)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="evaluate at most N faces (default: all of a folder, 100 of LFW)")
     p.add_argument("--embedders", default=DEFAULT_EMBEDDERS, help=f"comma-separated (default {DEFAULT_EMBEDDERS})")
