@@ -62,7 +62,7 @@ def run(name: str, rgb: np.ndarray, model, steps: int | None, figures: Path | No
     record = read_record(result.outputs[0])
     public, private = open_header(key, record)
     jobs = [
-        FaceJob(AlignTransform.from_json(f["transform"]), np.frombuffer(p["outline"], dtype="<f8").reshape(-1, 2))
+        FaceJob(AlignTransform.from_json(f["transform"]), np.frombuffer(p["outline"], dtype="<f4").reshape(-1, 2))
         for f, p in zip(public["faces"], private["faces"])
     ]
     baseline = EncryptedCropBaseline().anonymize(rgb, jobs, key)

@@ -39,7 +39,7 @@ def _regions(veiled_path, key, model, shape):
     union = np.zeros(shape[:2], bool)
     for face, priv in zip(public["faces"], private["faces"]):
         transform = AlignTransform.from_json(face["transform"])
-        outline = np.frombuffer(priv["outline"], dtype="<f8").reshape(-1, 2)
+        outline = np.frombuffer(priv["outline"], dtype="<f4").reshape(-1, 2)
         union |= face_geometry(shape, transform, outline, model).region.full(shape)
     return len(public["faces"]), union
 

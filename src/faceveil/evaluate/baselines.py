@@ -196,7 +196,7 @@ class DiffusionMethod:
                 faces.append(priv)
             else:
                 self.masks_recomputed += 1
-                faces.append({**priv, "outline": outline.astype("<f8").tobytes()})
+                faces.append({**priv, "outline": outline.astype("<f4").tobytes()})
         return recover_opened(array, public, {**private, "faces": faces}, key, self.model, use_residual=self.residual)[0]
 
 
@@ -206,7 +206,9 @@ def paper_reference(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
     engine = dataclasses.replace(EngineSettings(), steps=steps, refine_iters=0, context="own")
     if "mixing" in {f.name for f in dataclasses.fields(EngineSettings)}:
         engine = dataclasses.replace(engine, mixing="signs")  # the paper flips signs only
-    return DiffusionMethod("paper", model, Settings(engine, hint=False), residual=False, recompute_mask=True)
+    return DiffusionMethod(
+        "paper", model, Settings(engine, hint=False, colour=False, grain=False), residual=False, recompute_mask=True
+    )
 
 
 def faceveil_default(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
@@ -236,11 +238,12 @@ class EncryptedCropBaseline:
         current = np.ascontiguousarray(rgb, dtype=np.uint8)
         public_faces, private_faces = [], []
         for job in jobs:
-            region = outline_region(current.shape, job.transform, job.outline)
+            outline = np.asarray(job.outline, dtype=np.float32).astype(np.float64)  # what the header keeps
+            region = outline_region(current.shape, job.transform, outline)
             y0, y1, x0, x1 = region.bounds
             box = current[y0:y1, x0:x1].copy()
             box[~region.inside] = 0
-            private_faces.append({"outline": job.outline.astype("<f8").tobytes(), "crop": encode_residual(box)})
+            private_faces.append({"outline": outline.astype("<f4").tobytes(), "crop": encode_residual(box)})
             public_faces.append({"transform": job.transform.to_json()})
             sigma = max(1.0, 0.05 * job.transform.size)
             crop = cv2.GaussianBlur(warp_crop(current, job.transform).astype(np.float64), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
@@ -254,7 +257,7 @@ class EncryptedCropBaseline:
         out = np.array(array, dtype=np.uint8, copy=True)
         for pub, priv in reversed(list(zip(public["faces"], private["faces"]))):
             transform = AlignTransform.from_json(pub["transform"])
-            outline = np.frombuffer(priv["outline"], dtype="<f8").reshape(-1, 2)
+            outline = np.frombuffer(priv["outline"], dtype="<f4").reshape(-1, 2).astype(np.float64)
             region = outline_region(out.shape, transform, outline)
             y0, y1, x0, x1 = region.bounds
             box = decode_residual(priv["crop"], (y1 - y0, x1 - x0))
