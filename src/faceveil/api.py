@@ -8,13 +8,12 @@ the result atomically, never over an input and never over an existing file unles
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from faceveil.container import open_header, read_record, write_image, write_veiled
-from faceveil.engine import EngineSettings
 from faceveil.errors import NoFaceError, UsageError
 from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, face_outline
 from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array
@@ -115,7 +114,7 @@ def anonymize(
     _check_output(target, [source], overwrite)
     settings = settings or Settings()
     if steps is not None:
-        settings = Settings(EngineSettings(**{**settings.engine.to_json(), "steps": steps}), settings.decoder_iters, settings.hint)
+        settings = replace(settings, engine=replace(settings.engine, steps=steps))
     key, model = _key(key), _model(model)
     notes: list[str] = []
     jobs = None
@@ -178,8 +177,6 @@ def recover(
             )
         else:
             notes.append("the image was modified after anonymization (re-encoded or edited): recovery is approximate")
-    if not info.used_hint:
-        notes.append("no recovery hint in the header: recovery is approximate")
     if not info.used_residual:
         notes.append("no residual used: the faces are the model's reconstruction, not the exact original pixels")
     written = [write_image(target, array, overwrite=overwrite)]

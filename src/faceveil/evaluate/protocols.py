@@ -167,12 +167,14 @@ def key_protocol(
     anonymized: np.ndarray, record: dict, key: Key, model: DiffusionModel, use_residual: bool = True
 ) -> KeyOutcome:
     """Recover with the right key, a random wrong key and a one-bit-off key (the last
-    two with the header opened by the right key, i.e. the check bypassed on purpose);
-    check that a wrong key and a tampered header are refused by ``recover_array``."""
+    two with the header opened by the right key, i.e. the check bypassed on purpose, and
+    without the sealed residual or region, which a wrong key could never decrypt: what the
+    model alone gives back under that key); check that a wrong key and a tampered header
+    are refused by ``recover_array``."""
     public, private = open_header(key, record)
     recovered = recover_array(anonymized, record, key, model, use_residual=use_residual)[0]
-    wrong = recover_opened(anonymized, public, private, Key.generate(), model, use_residual=use_residual)[0]
-    one_bit = recover_opened(anonymized, public, private, flip_one_bit(key), model, use_residual=use_residual)[0]
+    wrong = recover_opened(anonymized, public, private, Key.generate(), model, use_residual=False)[0]
+    one_bit = recover_opened(anonymized, public, private, flip_one_bit(key), model, use_residual=False)[0]
     refusals = {
         "wrong_key": _refusal(lambda: recover_array(anonymized, record, Key.generate(), model), WrongKeyError),
         "tampered_header": _refusal(lambda: recover_array(anonymized, tamper_header(record), key, model), HeaderError),
