@@ -14,7 +14,6 @@ reports the header size, and the PSNR of recovery without the residual.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from faceveil.api import find_faces
+from faceveil.container import pack_record
 from faceveil.engine import EngineSettings
 from faceveil.evaluate.lfw import pair_images
 from faceveil.evaluate.metrics import psnr
@@ -88,7 +88,7 @@ def main() -> None:
         exact += bool(np.array_equal(back, rgb))
         plain, _ = recover_array(veiled, record, key, model, use_residual=False)
         model_only.append(psnr(plain, rgb))
-        header_bytes.append(len(json.dumps(record)))
+        header_bytes.append(len(pack_record(record)))
         n_faces += len(jobs)
     print(f"round trips: {len(overhead)} photos ({n_faces} faces), exact recovery in {exact}/{len(overhead)}; "
           f"outside the model {np.mean(overhead):.3f} s per photo (anonymize + recover, median {np.median(overhead):.3f}); "
