@@ -17,10 +17,11 @@ from faceveil.faces import (
     default_mask,
     detect_faces,
     face_mask,
+    face_outline,
     mask_from_uint8,
     mask_to_uint8,
-    paste_back,
-    region_mask,
+    outline_region,
+    paste_crop,
     transform_points,
 )
 from faceveil.faces.mask import FACE_OVAL
@@ -154,52 +155,52 @@ def test_face_oval_matches_mediapipe():
 
 # ------------------------------------------------------------------ paste-back
 @pytest.mark.parametrize("shape", [(200, 300, 3), (180, 170)])
-def test_paste_back_changes_only_the_region(shape):
+def test_paste_changes_only_the_region(shape):
     rng = np.random.default_rng(2)
     img = rng.integers(0, 256, size=shape, dtype=np.uint8)
     before = img.copy()
     lm = _rotate(LM, 20.0) + [30.0, 10.0]
     t = alignment_transform(lm, 96)
     crop = rng.integers(0, 256, size=(96, 96) + shape[2:], dtype=np.uint8)
-    m = face_mask(lm, t)
-    out = paste_back(img, crop, t, m)
+    outline = face_outline(lm, t)
+    out = paste_crop(img, crop, t, outline)
     np.testing.assert_array_equal(img, before)  # input untouched
-    region = region_mask(img.shape, t, m)
+    region = outline_region(img.shape, t, outline).full(img.shape)
     assert region.dtype == bool and region.shape == shape[:2]
     assert 0 < region.sum() < region.size
     np.testing.assert_array_equal(out[~region], img[~region])  # bit-identical outside
     assert (out[region] != img[region]).mean() > 0.5
-    # the region depends on (shape, transform, mask) only and is reproducible from JSON
+    # the region depends on (shape, transform, outline) only and is reproducible from JSON
     t2 = AlignTransform.from_json(json.loads(json.dumps(t.to_json())))
-    np.testing.assert_array_equal(region, region_mask(shape, t2, mask_from_uint8(mask_to_uint8(m))))
-    np.testing.assert_array_equal(region, region_mask(shape, t, mask_to_uint8(m)))
-    np.testing.assert_array_equal(out, paste_back(img, crop, t2, mask_to_uint8(m)))
+    np.testing.assert_array_equal(region, outline_region(shape, t2, outline.copy()).full(shape))
+    np.testing.assert_array_equal(out, paste_crop(img, crop, t2, outline.copy()))
 
 
-def test_paste_back_of_own_crop_is_close_and_zero_mask_is_identity():
+def test_paste_of_own_crop_is_close_and_empty_outline_is_identity():
     y, x = np.mgrid[0:200, 0:200]
     img = np.stack([x, y, (x + y) // 2], axis=2).astype(np.uint8)  # smooth image
     crop, t = align_face(img, LM, 128)
-    out = paste_back(img, crop, t, default_mask(128))
+    out = paste_crop(img, crop, t, face_outline(LM, t))
     assert np.abs(out.astype(int) - img.astype(int)).max() <= 2
-    np.testing.assert_array_equal(paste_back(img, crop, t, np.zeros((128, 128), np.float32)), img)
-    assert not region_mask(img.shape, t, np.zeros((128, 128))).any()
+    empty = np.zeros((0, 2))
+    np.testing.assert_array_equal(paste_crop(img, crop, t, empty), img)
+    assert not outline_region(img.shape, t, empty).full(img.shape).any()
 
 
-def test_paste_back_face_outside_image():
+def test_paste_face_outside_image():
     img = np.full((50, 60, 3), 7, np.uint8)
     t = alignment_transform(LM + 1000.0, 64)  # face far away from the image
-    out = paste_back(img, np.zeros((64, 64, 3), np.uint8), t, np.ones((64, 64)))
+    out = paste_crop(img, np.zeros((64, 64, 3), np.uint8), t, face_outline(LM + 1000.0, t))
     np.testing.assert_array_equal(out, img)
 
 
-def test_paste_back_rejects_mismatched_shapes():
+def test_paste_rejects_mismatched_shapes():
     t = alignment_transform(LM, 64)
     img = np.zeros((100, 100, 3), np.uint8)
     with pytest.raises(UsageError):
-        paste_back(img, np.zeros((32, 32, 3), np.uint8), t, np.ones((64, 64)))
+        paste_crop(img, np.zeros((32, 32, 3), np.uint8), t, face_outline(LM, t))
     with pytest.raises(UsageError):
-        paste_back(img, np.zeros((64, 64, 3), np.uint8), t, np.ones((32, 32)))
+        paste_crop(img, np.zeros((64, 64), np.uint8), t, face_outline(LM, t))
 
 
 # -------------------------------------------------------------- detection (real)
@@ -298,8 +299,8 @@ def test_mesh_mask_and_paste_back_on_real_photo():
         assert m[:8].max() == 0 and m[:, :8].max() == 0  # background corners excluded
         assert m[0, 0] == m[-1, -1] == 0
         assert face_mask(f, t, "face+hair").sum() > m.sum()
-        out = paste_back(out, 255 - crop, t, m)
-        union |= region_mask(img.shape, t, m)
+        out = paste_crop(out, 255 - crop, t, face_outline(f, t))
+        union |= outline_region(img.shape, t, face_outline(f, t)).full(img.shape)
     np.testing.assert_array_equal(out[~union], img[~union])
     assert (out[union] != img[union]).mean() > 0.5
     assert union[:, :150].any() and union[:, 150:].any()

@@ -16,7 +16,7 @@ list, i.e. the same alignment and mask) and, where it can, recovers them:
                (exact recovery, zero UNet evaluations, no diffusion model at all).
 
 Every method changes pixels only inside the region of the face masks
-(``faces.region_mask``), so "outside pixels unchanged" is comparable across methods.
+(``faces.outline_region``), so "outside pixels unchanged" is comparable across methods.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import cv2
 import numpy as np
 
 from faceveil.container import open_header, pixels_sha256, seal_header
-from faceveil.residual import decode_residual, encode_residual
 from faceveil.engine import EngineSettings
 from faceveil.faces import CANONICAL_LANDMARKS5, detect_faces, face_outline, outline_region, transform_points
-from faceveil.faces.paste import blend_region, sample_crop
+from faceveil.faces.paste import blend_region, paste_crop, sample_crop
 from faceveil.faces.align import AlignTransform
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel
 from faceveil.pipeline import FaceJob, Settings, anonymize_array, recover_array, recover_opened, warp_crop
+from faceveil.residual import decode_residual, encode_region
 
 __all__ = [
     "Anonymized",
@@ -90,12 +90,17 @@ def face_region(shape: tuple[int, ...], jobs: list[FaceJob]) -> np.ndarray:
     return union
 
 
+def _blur(crop: np.ndarray, sigma_fraction: float = 0.05) -> np.ndarray:
+    """Gaussian blur of an aligned crop, sigma a fraction of its side."""
+    sigma = max(1.0, sigma_fraction * crop.shape[0])
+    return cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
 def _paste_each(rgb: np.ndarray, jobs: list[FaceJob], filt) -> np.ndarray:
     out = np.ascontiguousarray(rgb, dtype=np.uint8)
     for job in jobs:
         crop = warp_crop(out, job.transform).astype(np.float64)
-        region = outline_region(out.shape, job.transform, job.outline)
-        out = blend_region(out, sample_crop(filt(crop), job.transform, region), region)
+        out = paste_crop(out, filt(crop), job.transform, job.outline)
     return out
 
 
@@ -110,11 +115,7 @@ class BlurBaseline:
     def anonymize(self, rgb: np.ndarray, jobs: list[FaceJob], key: Key) -> Anonymized:
         t0 = time.perf_counter()
 
-        def blur(crop: np.ndarray) -> np.ndarray:
-            sigma = max(1.0, self.sigma_fraction * crop.shape[0])
-            return cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-
-        return Anonymized(_paste_each(rgb, jobs, blur), None, time.perf_counter() - t0)
+        return Anonymized(_paste_each(rgb, jobs, lambda crop: _blur(crop, self.sigma_fraction)), None, time.perf_counter() - t0)
 
     def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:
         raise NotImplementedError("blur is not reversible")
@@ -241,13 +242,11 @@ class EncryptedCropBaseline:
             outline = np.asarray(job.outline, dtype=np.float32).astype(np.float64)  # what the header keeps
             region = outline_region(current.shape, job.transform, outline)
             y0, y1, x0, x1 = region.bounds
-            box = current[y0:y1, x0:x1].copy()
-            box[~region.inside] = 0
-            private_faces.append({"outline": outline.astype("<f4").tobytes(), "crop": encode_residual(box)})
+            crop = encode_region(current[y0:y1, x0:x1], region.inside)
+            private_faces.append({"outline": outline.astype("<f4").tobytes(), "crop": crop})
             public_faces.append({"transform": job.transform.to_json()})
-            sigma = max(1.0, 0.05 * job.transform.size)
-            crop = cv2.GaussianBlur(warp_crop(current, job.transform).astype(np.float64), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-            current = blend_region(current, sample_crop(crop, job.transform, region), region)
+            blurred = _blur(warp_crop(current, job.transform).astype(np.float64))
+            current = blend_region(current, sample_crop(blurred, job.transform, region), region)
         public = {"method": self.name, "image": {"pixels_sha256": pixels_sha256(current)}, "faces": public_faces}
         record = seal_header(key, public, {"faces": private_faces})
         return Anonymized(current, record, time.perf_counter() - t0)

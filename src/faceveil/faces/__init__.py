@@ -18,7 +18,7 @@ from faceveil.faces.mask import (
     mask_from_uint8,
     mask_to_uint8,
 )
-from faceveil.faces.paste import FaceRegion, outline_region, paste_back, region_bounds, region_mask, warp_to_image
+from faceveil.faces.paste import FaceRegion, blend_region, outline_region, paste_crop, sample_crop
 
 __all__ = [
     "AlignTransform",
@@ -37,9 +37,8 @@ __all__ = [
     "outline_region",
     "mask_from_uint8",
     "mask_to_uint8",
-    "paste_back",
-    "region_bounds",
-    "region_mask",
+    "blend_region",
+    "paste_crop",
+    "sample_crop",
     "transform_points",
-    "warp_to_image",
 ]

@@ -1,10 +1,11 @@
 """Paste an aligned crop back into its photo, only inside the face region.
 
-The region is the set of image pixels where the crop mask, warped into the image with
-the inverse of the alignment transform (bilinear, zero outside the crop), is > 0. It
-depends only on ``(image shape, transform, crop mask)`` and is computed in float64
-NumPy (no SIMD-dependent library warps), so recovery can recompute it exactly from
-the header. Every pixel outside the region is left bit-identical.
+The region is the face outline (crop coordinates) mapped into the image and filled
+and feathered there, on the photo's own pixel grid (:func:`outline_region`); the crop
+reaches the photo through bicubic resampling (:func:`sample_crop`) and is blended in by
+that alpha (:func:`blend_region`). Everything is float64 NumPy (no SIMD-dependent
+library warps), so recovery recomputes it exactly from the header. Every pixel outside
+the region is left bit-identical.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ import numpy as np
 from faceveil.errors import UsageError
 from faceveil.faces.align import AlignTransform
 
-__all__ = [
-    "FaceRegion", "blend_region", "outline_region", "paste_back", "region_bounds", "region_mask",
-    "sample_crop", "sampled_cells", "warp_to_image",
-]
+__all__ = ["FaceRegion", "blend_region", "crop_coordinates", "outline_region", "paste_crop", "sample_crop", "sampled_cells"]
 
 
 def _image_hw(image_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -28,158 +26,9 @@ def _image_hw(image_shape: tuple[int, ...]) -> tuple[int, int]:
     return int(image_shape[0]), int(image_shape[1])
 
 
-def region_bounds(image_shape: tuple[int, ...], transform: AlignTransform) -> tuple[int, int, int, int]:
-    """Image rows/cols ``(y0, y1, x0, x1)`` that the crop can reach (half-open, clipped).
-
-    Bilinear sampling gives weight to crop pixels only for crop coordinates in
-    ``(-1, size)``; this box covers the inverse image of that square.
-    """
-    h, w = _image_hw(image_shape)
-    n = transform.size
-    corners = np.array([[-1.0, -1.0], [n, -1.0], [n, n], [-1.0, n]], dtype=np.float64)
-    inv = transform.inverse()
-    pts = corners @ inv[:, :2].T + inv[:, 2]
-    x0 = int(np.floor(pts[:, 0].min())) - 1
-    x1 = int(np.ceil(pts[:, 0].max())) + 2
-    y0 = int(np.floor(pts[:, 1].min())) - 1
-    y1 = int(np.ceil(pts[:, 1].max())) + 2
-    x0, x1 = max(0, min(w, x0)), max(0, min(w, x1))
-    y0, y1 = max(0, min(h, y0)), max(0, min(h, y1))
-    return y0, y1, x0, x1
+_CHUNK_PIXELS = 1 << 20  # bound memory on big photos
 
 
-def _sample(src: np.ndarray, transform: AlignTransform, bounds: tuple[int, int, int, int]) -> np.ndarray:
-    """Bilinear samples of ``src`` (size x size [x C], float64) at the crop coordinates
-    of the image pixels in ``bounds``; zero outside the crop."""
-    y0, y1, x0, x1 = bounds
-    n = transform.size
-    src = np.asarray(src, dtype=np.float64)
-    chans = src.shape[2:] if src.ndim == 3 else ()
-    out = np.zeros((max(0, y1 - y0), max(0, x1 - x0)) + tuple(chans), dtype=np.float64)
-    if y1 <= y0 or x1 <= x0:
-        return out
-    # zero-padded source so that indices -1 and n read 0
-    pad = np.zeros((n + 2, n + 2) + tuple(chans), dtype=np.float64)
-    pad[1:-1, 1:-1] = src
-    rows = max(1, _CHUNK_PIXELS // (x1 - x0))  # bound memory on big photos
-    for r0 in range(y0, y1, rows):
-        r1 = min(y1, r0 + rows)
-        out[r0 - y0 : r1 - y0] = _sample_block(pad, n, chans, transform.matrix, (r0, r1, x0, x1))
-    return out
-
-
-_CHUNK_PIXELS = 1 << 20
-
-
-def _sample_block(
-    pad: np.ndarray, n: int, chans: tuple[int, ...], m: np.ndarray, bounds: tuple[int, int, int, int]
-) -> np.ndarray:
-    y0, y1, x0, x1 = bounds
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    xs = xs.astype(np.float64)
-    ys = ys.astype(np.float64)
-    u = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-    v = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    inside = (u > -1.0) & (u < n) & (v > -1.0) & (v < n)
-    u = np.where(inside, u, -1.0)
-    v = np.where(inside, v, -1.0)
-    iu = np.floor(u)
-    iv = np.floor(v)
-    fu = u - iu
-    fv = v - iv
-    iu = iu.astype(np.int64) + 1
-    iv = iv.astype(np.int64) + 1
-    iu = np.clip(iu, 0, n)  # after the 'inside' test only the clamp-to-pad remains
-    iv = np.clip(iv, 0, n)
-    if chans:
-        fu = fu[..., None]
-        fv = fv[..., None]
-    top = pad[iv, iu] * (1.0 - fu) + pad[iv, iu + 1] * fu
-    bot = pad[iv + 1, iu] * (1.0 - fu) + pad[iv + 1, iu + 1] * fu
-    val = top * (1.0 - fv) + bot * fv
-    if chans:
-        val[~inside] = 0.0
-    else:
-        val = np.where(inside, val, 0.0)
-    return val
-
-
-def _check_mask(crop_mask: np.ndarray, transform: AlignTransform) -> np.ndarray:
-    mask = np.asarray(crop_mask)
-    if mask.shape != (transform.size, transform.size):
-        raise UsageError(
-            f"crop mask shape {mask.shape} does not match the crop size {transform.size}"
-        )
-    if mask.dtype == np.uint8:  # same values as mask.mask_from_uint8 (float32 k/255)
-        mask = (mask.astype(np.float64) / 255.0).astype(np.float32)
-    mask = np.asarray(mask, dtype=np.float64)
-    if not np.all(np.isfinite(mask)):
-        raise UsageError("crop mask contains non-finite values")
-    return np.clip(mask, 0.0, 1.0)
-
-
-def _alpha(image_shape: tuple[int, ...], transform: AlignTransform, crop_mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    bounds = region_bounds(image_shape, transform)
-    return _sample(_check_mask(crop_mask, transform), transform, bounds), bounds
-
-
-def region_mask(image_shape: tuple[int, ...], transform: AlignTransform, crop_mask: np.ndarray) -> np.ndarray:
-    """Boolean H x W mask of the image pixels that ``paste_back`` may change."""
-    h, w = _image_hw(image_shape)
-    alpha, (y0, y1, x0, x1) = _alpha(image_shape, transform, crop_mask)
-    out = np.zeros((h, w), dtype=bool)
-    out[y0:y1, x0:x1] = alpha > 0.0
-    return out
-
-
-def warp_to_image(crop: np.ndarray, image_shape: tuple[int, ...], transform: AlignTransform) -> np.ndarray:
-    """The crop warped into image coordinates (float64 H x W [x C]; 0 where unreachable)."""
-    h, w = _image_hw(image_shape)
-    bounds = region_bounds(image_shape, transform)
-    c = np.asarray(crop)
-    vals = _sample(c, transform, bounds)
-    out = np.zeros((h, w) + c.shape[2:], dtype=np.float64)
-    y0, y1, x0, x1 = bounds
-    out[y0:y1, x0:x1] = vals
-    return out
-
-
-def paste_back(
-    image: np.ndarray, crop: np.ndarray, transform: AlignTransform, crop_mask: np.ndarray
-) -> np.ndarray:
-    """Composite ``crop`` into a copy of ``image`` with the warped ``crop_mask`` as alpha.
-
-    Only pixels of :func:`region_mask` change; all others are bit-identical. ``image``
-    is never modified. ``crop`` must have the crop size and ``image``'s channel count.
-    """
-    img = np.asarray(image)
-    c = np.asarray(crop)
-    n = transform.size
-    if c.shape[:2] != (n, n) or c.shape[2:] != img.shape[2:]:
-        raise UsageError(
-            f"crop shape {c.shape} does not fit transform size {n} and image shape {img.shape}"
-        )
-    out = img.copy()
-    alpha, (y0, y1, x0, x1) = _alpha(img.shape, transform, crop_mask)
-    region = alpha > 0.0
-    if not region.any():
-        return out
-    warped = _sample(c, transform, (y0, y1, x0, x1))
-    a = alpha[region]
-    base = img[y0:y1, x0:x1][region].astype(np.float64)
-    src = warped[region]
-    if img.ndim == 3:
-        a = a[:, None]
-    blended = src * a + base * (1.0 - a)
-    if np.issubdtype(img.dtype, np.integer):
-        info = np.iinfo(img.dtype)
-        blended = np.clip(np.rint(blended), info.min, info.max)
-    sub = out[y0:y1, x0:x1]
-    sub[region] = blended.astype(img.dtype)
-    return out
-
-
-# ---- smooth paste on the photo's own grid ----------------------------------------------
 @dataclass(frozen=True)
 class FaceRegion:
     """The paste alpha of one face on the photo's own pixel grid.
@@ -217,6 +66,8 @@ def outline_region(image_shape: tuple[int, ...], transform: AlignTransform, outl
     h, w = _image_hw(image_shape)
     inv = transform.inverse()
     poly = np.asarray(outline, dtype=np.float64).reshape(-1, 2) @ inv[:, :2].T + inv[:, 2]
+    if len(poly) < 3:  # no area: nothing may change
+        return FaceRegion((0, 0, 0, 0), np.zeros((0, 0)))
     margin, feather = (v / transform.scale for v in outline_reach(transform.size))
     reach = margin + feather
     x0 = max(0, int(np.floor(poly[:, 0].min() - reach)))
@@ -257,7 +108,9 @@ def sample_crop(crop: np.ndarray, transform: AlignTransform, region: FaceRegion)
     Pure float64 NumPy, so both directions compute the same values bit for bit.
     """
     src = np.asarray(crop, dtype=np.float64)
-    n = src.shape[0]
+    n = transform.size
+    if src.shape[:2] != (n, n) or src.ndim not in (2, 3):
+        raise UsageError(f"crop shape {src.shape} does not fit transform size {n}")
     u, v = crop_coordinates(transform, region.bounds)
     inside = region.inside
     u, v = u[inside], v[inside]
@@ -301,6 +154,8 @@ def blend_region(image: np.ndarray, layer: np.ndarray, region: FaceRegion) -> np
     Integer images are rounded and clipped; only the region's pixels change.
     """
     img = np.asarray(image)
+    if np.shape(layer)[1:] != img.shape[2:]:
+        raise UsageError(f"layer shape {np.shape(layer)} does not fit image shape {img.shape}")
     out = img.copy()
     y0, y1, x0, x1 = region.bounds
     inside = region.inside
@@ -317,3 +172,9 @@ def blend_region(image: np.ndarray, layer: np.ndarray, region: FaceRegion) -> np
     sub = out[y0:y1, x0:x1]
     sub[inside] = blended.astype(img.dtype)
     return out
+
+
+def paste_crop(image: np.ndarray, crop: np.ndarray, transform: AlignTransform, outline: np.ndarray) -> np.ndarray:
+    """``image`` with ``crop`` resampled into the region of ``outline`` (a copy; the input is untouched)."""
+    region = outline_region(np.asarray(image).shape, transform, outline)
+    return blend_region(image, sample_crop(crop, transform, region), region)
