@@ -86,8 +86,12 @@ def decode_array(obj: dict, max_bytes: int = MAX_HEADER_BYTES) -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if expected > max_bytes:
         raise ValueError("array too large")
-    data = obj["data"]
-    raw = zlib.decompressobj().decompress(data if isinstance(data, bytes) else unb64(data), expected + 1)
+    if not isinstance(obj["data"], bytes):
+        raise TypeError("array data must be bytes")
+    try:
+        raw = zlib.decompressobj().decompress(obj["data"], expected + 1)
+    except zlib.error as exc:
+        raise ValueError(f"array data is corrupt ({exc})") from None
     if len(raw) != expected:
         raise ValueError("array data does not match its shape")
     return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()

@@ -13,17 +13,16 @@ One face goes through these steps, the same way in both directions:
 4. paste: the decoded crop, colour-matched to the face it replaces, is resampled
    bicubically onto the photo and blended in by the alpha.
 
-Exactness: anonymization stores, sealed, a *hint* (the latent the engine produced minus
-the latent recovery will read back from the saved pixels) and then *replays recovery*
-on the saved pixels, so it knows bit for bit what recovery will predict; the *residual*
+Exactness: anonymization *replays recovery* on the saved pixels, so it knows bit for bit what recovery will predict; the *residual*
 is the original minus that integer prediction, coded as a lossless image
-(``faceveil.residual``). Recovery adds it back: exact whatever the model's error.
+(``faceveil.residual``). Recovery adds it back: exact whatever the model's error. An
+optional sealed *hint* (the latent the engine produced minus the latent read back from
+the saved pixels) brings the model's own reconstruction closer; exactness does not need it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from faceveil.container import open_header, pixels_sha256, seal_header
+from faceveil.container import decode_array, encode_array, open_header, pixels_sha256, seal_header
 from faceveil.engine import EngineSettings, Schedule, veil
 from faceveil.errors import HeaderError, UsageError
 from faceveil.faces.align import AlignTransform
@@ -40,7 +39,7 @@ from faceveil.faces.mask import default_outline, outline_alpha, outline_reach
 from faceveil.faces.paste import FaceRegion, blend_region, outline_region, sample_crop, sampled_cells
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
-from faceveil.residual import CODEC, apply_residual, decode_residual, encode_residual, residual_image
+from faceveil.residual import CODEC, apply_residual, decode_residual, encode_region, encode_residual, residual_image
 
 Progress = Callable[[int], None]
 
@@ -74,7 +73,6 @@ class FaceReport:
     transform: AlignTransform
     unet_evals: int
     max_inversion_residual: float
-    header_bytes: int = 0  # sealed bytes this face adds (outline, colour, hint, residual)
 
 
 @dataclass
@@ -274,18 +272,24 @@ def photo_grain(image: np.ndarray, geometry: FaceGeometry, nonce: bytes) -> np.n
 
 
 # ---- one face -------------------------------------------------------------------------
-def _engine(
-    image: np.ndarray,
-    z_start: torch.Tensor,
-    geometry: FaceGeometry,
-    model: DiffusionModel,
-    schedule: Schedule,
-    key: Key,
-    nonce: bytes,
-    settings: Settings,
-    progress: Progress | None,
-) -> tuple[torch.Tensor, FaceReport]:
+@dataclass(frozen=True)
+class _Run:
+    """What every face of one anonymize or recover call shares."""
+
+    model: DiffusionModel
+    schedule: Schedule
+    key: Key
+    settings: Settings
+    progress: Progress | None
+
+    @classmethod
+    def of(cls, model: DiffusionModel, key: Key, settings: Settings, progress: Progress | None) -> "_Run":
+        return cls(model, Schedule.from_scheduler(model.scheduler, settings.engine.steps), key, settings, progress)
+
+
+def _engine(run: _Run, image: np.ndarray, z_start: torch.Tensor, geometry: FaceGeometry, nonce: bytes) -> tuple[torch.Tensor, FaceReport]:
     """The keyed transform of one face's latent, with the context taken from ``image``."""
+    model, key, settings, progress = run.model, run.key, run.settings, run.progress
     crop = warp_crop(image, geometry.transform)
     context = model.encode(_to_tensor(fill_region(crop, geometry.context), model))
     shape = tuple(z_start.shape)
@@ -302,14 +306,23 @@ def _engine(
     if settings.engine.mixing == "pairs":
         inside = geometry.latent.expand(shape).numpy() > 0
         partner = torch.from_numpy(key.pairing(nonce, shape, inside))
-    z_out, stats = veil(eps, schedule, z_start, mask, signs, settings.engine, context, noise, partner)
+    z_out, stats = veil(eps, run.schedule, z_start, mask, signs, settings.engine, context, noise, partner)
     return z_out, FaceReport(geometry.transform, stats.unet_evals, stats.max_residual)
 
 
-def _read_latent(image: np.ndarray, geometry: FaceGeometry, model: DiffusionModel, colour: Colour, settings: Settings) -> torch.Tensor:
+def _read_latent(run: _Run, image: np.ndarray, geometry: FaceGeometry, colour: Colour) -> torch.Tensor:
     """The latent recovery reads from a veiled image's face (colour map undone)."""
     crop = colour.inverse(warp_crop(image, geometry.transform).astype(np.float64))
-    return model.encode(_to_tensor(crop, model), refine_iters=settings.decoder_iters)
+    return run.model.encode(_to_tensor(crop, run.model), refine_iters=run.settings.decoder_iters)
+
+
+def _layer(run: _Run, face: np.ndarray, image: np.ndarray, geometry: FaceGeometry, colour: Colour, nonce: bytes) -> np.ndarray:
+    """What pasting a decoded model face (S x S x 3) puts on the region's pixels before
+    blending (K x 3): colour-matched, resampled onto the photo's grid, with grain."""
+    layer = sample_crop(colour.forward(face), geometry.transform, geometry.region)
+    if run.settings.grain:
+        layer = layer + photo_grain(image, geometry, nonce)
+    return layer
 
 
 def _hint_tensor(hint: np.ndarray | None, geometry: FaceGeometry, like: torch.Tensor) -> torch.Tensor:
@@ -319,16 +332,7 @@ def _hint_tensor(hint: np.ndarray | None, geometry: FaceGeometry, like: torch.Te
 
 
 def _predict(
-    veiled: np.ndarray,
-    geometry: FaceGeometry,
-    model: DiffusionModel,
-    schedule: Schedule,
-    key: Key,
-    nonce: bytes,
-    settings: Settings,
-    colour: Colour,
-    hint: np.ndarray | None,
-    progress: Progress | None,
+    run: _Run, veiled: np.ndarray, geometry: FaceGeometry, nonce: bytes, colour: Colour, hint: np.ndarray | None
 ) -> tuple[np.ndarray, FaceReport]:
     """Recovery's prediction of a face's region (K x 3 uint8) from the veiled image.
 
@@ -336,13 +340,11 @@ def _predict(
     pixels by adding ``a (B - L)``, where ``B`` is the model's reconstruction of the
     original: ``a B + (1 - a) o`` without ever knowing ``o`` inside the region.
     """
-    z_in = _read_latent(veiled, geometry, model, colour, settings)
+    z_in = _read_latent(run, veiled, geometry, colour)
     z_in = z_in + _hint_tensor(hint, geometry, z_in)
-    z_back, report = _engine(veiled, z_in, geometry, model, schedule, key, nonce, settings, progress)
-    layer = sample_crop(colour.forward(_to_pixels(model.decode(z_in))), geometry.transform, geometry.region)
-    if settings.grain:
-        layer = layer + photo_grain(veiled, geometry, nonce)
-    back = sample_crop(_to_pixels(model.decode(z_back)), geometry.transform, geometry.region)
+    z_back, report = _engine(run, veiled, z_in, geometry, nonce)
+    layer = _layer(run, _to_pixels(run.model.decode(z_in)), veiled, geometry, colour, nonce)
+    back = sample_crop(_to_pixels(run.model.decode(z_back)), geometry.transform, geometry.region)
     y0, y1, x0, x1 = geometry.region.bounds
     inside = geometry.region.inside
     a = geometry.region.alpha[inside][:, None]
@@ -395,7 +397,7 @@ def anonymize_array(
     if faces is None:
         size = model.image_size
         faces = [FaceJob(whole_image_transform(rgb.shape[0], rgb.shape[1], size), default_outline(size))]
-    schedule = Schedule.from_scheduler(model.scheduler, settings.engine.steps)
+    run = _Run.of(model, key, settings, progress)
     current = _read_back_rgb(like(rgb))  # the image in the domain that will be written
     reports, public_faces, private_faces = [], [], []
     for face in faces:
@@ -405,12 +407,10 @@ def anonymize_array(
         nonce = new_nonce()
         crop = warp_crop(current, face.transform)
         z0 = model.encode(_to_tensor(crop, model), refine_iters=settings.decoder_iters)
-        z_out, report = _engine(current, z0, geometry, model, schedule, key, nonce, settings, progress)
+        z_out, report = _engine(run, current, z0, geometry, nonce)
         generated = _to_pixels(model.decode(z_out))
         colour = fit_colour(generated, crop.astype(np.float64), geometry.interior, geometry.edge) if settings.colour else Colour()
-        layer = sample_crop(colour.forward(generated), face.transform, geometry.region)
-        if settings.grain:
-            layer = layer + photo_grain(current, geometry, nonce)
+        layer = _layer(run, generated, current, geometry, colour, nonce)
         veiled = _read_back_rgb(like(blend_region(current, layer, geometry.region)))
         private: dict = {"outline": outline.astype("<f4").tobytes()}
         if settings.colour:
@@ -419,24 +419,22 @@ def anonymize_array(
                 private["shading"] = colour.shading
         hint = None
         if settings.hint:
-            z_read = _read_latent(veiled, geometry, model, colour, settings)
+            z_read = _read_latent(run, veiled, geometry, colour)
             steps = ((z_out - z_read) * geometry.latent.to(z_out.device)).cpu().numpy() / HINT_STEP
             hint = np.clip(np.rint(steps), -32767, 32767).astype(np.int16)
-            private["hint"] = zlib.compress(hint.astype("<i2").tobytes(), 9)
+            private["hint"] = encode_array(hint)
         if residual:
-            predicted, replay = _predict(veiled, geometry, model, schedule, key, nonce, settings, colour, hint, progress)
+            predicted, replay = _predict(run, veiled, geometry, nonce, colour, hint)
             report.unet_evals += replay.unet_evals
             y0, y1, x0, x1 = geometry.region.bounds
             original = current[y0:y1, x0:x1]
             box = residual_image(original, _box(predicted, geometry.region), geometry.region.inside)
             coded = encode_residual(box)
-            plain = np.where(geometry.region.inside[..., None], original, 0).astype(np.uint8)
-            direct = encode_residual(plain)
+            direct = encode_region(original, geometry.region.inside)
             if len(direct) < len(coded):  # the model predicts this face worse than the codec alone
                 private["original"] = direct
             else:
                 private["residual"] = coded
-        report.header_bytes = sum(len(v) for v in private.values() if isinstance(v, bytes)) + 7 * 8
         reports.append(report)
         public_faces.append({"nonce": nonce.hex(), "transform": face.transform.to_json()})
         private_faces.append(private)
@@ -454,7 +452,6 @@ def anonymize_array(
 @dataclass
 class RecoverInfo:
     pixels_changed: bool  # the image is not byte for byte what anonymization wrote
-    used_hint: bool
     used_residual: bool
     reports: list[FaceReport]
 
@@ -476,12 +473,11 @@ def recover_array(
     return recover_opened(array, public, private, key, model, output_like, use_residual, progress)
 
 
-def _hint_array(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    count = int(np.prod(shape))
-    raw = zlib.decompressobj().decompress(data, 2 * count + 1)
-    if len(raw) != 2 * count:
+def _hint_array(obj: dict, shape: tuple[int, ...]) -> np.ndarray:
+    hint = decode_array(obj, max_bytes=2 * int(np.prod(shape)))
+    if hint.dtype != np.int16 or hint.shape != shape:
         raise ValueError("hint does not match the latent shape")
-    return np.frombuffer(raw, dtype="<i2").reshape(shape).astype(np.int16)
+    return hint
 
 
 def recover_opened(
@@ -523,10 +519,10 @@ def recover_opened(
         )
     changed = pixels_sha256(array) != expected["pixels_sha256"]
     current = _read_back_rgb(np.asarray(array, dtype=np.uint8))
-    schedule = Schedule.from_scheduler(model.scheduler, settings.engine.steps)
+    run = _Run.of(model, key, settings, progress)
     latent_shape = (1, model.latent_channels, model.latent_size, model.latent_size)
     reports: list[FaceReport] = []
-    used_residual, used_hint = use_residual, True
+    used_residual = use_residual
     for (transform, nonce), outline, colour, priv in reversed(list(zip(faces, outlines, colours, privates))):
         geometry = face_geometry(current.shape, transform, outline, model)
         y0, y1, x0, x1 = geometry.region.bounds
@@ -542,10 +538,9 @@ def recover_opened(
             continue
         try:
             hint = _hint_array(priv["hint"], latent_shape) if "hint" in priv else None
-        except (ValueError, zlib.error, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             raise HeaderError(f"the faceveil header's hint is corrupt ({exc})") from None
-        used_hint &= hint is not None
-        predicted, report = _predict(current, geometry, model, schedule, key, nonce, settings, colour, hint, progress)
+        predicted, report = _predict(run, current, geometry, nonce, colour, hint)
         values = predicted
         if use_residual and "residual" in priv:
             try:
@@ -559,4 +554,4 @@ def recover_opened(
         current[y0:y1, x0:x1][inside] = values
         reports.insert(0, report)
     out = output_like(current) if output_like else current
-    return out, RecoverInfo(changed, used_hint, used_residual, reports)
+    return out, RecoverInfo(changed, used_residual, reports)
