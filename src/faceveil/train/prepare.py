@@ -111,20 +111,19 @@ class SetReport:
 
 def _shared_sources(shared: Path, limit: int | None) -> list[_Source]:
     out = []
-    celeba = shared / "data" / "celeba"
-    if (celeba / "identity.txt").is_file():
-        files = srcmod.list_source_files(celeba, ["images"])
-        out.append(_Source("shared-celeba", celeba, files, {
-            "repository": None, "commit": None, "folders": ["data/celeba/images"], "kind": "celeba",
-            "description": "shared CelebA photos (face-centred 256x256 crops)", "licence": "CelebA: non-commercial research purposes only",
-        }))
-    lfw = shared / "data" / "lfw"
-    if (lfw / "images").is_dir():
-        files = srcmod.list_source_files(lfw, ["images"])
-        out.append(_Source("shared-lfw", lfw, files, {
-            "repository": None, "commit": None, "folders": ["data/lfw/images"], "kind": "lfw",
-            "description": "shared LFW photos (150x150)", "licence": "LFW: research benchmark, no commercial-use warranty",
-        }))
+    for name, kind, present, description, licence in (
+        ("shared-celeba", "celeba", lambda root: (root / "identity.txt").is_file(),
+         "shared CelebA photos (face-centred 256x256 crops)", srcmod.CELEBA_TERMS),
+        ("shared-lfw", "lfw", lambda root: (root / "images").is_dir(),
+         "shared LFW photos (150x150)", "LFW: research benchmark, no commercial-use warranty"),
+    ):
+        root = shared / "data" / kind
+        if present(root):
+            files = srcmod.list_source_files(root, ["images"])
+            out.append(_Source(name, root, files, {
+                "repository": None, "commit": None, "folders": [f"data/{kind}/images"], "kind": kind,
+                "description": description, "licence": licence,
+            }))
     for s in out:
         s.selected = _subsample(s.files, limit)
     return out

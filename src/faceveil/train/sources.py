@@ -62,8 +62,8 @@ class SourceSpec:
         }
 
 
-_CELEBA_TERMS = "CelebA: non-commercial research purposes only"
-_UTK_TERMS = "UTKFace: non-commercial research purposes only"
+CELEBA_TERMS = "CelebA: non-commercial research purposes only"
+UTK_TERMS = "UTKFace: non-commercial research purposes only"
 
 #: In deduplication priority: where one photo is in two sources, the earlier one is kept.
 KNOWN_SOURCES: tuple[SourceSpec, ...] = (
@@ -74,7 +74,7 @@ KNOWN_SOURCES: tuple[SourceSpec, ...] = (
         folders=("celebA",),
         kind="celeba",
         description="10,000 CelebA aligned images 000001-010000 at 89x109",
-        licence=_CELEBA_TERMS,
+        licence=CELEBA_TERMS,
     ),
     SourceSpec(
         name="male-female-face-dataset",
@@ -83,7 +83,7 @@ KNOWN_SOURCES: tuple[SourceSpec, ...] = (
         folders=("Training", "Validation"),
         kind="celeba",
         description="58,658 tight face crops (about 83x107) of CelebA aligned images; 063503.jpg.jpg is CelebA 063503.jpg",
-        licence=_CELEBA_TERMS,
+        licence=CELEBA_TERMS,
     ),
     SourceSpec(
         name="utkface-agepred",
@@ -92,7 +92,7 @@ KNOWN_SOURCES: tuple[SourceSpec, ...] = (
         folders=("dataset/UTKFace",),
         kind="utkface",
         description="23,708 UTKFace aligned & cropped faces, 200x200 (no identities)",
-        licence=_UTK_TERMS,
+        licence=UTK_TERMS,
     ),
 )
 
