@@ -377,7 +377,7 @@ def test_unreadable_manifest_is_kept_aside(face_png, keyfile, pixel_model_dir, t
 
 
 def test_merge_manifest_rules(tmp_path):
-    from faceveil.cli import SKIPPED, merge_manifest
+    from faceveil.batch import SKIPPED, merge_manifest
 
     kept = tmp_path / "a.veiled.png"
     kept.write_bytes(b"x")

@@ -8,16 +8,16 @@ and the exit code is that of the first failure.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
-import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from faceveil import __version__
-from faceveil.errors import FaceveilError, UsageError
+from faceveil.batch import run_batch
+from faceveil.errors import FaceveilError
 
 EXIT_USAGE = 2
 
@@ -71,48 +71,6 @@ def _quiet_libraries() -> None:
         pass
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-@dataclass
-class Task:
-    source: Path
-    target: Path | None  # None: the default name beside the input
-
-
-def _is_output_name(path: Path) -> bool:
-    return any(tag in path.name for tag in (".veiled.", ".recovered."))
-
-
-def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recovering: bool, tag: str) -> list[Task]:
-    """Expand files and folders into (input, output) pairs; ``-o`` is a file for one input file, else a folder."""
-    from faceveil.api import default_output
-
-    pairs: list[tuple[Path, Path]] = []  # (file, path relative to its root)
-    for item in map(Path, inputs):
-        if item.is_dir():
-            pattern = "**/*" if recursive else "*"
-            for path in sorted(item.glob(pattern)):
-                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                if recovering != (".veiled." in path.name) or (not recovering and _is_output_name(path)):
-                    continue
-                pairs.append((path, path.relative_to(item)))
-        else:
-            pairs.append((item, Path(item.name)))
-    if output is None:
-        return [Task(path, None) for path, _ in pairs]
-    out = Path(output)
-    single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
-    if single and not out.is_dir():
-        return [Task(pairs[0][0], out)]
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out} must be a folder when the input is a folder or several files")
-    for _, rel in pairs:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-    return [Task(path, default_output(out / rel, tag)) for path, rel in pairs]
-
-
 def _show_progress(args: argparse.Namespace) -> bool:
     """Progress bars only on a terminal, and not with ``--quiet``."""
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
@@ -124,122 +82,6 @@ def _progress_bar(desc: str, enabled: bool):
 
     bar = tqdm(desc=desc, unit=" UNet evals", leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
     return bar, bar.update
-
-
-def _run_batch(args: argparse.Namespace, action, recovering: bool, tag: str) -> int:
-    """Run ``action`` on every task; one failure never stops the batch. Prints a summary."""
-    from tqdm import tqdm
-
-    from faceveil.api import default_output
-
-    tasks = plan_tasks(args.inputs, args.output, getattr(args, "recursive", False), recovering, tag)
-    if not tasks:
-        raise UsageError("no input images found" + ("" if getattr(args, "recursive", False) else " (folders: add --recursive to go into subfolders)"))
-    done, skipped, refused, failed, manifest = 0, 0, [], [], []
-    first_failure = 0
-    show = _show_progress(args)
-    for task in tqdm(tasks, desc="images", unit=" image", disable=len(tasks) < 2 or not show, file=sys.stderr):
-        target = task.target or default_output(task.source, tag)
-        source_key = str(task.source.resolve())
-        if target.exists() and not args.overwrite and not _same_file(target, task.source):
-            # an earlier run's output: --resume skips it quietly; without it the refusal is reported
-            # (exit 2) but the manifest keeps the earlier record: the output is not a failure
-            manifest.append({"input": source_key, "outputs": [str(target)], "status": SKIPPED})
-            if args.resume:
-                skipped += 1
-                continue
-            reason = f"{target} already exists (--resume skips it, --overwrite redoes it)"
-            print(f"faceveil: {task.source}: {reason}", file=sys.stderr)
-            refused.append((task.source, reason))
-            first_failure = first_failure or UsageError.exit_code
-            continue
-        try:
-            result = action(task.source, target)
-        except FaceveilError as exc:
-            print(f"faceveil: {task.source}: {exc}", file=sys.stderr)
-            failed.append((task.source, str(exc)))
-            manifest.append({"input": source_key, "outputs": [], "status": "failed", "reason": str(exc)})
-            first_failure = first_failure or exc.exit_code
-            continue
-        done += 1
-        for note in result.notes:
-            print(f"faceveil: {task.source}: note: {note}", file=sys.stderr)
-        print(f"{task.source} -> {', '.join(str(p) for p in result.outputs)}")
-        manifest.append({
-            "input": source_key, "outputs": [str(p) for p in result.outputs], "status": "done",
-            "faces": len(result.faces), "notes": result.notes,
-        })
-    if len(tasks) > 1:
-        extra = f", {len(refused)} refused (output exists)" if refused else ""
-        print(f"faceveil: {done} done, {skipped} skipped, {len(failed)} failed{extra}", file=sys.stderr)
-        for source, reason in failed:
-            print(f"  failed: {source}: {reason}", file=sys.stderr)
-        for source, reason in refused:
-            print(f"  refused: {source}: {reason}", file=sys.stderr)
-    if args.output and Path(args.output).is_dir():
-        _write_manifest(Path(args.output) / "manifest.json", manifest)
-    return first_failure
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-SKIPPED = "skipped (exists)"
-
-
-def merge_manifest(previous: list[dict], entries: list[dict]) -> list[dict]:
-    """Records keyed by input; the newest outcome wins, except that nothing good is lost.
-
-    - ``skipped (exists)`` never replaces an earlier record (it only adds a missing one);
-    - ``failed`` does not replace a ``done`` whose outputs all still exist (atomic writes
-      leave them whole): the record stays ``done`` and gains ``last_attempt``;
-    - ``done`` replaces anything.
-    """
-    merged: dict[str, dict] = {}
-    for entry in previous:
-        if isinstance(entry, dict) and isinstance(entry.get("input"), str):
-            merged[entry["input"]] = entry
-    for entry in entries:
-        old = merged.get(entry["input"])
-        if old is not None and entry["status"] == SKIPPED:
-            continue
-        if (old is not None and entry["status"] == "failed" and old.get("status") == "done"
-                and all(Path(p).is_file() for p in old.get("outputs", []))):
-            merged[entry["input"]] = {**old, "last_attempt": {"status": "failed", "reason": entry.get("reason", "")}}
-            continue
-        merged[entry["input"]] = entry
-    return list(merged.values())
-
-
-def _write_manifest(path: Path, entries: list[dict]) -> None:
-    """Merge this run's entries into the folder's ``manifest.json``, atomically.
-
-    An unreadable manifest is kept aside (``manifest.json.unreadable-N``), never dropped.
-    """
-    import json
-
-    from faceveil.atomic import write_file
-
-    previous: list[dict] = []
-    if path.is_file():
-        try:
-            files = json.loads(path.read_text()).get("files", [])
-            if not isinstance(files, list):
-                raise TypeError("files is not a list")
-            previous = files
-        except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
-            n = 1
-            while path.with_name(f"{path.name}.unreadable-{n}").exists():
-                n += 1
-            aside = path.with_name(f"{path.name}.unreadable-{n}")
-            os.replace(path, aside)
-            print(f"faceveil: note: {path} was unreadable; kept as {aside.name}, a new one started", file=sys.stderr)
-    data = {"faceveil": __version__, "files": merge_manifest(previous, entries)}
-    write_file(path, (json.dumps(data, indent=1) + "\n").encode(), overwrite=True)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -287,7 +129,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
                 max_pixels=args.max_pixels, overwrite=args.overwrite, progress=update,
             )
 
-    return _run_batch(args, action, recovering=False, tag=VEILED_TAG)
+    return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show)
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -306,7 +148,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite, progress=update,
             )
 
-    return _run_batch(args, action, recovering=True, tag=RECOVERED_TAG)
+    return run_batch(args, action, recovering=True, tag=RECOVERED_TAG, show=show)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -336,6 +178,9 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars (they show only on a terminal anyway); results, notes and errors still print")
 
+
+# Modules that add their own subcommands: each has ``register(subparsers)``.
+COMMAND_MODULES = ["faceveil.evaluate.command", "faceveil.train.command"]
 
 KEY_HELP = "the secret key file made by `faceveil keygen` (asks for its passphrase if it has one)"
 OUTPUT_HELP = ("output file (one input file) or folder (several inputs, or folders: subfolders mirrored, "
@@ -401,11 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list model presets and whether each is available here")
     p.set_defaults(func=_cmd_models)
 
-    from faceveil.evaluate.command import register as register_evaluate
-    from faceveil.train.command import register as register_train
-
-    register_evaluate(sub)
-    register_train(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
