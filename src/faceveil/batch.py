@@ -76,7 +76,7 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
         if target.exists() and not args.overwrite and not _same_file(target, task.source):
             # an earlier run's output: --resume skips it quietly; without it the refusal is reported
             # (exit 2) but the manifest keeps the earlier record: the output is not a failure
-            manifest.append({"input": source_key, "outputs": [str(target)], "status": SKIPPED})
+            manifest.append(skipped_entry(source_key, target))
             if args.resume:
                 skipped += 1
                 continue
@@ -90,17 +90,14 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
         except FaceveilError as exc:
             print(f"faceveil: {task.source}: {exc}", file=sys.stderr)
             failed.append((task.source, str(exc)))
-            manifest.append({"input": source_key, "outputs": [], "status": "failed", "reason": str(exc)})
+            manifest.append(failed_entry(source_key, str(exc)))
             first_failure = first_failure or exc.exit_code
             continue
         done += 1
         for note in result.notes:
             print(f"faceveil: {task.source}: note: {note}", file=sys.stderr)
         print(f"{task.source} -> {', '.join(str(p) for p in result.outputs)}")
-        manifest.append({
-            "input": source_key, "outputs": [str(p) for p in result.outputs], "status": "done",
-            "faces": len(result.faces), "notes": result.notes,
-        })
+        manifest.append(done_entry(source_key, result.outputs, len(result.faces), result.notes))
     if len(tasks) > 1:
         extra = f", {len(refused)} refused (output exists)" if refused else ""
         print(f"faceveil: {done} done, {skipped} skipped, {len(failed)} failed{extra}", file=sys.stderr)
@@ -121,6 +118,21 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 SKIPPED = "skipped (exists)"
+
+
+def done_entry(source_key: str, outputs: list, faces: int, notes: list[str]) -> dict:
+    """The manifest record of an input that was processed (shared by every runner)."""
+    return {"input": source_key, "outputs": [str(p) for p in outputs], "status": "done", "faces": faces, "notes": notes}
+
+
+def failed_entry(source_key: str, reason: str) -> dict:
+    """The manifest record of an input that failed, with the reason the user sees."""
+    return {"input": source_key, "outputs": [], "status": "failed", "reason": reason}
+
+
+def skipped_entry(source_key: str, target) -> dict:
+    """The manifest record of an input whose output already exists (never replaces an earlier record)."""
+    return {"input": source_key, "outputs": [str(target)], "status": SKIPPED}
 
 
 def merge_manifest(previous: list[dict], entries: list[dict]) -> list[dict]:
