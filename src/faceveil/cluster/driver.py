@@ -1,0 +1,360 @@
+"""The driver: plan the dataset, start or join Ray, keep every worker busy, keep ``manifest.json``.
+
+Scheduling is the driver's own (no Ray-side retries): each worker has at most
+``DEPTH`` files queued, results come back as manifest records, and a worker that dies
+is replaced by a fresh one (new model load, new key hand-over); the file it was on is
+tried again, up to ``MAX_ATTEMPTS`` times, the files queued behind it go elsewhere at
+no cost. Since an output is never written twice (atomic, no-clobber, adopted when
+found), a retried file is anonymized at most once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from faceveil.batch import SKIPPED, failed_entry, skipped_entry
+from faceveil.cluster import storage
+from faceveil.cluster.transport import seal_key
+from faceveil.cluster.worker import ADOPTED_NOTE, FileWorker, Job
+from faceveil.errors import UsageError
+from faceveil.keys import Key
+
+LOCAL = "local"
+DEPTH = 2  # files queued per worker: the next one is there the moment one finishes
+MAX_ATTEMPTS = 3  # a file whose worker died this often is reported failed (e.g. it runs the worker out of memory)
+LOG_EVERY_S = 10.0
+
+
+@dataclass
+class DatasetSummary:
+    """How a dataset run went; ``records`` are this run's manifest records."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    adopted: int = 0
+    workers: int = 0
+    device: str = ""
+    replaced: int = 0
+    seconds: float = 0.0  # from the first worker ready to the last result
+    startup_seconds: float = 0.0  # Ray start or join, worker start, model loads
+    busy_seconds: list[float] = field(default_factory=list)  # per processed file, inside a worker
+    records: list[dict] = field(default_factory=list)
+    exit_code: int = 0
+    interrupted: bool = False
+
+    @property
+    def processed(self) -> int:
+        return self.done + len(self.failed)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Slot:
+    actor: object
+    queue: deque = field(default_factory=deque)  # (ref, task) in submission order: the head is running
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'faceveil[ray]'") from None
+    return ray
+
+
+@contextmanager
+def _ray_session(address: str, local_cpus: int | None) -> Iterator[object]:
+    """Ray for this run: an existing connection, a new local one, or the cluster at ``address``."""
+    ray = _ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    if address == LOCAL:
+        ray.init(num_cpus=local_cpus or os.cpu_count() or 1, object_store_memory=256 * 2**20, **common)
+    else:
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UsageError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run like Ctrl-C: the manifest is written before the driver goes."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Workers:
+    """Start, hand the key to, and replace the actors."""
+
+    def __init__(self, ray, job: Job, key: Key, count: int, gpus: bool) -> None:
+        self._ray, self._job, self._key = ray, job, key
+        self._remote = ray.remote(FileWorker).options(
+            num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=0, max_task_retries=0, max_concurrency=1,
+        )
+        self.slots = self._start(count)
+        self.replaced = 0
+
+    def _start(self, count: int) -> list[_Slot]:
+        ray = self._ray
+        actors = [self._remote.remote(self._job, 1) for _ in range(count)]
+        publics = ray.get([a.public_key.remote() for a in actors])
+        receipts = ray.get([a.accept_key.remote(seal_key(self._key, p)) for a, p in zip(actors, publics)])
+        if any(r != self._key.fingerprint for r in receipts):
+            raise UsageError("a worker did not receive the key intact")
+        infos = ray.get([a.prepare.remote() for a in actors])
+        for info in infos:
+            if "error" in info:
+                for a in actors:
+                    ray.kill(a)
+                error = UsageError(f"a worker cannot start: {info['error']}")
+                error.exit_code = info.get("exit_code", UsageError.exit_code)
+                raise error
+        self.device = infos[0]["device"]
+        return [_Slot(a) for a in actors]
+
+    def replace(self, slot: _Slot) -> None:
+        self._ray.kill(slot.actor, no_restart=True)
+        slot.actor = self._start(1)[0].actor
+        self.replaced += 1
+
+    def stop(self) -> None:
+        for slot in self.slots:
+            try:
+                self._ray.kill(slot.actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+class _Progress:
+    """Images per second and time left: a tqdm bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, total: int, show: bool, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.total, self.count, self.quiet = total, 0, quiet or show
+        self.started = self.last = time.monotonic()
+        self.bar = tqdm(total=total, desc="images", unit=" image", disable=not show or total < 2, file=sys.stderr)
+
+    def advance(self) -> None:
+        self.count += 1
+        self.bar.update(1)
+        now = time.monotonic()
+        if not self.quiet and (now - self.last >= LOG_EVERY_S or self.count == self.total):
+            self.last = now
+            print(f"faceveil: {self.line()}", file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.count) / rate if rate > 0 else float("nan")
+        eta = f"about {_duration(left)} left" if rate > 0 else "time left unknown yet"
+        return f"{self.count}/{self.total} images, {rate:.2f} images/s, {eta}"
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run_dataset(
+    inputs: list[str],
+    output: str | None,
+    key: Key,
+    job: Job,
+    *,
+    address: str = LOCAL,
+    workers: int | None = None,
+    recursive: bool = False,
+    resume: bool = False,
+    show: bool = False,
+    quiet: bool = False,
+) -> DatasetSummary:
+    """Anonymize or recover every image of ``inputs`` on Ray; writes ``manifest.json`` in a ``-o`` folder."""
+    from faceveil.api import RECOVERED_TAG, VEILED_TAG
+
+    summary = DatasetSummary()
+    tasks = storage.plan(inputs, output, recursive, job.recovering, RECOVERED_TAG if job.recovering else VEILED_TAG)
+    if not tasks:
+        raise UsageError("no input images found" + ("" if recursive else " (folders: add --recursive to go into subfolders)"))
+    manifest = storage.manifest_url(output) if output is not None and all(t != output for _, t in tasks) else None
+    previous_done = {r.get("input") for r in storage.read_manifest(manifest) if r.get("status") == "done"} if manifest else set()
+    todo: deque = deque()
+    for source, target in tasks:
+        source_key = storage.source_key(source)
+        if not storage.exists(target):
+            todo.append((source, target, 0))
+        elif not resume:
+            reason = f"{target} already exists (--resume skips it; --overwrite is not offered with --ray)"
+            print(f"faceveil: {source}: {reason}", file=sys.stderr)
+            summary.refused.append((source, reason))
+            summary.records.append(skipped_entry(source_key, target))
+            summary.exit_code = summary.exit_code or UsageError.exit_code
+        elif source_key in previous_done:
+            summary.skipped += 1
+            summary.records.append(skipped_entry(source_key, target))
+        else:
+            todo.append((source, target, 0))  # an output without its record (interrupted run): the worker adopts it
+    folders = {storage.parent(t) for _, t in tasks}
+    started = time.monotonic()
+    try:
+        if todo:
+            count = workers or None
+            local_cpus = count if address == LOCAL else None
+            with _ray_session(address, local_cpus) as ray, _sigterm_as_interrupt():
+                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        raise
+    finally:
+        if manifest:
+            storage.save_manifest(manifest, summary.records)
+        storage.sweep_leftovers(folders)
+        _print_summary(summary, len(tasks))
+    return summary
+
+
+def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: DatasetSummary,
+              manifest: str | None, show: bool, quiet: bool, started: float) -> None:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    count = count or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
+    pool = _Workers(ray, job, key, count, gpus >= 1)
+    summary.workers, summary.device = count, pool.device
+    summary.startup_seconds = time.monotonic() - started
+    progress = _Progress(len(todo), show, quiet)
+    running: dict = {}  # ref -> slot
+    last_flush, flush_cost = time.monotonic(), 0.0
+    try:
+        while todo or running:
+            for slot in pool.slots:
+                while todo and len(slot.queue) < DEPTH:
+                    task = todo.popleft()
+                    ref = slot.actor.process.remote(task[0], task[1])
+                    slot.queue.append((ref, task))
+                    running[ref] = slot
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for ref in ready:
+                slot = running.pop(ref, None)
+                if slot is None:
+                    continue  # already handled with its dead worker
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # a bug inside the worker's method, not a death
+                    task = _drop(slot, ref)
+                    outcome = {"record": failed_entry(storage.source_key(task[0]), f"internal error: {exc.cause!r}"),
+                               "seconds": 0.0, "exit_code": 1}
+                except ray.exceptions.RayError:
+                    _worker_died(pool, slot, running, todo, summary, progress)
+                    continue
+                _drop(slot, ref)
+                _record(outcome, summary)
+                progress.advance()
+            if manifest and time.monotonic() - last_flush > max(5.0, 20 * flush_cost):
+                t = time.monotonic()
+                storage.save_manifest(manifest, summary.records)
+                last_flush, flush_cost = time.monotonic(), time.monotonic() - t
+    finally:
+        summary.seconds = time.monotonic() - progress.started
+        summary.replaced = pool.replaced
+        progress.close()
+        pool.stop()
+
+
+def _drop(slot: _Slot, ref) -> tuple:
+    for i, (r, task) in enumerate(slot.queue):
+        if r == ref:
+            del slot.queue[i]
+            return task
+    raise KeyError(ref)
+
+
+def _worker_died(pool: _Workers, slot: _Slot, running: dict, todo: deque, summary: DatasetSummary, progress: _Progress) -> None:
+    """The file the dead worker was on is charged one attempt; the ones queued behind it go back unchanged."""
+    lost = list(slot.queue)
+    slot.queue.clear()
+    for ref, _ in lost:
+        running.pop(ref, None)
+    (_, (source, target, attempts)), queued = lost[0], lost[1:]
+    for _, task in reversed(queued):
+        todo.appendleft(task)
+    if attempts + 1 >= MAX_ATTEMPTS:
+        reason = f"its worker died {MAX_ATTEMPTS} times on this file (out of memory, or a crash); not tried again"
+        _record({"record": failed_entry(storage.source_key(source), reason), "seconds": 0.0, "exit_code": 1}, summary)
+        progress.advance()
+    else:
+        todo.appendleft((source, target, attempts + 1))
+    if pool.replaced >= MAX_ATTEMPTS * max(1, len(pool.slots)):
+        raise UsageError(f"workers died {pool.replaced} times; stopping (see the Ray logs); --resume goes on from here")
+    print(f"faceveil: a worker died; starting another ({source} is tried again)", file=sys.stderr)
+    pool.replace(slot)
+
+
+def _record(outcome: dict, summary: DatasetSummary) -> None:
+    record = outcome["record"]
+    summary.records.append(record)
+    summary.busy_seconds.append(outcome["seconds"])
+    if record["status"] == "done":
+        summary.done += 1
+        summary.adopted += ADOPTED_NOTE in record.get("notes", [])
+        for note in record.get("notes", []):
+            print(f"faceveil: {record['input']}: note: {note}", file=sys.stderr)
+        print(f"{record['input']} -> {', '.join(record['outputs'])}", flush=True)
+    elif record["status"] == "failed":
+        summary.failed.append((record["input"], record["reason"]))
+        print(f"faceveil: {record['input']}: {record['reason']}", file=sys.stderr)
+        summary.exit_code = summary.exit_code or outcome["exit_code"] or 1
+    elif record["status"] == SKIPPED:
+        summary.skipped += 1
+
+
+def _print_summary(summary: DatasetSummary, total: int) -> None:
+    extra = f", {len(summary.refused)} refused (output exists)" if summary.refused else ""
+    print(f"faceveil: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed{extra}", file=sys.stderr)
+    for source, reason in summary.failed:
+        print(f"  failed: {source}: {reason}", file=sys.stderr)
+    for source, reason in summary.refused:
+        print(f"  refused: {source}: {reason}", file=sys.stderr)
+    if summary.workers:
+        notes = []
+        if summary.adopted:
+            notes.append(f"{summary.adopted} output(s) of interrupted attempts checked and kept")
+        if summary.replaced:
+            notes.append(f"{summary.replaced} worker(s) replaced after dying")
+        print(f"faceveil: ray: {summary.workers} worker(s) on {summary.device}, {summary.processed} image(s) in "
+              f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s) after {summary.startup_seconds:.1f} s "
+              f"of start-up{'; ' + '; '.join(notes) if notes else ''}", file=sys.stderr)
+    if summary.interrupted:
+        print(f"faceveil: interrupted: {summary.processed} of {total} image(s) finished; the manifest is written; "
+              "run the same command with --resume to finish", file=sys.stderr)

@@ -1,0 +1,142 @@
+"""One cluster worker (a Ray actor): loads the model once, then anonymizes or recovers file after file.
+
+A plain class, so it also runs in-process (tests); the driver wraps it with
+``ray.remote``. Every file gives one manifest record (``faceveil.batch``'s format),
+never an exception: one bad file never stops the dataset.
+
+Exactly once: an output that already exists is never written again. When a task finds
+its output there (an earlier attempt wrote it, then its worker or driver died before the
+record was kept), the output is checked (its header opens with the key, so it is whole
+and ours) and adopted as ``done``; nothing is anonymized a second time with new nonces.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from faceveil.batch import done_entry, failed_entry
+from faceveil.cluster import storage
+from faceveil.cluster.transport import KeyReceiver
+from faceveil.errors import FaceveilError
+from faceveil.keys import Key
+
+ADOPTED_NOTE = "written by an earlier attempt that was interrupted before its record was kept; checked and kept, not redone"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every file of the dataset gets: the direction, the model and the file API's options."""
+
+    recovering: bool
+    model: str | None = None  # anonymize: None is the embedded default; recover: None is the header's model
+    options: dict = field(default_factory=dict)  # keyword arguments of faceveil.api.anonymize / recover
+
+
+class FileWorker:
+    """Holds one model (per model id, for recovery) and the key, in this process's memory only."""
+
+    def __init__(self, job: Job, threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self._job = job
+        self._receiver = KeyReceiver()
+        self._key: Key | None = None
+        self._models: dict = {}
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def __repr__(self) -> str:  # Ray may print an actor's repr: never the key
+        return f"FileWorker(pid={os.getpid()}, device={self._device})"
+
+    # ---- start-up ------------------------------------------------------------------------
+    def public_key(self) -> bytes:
+        """This worker's ephemeral X25519 public key: the driver seals the secret to it."""
+        return self._receiver.public
+
+    def accept_key(self, sealed: bytes) -> str:
+        """Open the sealed key (only this process can); the key's public fingerprint as a receipt."""
+        self._key = self._receiver.open(sealed)
+        return self._key.fingerprint
+
+    def prepare(self) -> dict:
+        """Load the model now, once: an error comes back as a message, not a crash."""
+        started = time.perf_counter()
+        try:
+            self._model(self._job.model)  # recover: the override, else the default (what headers usually name)
+        except FaceveilError as exc:
+            return {"error": str(exc), "exit_code": exc.exit_code}
+        return {"pid": os.getpid(), "device": self._device, "load_s": time.perf_counter() - started}
+
+    def _model(self, spec: str | None):
+        from faceveil.models import load_model, resolve_spec
+
+        name = resolve_spec(spec)
+        if name not in self._models:
+            self._models[name] = load_model(name, device=self._device)
+        return self._models[name]
+
+    # ---- one file ------------------------------------------------------------------------
+    def process(self, source: str, target: str) -> dict:
+        """Anonymize or recover one file: ``{"record", "seconds", "exit_code"}`` (0 unless it failed)."""
+        started = time.perf_counter()
+        key = storage.source_key(source)
+
+        def outcome(record: dict, exit_code: int = 0) -> dict:
+            return {"record": record, "seconds": time.perf_counter() - started, "exit_code": exit_code}
+
+        if self._key is None:
+            return outcome(failed_entry(key, "internal error: this worker never received the key"), 1)
+        try:
+            if storage.exists(target):
+                return outcome(*self._adopt(key, source, target))
+            with storage.staged(source, target) as (local_source, local_target, publish):
+                result = self._run(local_source, local_target)
+                outputs = publish(result.outputs)
+            return outcome(done_entry(key, outputs, len(result.faces), result.notes))
+        except FaceveilError as exc:
+            if storage.exists(target):  # another attempt won the race to write it
+                return outcome(*self._adopt(key, source, target))
+            return outcome(failed_entry(key, str(exc)), exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - a worker reports, it never dies of one file
+            return outcome(failed_entry(key, f"internal error ({type(exc).__name__}): {exc}"), 1)
+
+    def _run(self, source, target):
+        from faceveil.api import anonymize, recover
+
+        options = dict(self._job.options)
+        if self._job.recovering:
+            model = self._model(self._job.model or _header_model(source))
+            return recover(source, self._key, target, model=model, overwrite=False, **options)
+        return anonymize(source, self._key, target, model=self._model(self._job.model), overwrite=False, **options)
+
+    def _adopt(self, key: str, source: str, target: str) -> tuple[dict, int]:
+        """A record for an output that is already there, after checking it is whole and made with this key."""
+        from faceveil.container import open_header, read_record
+        from faceveil.imageio import read_image
+
+        veiled = source if self._job.recovering else target
+        try:
+            with storage.readable(veiled) as local:
+                public, _ = open_header(self._key, read_record(local))
+            if self._job.recovering:
+                with storage.readable(target) as local:
+                    read_image(local, max_pixels=None)
+        except FaceveilError as exc:
+            reason = f"{target} exists but is not a complete output of this key ({exc}); left as it is"
+            return failed_entry(key, reason), exc.exit_code
+        outputs = [target]
+        if not self._job.recovering and not target.lower().endswith(".png"):
+            outputs.append(target + storage.SIDECAR_SUFFIX)
+        return done_entry(key, outputs, len(public.get("faces", [])), [ADOPTED_NOTE]), 0
+
+
+def _header_model(path) -> str | None:
+    """The model id named in an anonymized file's public header (recovery loads it once per worker)."""
+    from faceveil.container import read_record
+
+    try:
+        return read_record(path)["public"].get("model", {}).get("id")
+    except FaceveilError:
+        return None  # recover() itself reports the missing or broken header
