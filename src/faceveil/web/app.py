@@ -1,0 +1,313 @@
+"""The Gradio page of ``faceveil serve`` (keys, anonymize, recover) and :func:`serve`, which runs it.
+
+Privacy: results reach the browser inside the page (pictures and downloads as ``data:``
+URLs), so the server writes no result file; each upload Gradio stores is read into this
+browser session's memory and deleted at once; the work of a request happens in a private
+folder removed when it ends (:mod:`faceveil.web.service`). Session memory is dropped when
+the tab closes, or after :data:`SESSION_SECONDS`. The server's private temporary folder
+(Gradio's upload folder inside) is removed at shutdown. Nothing is logged.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from faceveil.errors import FaceveilError, KeyFileError, NoFaceError, UsageError
+from faceveil.imageio import DEFAULT_MAX_PIXELS
+from faceveil.keys import Key
+from faceveil.models import DiffusionModel
+from faceveil.web import service
+from faceveil.web.service import Upload
+
+#: How long a browser session's key and uploads are kept in server memory at most.
+SESSION_SECONDS = 3600
+#: Shown beside every key made or used in the page.
+KEY_WARNING = (
+    "Download this key and keep it safe and secret: without it nothing can be recovered, "
+    "and the server does not keep it (it lives only in this page's session memory)."
+)
+NO_FACE_OFFER = (
+    "To keep such a photo unchanged (with a header, so it recovers), tick "
+    "“Continue with photos that have no face” and press Anonymize again."
+)
+
+CSS = """
+.fv-error { color: #b00020; background: #fdecee; border: 1px solid #f3b7bf; border-radius: 6px; padding: 8px 12px; margin: 6px 0; }
+.fv-ok { color: #0b5d1e; background: #e9f7ec; border: 1px solid #a9dbb4; border-radius: 6px; padding: 8px 12px; margin: 6px 0; }
+.fv-warn { color: #7a4b00; background: #fff6e0; border: 1px solid #f0d48a; border-radius: 6px; padding: 8px 12px; margin: 6px 0; }
+.fv-pair { display: flex; gap: 12px; flex-wrap: wrap; align-items: flex-start; }
+.fv-pair figure { margin: 0; flex: 1 1 280px; }
+.fv-pair img, .fv-recovered img { width: 100%; max-width: 512px; height: auto; border-radius: 4px; }
+.fv-photo { border-top: 1px solid #ddd; padding: 10px 0; }
+.fv-download { display: inline-block; margin: 6px 12px 6px 0; padding: 6px 12px; border-radius: 6px; background: #2563eb; color: white !important; text-decoration: none; }
+"""
+
+
+def _escape(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _box(kind: str, text: str) -> str:
+    role = ' role="alert"' if kind == "fv-error" else ""
+    return f'<div class="{kind}"{role}>{_escape(text)}</div>'
+
+
+def _download(label: str, name: str, data: bytes, mime: str, css: str = "fv-download") -> str:
+    return (f'<a class="{css}" download="{_escape(name)}" href="{service.data_url(data, mime)}">'
+            f"{_escape(label)}</a>")
+
+
+def take_upload(path: str | os.PathLike | None, upload_folder: Path) -> Upload | None:
+    """Read a file Gradio stored on upload into memory, then delete it (and its folder, once empty)."""
+    if not path:
+        return None
+    file = Path(path)
+    data = file.read_bytes()
+    root = upload_folder.resolve()
+    if root in file.resolve().parents:  # only ever delete inside Gradio's upload folder
+        file.unlink(missing_ok=True)
+        parent = file.resolve().parent
+        while parent != root and root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+    return Upload(file.name, data)
+
+
+def _key_status(key: Key | None, origin: str) -> str:
+    if key is None:
+        return _box("fv-warn", "No key yet: create one or upload your key file.")
+    return _box("fv-ok", f"Key in use: fingerprint {key.fingerprint} ({origin}).")
+
+
+def build_app(
+    model: DiffusionModel,
+    work_root: Path,
+    upload_folder: Path,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+):
+    """The page as a ``gradio.Blocks``: a key panel, then the Anonymize and Recover tabs."""
+    import gradio as gr
+
+    def sync_files(value: Any, kept: dict[str, Upload] | None) -> tuple[dict[str, Upload], str]:
+        """What a file box now holds, in memory: new uploads read (and deleted), removed ones dropped."""
+        paths = [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else list(value)
+        kept = dict(kept or {})
+        out: dict[str, Upload] = {}
+        for path in map(str, paths):
+            if path in kept:
+                out[path] = kept[path]
+            elif Path(path).exists():
+                out[path] = take_upload(path, upload_folder)
+        names = ", ".join(u.name for u in out.values())
+        return out, f'<div class="fv-ready">{_escape(f"ready: {names}" if out else "")}</div>'
+
+    def create_key(passphrase: str):
+        key, data = service.new_key_file(passphrase or None)
+        protected = " (protected by your passphrase)" if passphrase else ""
+        link = _download(f"Download the key file{protected}", f"faceveil-{key.fingerprint}.key", data,
+                         "application/octet-stream")
+        origin = "created in this page"
+        return key, origin, _key_status(key, origin), f'{_box("fv-warn", KEY_WARNING)}{link}'
+
+    def use_key(files: dict[str, Upload] | None, passphrase: str, current: Key | None, current_origin: str):
+        """Load the uploaded key file; on failure the key in use (if any) stays, and the error shows."""
+        uploads = list((files or {}).values())
+        if not uploads:
+            return current, current_origin, _box("fv-error", "Choose a key file first."), ""
+        try:
+            key = service.load_key(uploads[-1].data, passphrase or None)
+        except KeyFileError as exc:
+            return current, current_origin, _box("fv-error", str(exc)) + _key_status(current, current_origin), ""
+        origin = f"uploaded {uploads[-1].name}"
+        return key, origin, _key_status(key, origin), _box("fv-warn", KEY_WARNING)
+
+    def key_file_chosen(value: Any, current: Key | None, origin: str) -> tuple[str, str]:
+        pending = _box("fv-warn fv-pending", "Key file chosen: press “Use this key”.") if value else ""
+        return pending + _key_status(current, origin), ""
+
+    def anonymize(key: Key | None, photos: dict[str, Upload] | None, allow_no_face: bool,
+                  progress=gr.Progress()) -> str:
+        if key is None:
+            return _box("fv-error", "No key: create one or upload your key file first.")
+        uploads = list((photos or {}).values())
+        if not uploads:
+            return _box("fv-error", "Drop one or more photos first.")
+        parts, files = [], []
+        names = service.unique_names([service.safe_name(u.name) for u in uploads])
+        for index, (upload, name) in enumerate(zip(uploads, names)):
+            count = [0]
+
+            def tick(n: int, index: int = index, name: str = name, count: list[int] = count) -> None:
+                count[0] += n
+                progress((index, len(uploads)), desc=f"{name}: {count[0]} UNet evaluations", unit="photos")
+
+            tick(0)
+            try:
+                veiled = service.anonymize_upload(Upload(name, upload.data), key, model, work_root,
+                                                  allow_no_face=allow_no_face, max_pixels=max_pixels, progress=tick)
+            except FaceveilError as exc:
+                offer = _box("fv-warn", NO_FACE_OFFER) if isinstance(exc, NoFaceError) else ""
+                parts.append(f'<div class="fv-photo">{_box("fv-error", str(exc))}{offer}</div>')
+                continue
+            files.append((veiled.name, veiled.png))
+            notes = "".join(_box("fv-warn", n) for n in veiled.notes)
+            parts.append(
+                f'<div class="fv-photo"><h3>{_escape(name)}: {veiled.faces} face(s) anonymized</h3>'
+                f'<div class="fv-pair">'
+                f'<figure><img alt="before" src="{service.data_url(veiled.before, "image/png")}"><figcaption>before (faces found outlined)</figcaption></figure>'
+                f'<figure><img alt="after" src="{service.data_url(veiled.after, "image/png")}"><figcaption>after</figcaption></figure>'
+                f"</div>{notes}{_download(f'Download {veiled.name}', veiled.name, veiled.png, 'image/png')}</div>"
+            )
+        head = ""
+        if files:
+            archive = service.zip_bytes(files)
+            head = _download(f"Download all ({len(files)}) as zip", "faceveil-veiled.zip", archive,
+                             "application/zip", "fv-download fv-zip")
+        return head + "".join(parts)
+
+    def recover(key: Key | None, images: dict[str, Upload] | None, sidecars: dict[str, Upload] | None,
+                progress=gr.Progress()) -> str:
+        if key is None:
+            return _box("fv-error", "No key: upload the key the photo was anonymized with.")
+        uploads = list((images or {}).values())
+        if not uploads:
+            return _box("fv-error", "Choose a veiled photo first.")
+        sidecar = next(iter((sidecars or {}).values()), None)
+        count = [0]
+
+        def tick(n: int) -> None:
+            count[0] += n
+            progress(None if not count[0] else (count[0], None), desc=f"{count[0]} UNet evaluations", unit="evals")
+
+        try:
+            result = service.recover_upload(uploads[-1], key, work_root, sidecar=sidecar, max_pixels=max_pixels,
+                                            progress=tick)
+        except FaceveilError as exc:
+            return _box("fv-error", str(exc))
+        notes = "".join(_box("fv-warn", n) for n in result.notes)
+        return (f'<div class="fv-recovered"><h3>{_escape(result.name)}</h3>'
+                f'<img alt="recovered" src="{service.data_url(result.picture, "image/png")}">{notes}'
+                f"{_download(f'Download {result.name}', result.name, result.png, 'image/png')}</div>")
+
+    with gr.Blocks(title="faceveil", analytics_enabled=False) as page:
+        key_state = gr.State(None, time_to_live=SESSION_SECONDS)
+        key_origin = gr.State("")
+        key_files = gr.State({}, time_to_live=SESSION_SECONDS)
+        photo_files = gr.State({}, time_to_live=SESSION_SECONDS)
+        veiled_files = gr.State({}, time_to_live=SESSION_SECONDS)
+        sidecar_files = gr.State({}, time_to_live=SESSION_SECONDS)
+        gr.Markdown(
+            "# faceveil\nReplace every face in your photos by a face of nobody; only the key brings the "
+            "originals back. Runs on this computer only: photos and keys stay in memory for your session "
+            "and are never stored by the server."
+        )
+        with gr.Column():
+            gr.Markdown("## 1. Key")
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("**Create a new key**")
+                    new_passphrase = gr.Textbox(label="Passphrase to protect the key file (optional)",
+                                                type="password", elem_id="new-key-passphrase")
+                    create_button = gr.Button("Create a new key", elem_id="create-key")
+                with gr.Column():
+                    gr.Markdown("**Or use your key file**")
+                    key_upload = gr.File(label="Key file", elem_id="key-file")
+                    key_ready = gr.HTML("", elem_id="key-file-ready")
+                    key_passphrase = gr.Textbox(label="Its passphrase (if it has one)", type="password",
+                                                elem_id="key-passphrase")
+                    use_button = gr.Button("Use this key", elem_id="use-key")
+            key_status = gr.HTML(_key_status(None, ""), elem_id="key-status")
+            key_notice = gr.HTML("", elem_id="key-notice")
+        with gr.Tabs():
+            with gr.Tab("2. Anonymize", id="anonymize-tab"):
+                photos = gr.File(label="Photos (JPEG, PNG, WebP, BMP, TIFF)", file_count="multiple", elem_id="photos")
+                photos_ready = gr.HTML("", elem_id="photos-ready")
+                allow_no_face = gr.Checkbox(label="Continue with photos that have no face (written unchanged)",
+                                            elem_id="allow-no-face")
+                anonymize_button = gr.Button("Anonymize", variant="primary", elem_id="anonymize")
+                results = gr.HTML("", elem_id="results")
+            with gr.Tab("3. Recover", id="recover-tab"):
+                veiled = gr.File(label="Veiled photo (.veiled.png, or a JPEG/WebP with its sidecar)", elem_id="veiled")
+                veiled_ready = gr.HTML("", elem_id="veiled-ready")
+                sidecar = gr.File(label="Sidecar .veil (only for a JPEG or WebP)", elem_id="sidecar")
+                sidecar_ready = gr.HTML("", elem_id="sidecar-ready")
+                recover_button = gr.Button("Recover", variant="primary", elem_id="recover")
+                recovered = gr.HTML("", elem_id="recovered")
+
+        quiet = {"show_progress": "hidden", "queue": False}
+        for box, kept, status in ((key_upload, key_files, key_ready), (photos, photo_files, photos_ready),
+                                  (veiled, veiled_files, veiled_ready), (sidecar, sidecar_files, sidecar_ready)):
+            box.change(sync_files, [box, kept], [kept, status], **quiet)
+        # new inputs clear what was shown for the old ones
+        key_upload.change(key_file_chosen, [key_upload, key_state, key_origin], [key_status, key_notice], **quiet)
+        photos.change(lambda: "", None, results, **quiet)
+        veiled.change(lambda: "", None, recovered, **quiet)
+        sidecar.change(lambda: "", None, recovered, **quiet)
+        create_button.click(create_key, new_passphrase, [key_state, key_origin, key_status, key_notice])
+        use_button.click(use_key, [key_files, key_passphrase, key_state, key_origin],
+                         [key_state, key_origin, key_status, key_notice])
+        anonymize_button.click(anonymize, [key_state, photo_files, allow_no_face], results)
+        recover_button.click(recover, [key_state, veiled_files, sidecar_files], recovered)
+    return page
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM closes the server like Ctrl+C, so the private folder is removed."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    model: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve the page until Ctrl+C (or SIGTERM); offline, Gradio's analytics and share links off."""
+    root = Path(tempfile.mkdtemp(prefix="faceveil-serve-"))  # mode 0700
+    uploads, work = root / "uploads", root / "work"
+    uploads.mkdir(mode=0o700)
+    work.mkdir(mode=0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # read when gradio is imported: set first
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from faceveil.models import load_model
+
+        page = build_app(load_model(model), work, uploads, max_pixels=max_pixels)
+        page.queue(default_concurrency_limit=1)
+        if sys.platform != "win32":
+            _stop_on_sigterm()
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            announce(f"faceveil: warning: listening on {host}: anyone who can reach this machine can use the page")
+        try:
+            page.launch(
+                server_name=host, server_port=port, share=False, inbrowser=False, quiet=True, show_error=False,
+                ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False, prevent_thread_lock=True,
+                theme="default", css=CSS, footer_links=[], run_history=False,  # no copies in the browser either
+            )
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port} ({exc}); choose another --port") from None
+        announce(f"faceveil: serving http://{'[' + host + ']' if ':' in host else host}:{port} "
+                 "(Ctrl+C to stop); keys and photos are never stored")
+        try:
+            page.block_thread()
+        finally:
+            page.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
