@@ -119,3 +119,57 @@ def test_pairing_is_a_keyed_involution_inside_the_mask():
     assert np.array_equal(p, key.pairing(nonce, shape, inside))
     assert not np.array_equal(p, Key.generate().pairing(nonce, shape, inside))
     assert not np.array_equal(p, key.pairing(new_nonce(), shape, inside))
+
+
+@pytest.mark.parametrize("change", [
+    {"memory_kib": 1 << 30},  # 1 TiB of Argon2 memory: refused before any work
+    {"iterations": 10**9},
+    {"lanes": 0},
+    {"memory_kib": "65536"},
+    {"iterations": True},
+    {"name": "scrypt"},
+])
+def test_hostile_argon2_parameters_are_refused_before_work(tmp_path, change):
+    record = json.loads(Key.generate().to_file_bytes("pw"))
+    record["kdf"].update(change)
+    path = tmp_path / "hostile.key"
+    path.write_text(json.dumps(record))
+    with pytest.raises(KeyFileError):
+        Key.load(path, passphrase="pw")
+
+
+def test_oversized_and_deeply_nested_key_files_are_not_key_files(tmp_path):
+    big = tmp_path / "big.key"
+    big.write_bytes(b" " * (1 << 20) + Key.generate().to_file_bytes())
+    deep = tmp_path / "deep.key"
+    deep.write_bytes(b"[" * 50_000 + b"]" * 50_000)
+    for path in (big, deep, tmp_path):
+        with pytest.raises(KeyFileError):
+            Key.load(path)
+        assert Key.file_needs_passphrase(path) is False
+
+
+def test_a_key_file_others_can_read_warns(tmp_path):
+    key = Key.generate()
+    path = key.save(tmp_path / "k.key")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Key.load(path) == key  # 0600: no warning
+    os.chmod(path, 0o644)
+    from faceveil.keys import KeyFileWarning
+
+    with pytest.warns(KeyFileWarning, match="chmod 600"):
+        assert Key.load(path) == key
+
+
+def test_made_tells_the_key_that_made_a_record():
+    from faceveil.container import seal_header
+
+    key, other = Key.generate(), Key.generate()
+    record = seal_header(key, {"faces": []}, {})
+    assert key.made(record) and not other.made(record)
+    assert not key.made({"check": "!!", "file_nonce": 3})
+    # two files of one key carry unrelated tags: nothing links them without the key
+    assert seal_header(key, {}, {})["check"] != record["check"]

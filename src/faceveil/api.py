@@ -36,12 +36,15 @@ class Result:
 
 
 def default_output(input_path: Path, tag: str) -> Path:
-    """``photo.jpg`` -> ``photo.veiled.png``; ``photo.veiled.png`` -> ``photo.recovered.png``."""
+    """``photo.jpg`` -> ``photo.veiled.png``; ``photo.veiled.png`` -> ``photo.recovered.png``; videos -> ``.mkv``."""
+    from faceveil.batch import VIDEO_SUFFIXES
+
     stem = input_path.stem
     for known in (VEILED_TAG, RECOVERED_TAG):
         if stem.endswith(known):
             stem = stem[: -len(known)]
-    return input_path.with_name(f"{stem}{tag}.png")
+    suffix = ".mkv" if input_path.suffix.lower() in VIDEO_SUFFIXES else ".png"
+    return input_path.with_name(f"{stem}{tag}{suffix}")
 
 
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
@@ -156,8 +159,8 @@ def recover(
     ``progress`` is called with 1 after every UNet evaluation.
     """
     source = Path(input)
+    record = read_record(source)  # bounded by the image's declared size, validated, before any pixel is decoded
     loaded = read_image(source, max_pixels=max_pixels)
-    record = read_record(source)
     target = Path(output) if output is not None else default_output(source, RECOVERED_TAG)
     _check_output(target, [source], overwrite)
     key = _key(key)

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from faceveil import __version__
-from faceveil.batch import run_batch
+from faceveil.batch import VIDEO_SUFFIXES, run_batch
 from faceveil.errors import FaceveilError
 
 EXIT_USAGE = 2
@@ -96,10 +96,40 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _load_key(path: str):
-    from faceveil.keys import Key, prompt_passphrase
+    from faceveil.keys import Key, key_file_exposure, prompt_passphrase
 
+    exposure = key_file_exposure(path)
+    if exposure:
+        print(f"faceveil: warning: {exposure}", file=sys.stderr)
     passphrase = prompt_passphrase() if Key.file_needs_passphrase(path) else None
     return Key.load(path, passphrase=passphrase)
+
+
+def _cmd_key_info(args: argparse.Namespace) -> int:
+    """The key's fingerprint and protection; for each file given, whether this key made it."""
+    import json
+
+    from faceveil.container import read_record
+    from faceveil.errors import HeaderError
+    from faceveil.keys import key_file_exposure
+
+    key = _load_key(args.keyfile)
+    protection = json.loads(Path(args.keyfile).read_bytes()).get("protection", "none")
+    exposure = key_file_exposure(args.keyfile)
+    print(f"key file:    {args.keyfile}")
+    print(f"fingerprint: {key.fingerprint}")
+    print(f"protection:  {'passphrase (Argon2id)' if protection != 'none' else 'none (the file itself is the secret)'}")
+    print(f"permissions: {'too open, see the warning above' if exposure else 'owner only'}")
+    status = 0
+    for name in args.files:
+        try:
+            made = key.made(read_record(Path(name)))
+        except HeaderError as exc:
+            print(f"{name}: {exc}")
+            status = status or exc.exit_code
+            continue
+        print(f"{name}: {'made with this key' if made else 'NOT made with this key'}")
+    return status
 
 
 def _cmd_anonymize(args: argparse.Namespace) -> int:
@@ -117,10 +147,24 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
         decoder_iters=args.decoder_iters,
         hint=args.hint,
     )
+    if args.ray:
+        from faceveil.cluster import run_from_args
+
+        return run_from_args(args, key, recovering=False, settings=settings, show=_show_progress(args))
     model = load_model(args.model)  # None: the best embedded model
     show = _show_progress(args)
 
     def action(source: Path, target: Path):
+        if source.suffix.lower() in VIDEO_SUFFIXES:
+            from faceveil.video import anonymize_video
+            from faceveil.video.progress import FrameBars
+
+            with FrameBars(show) as bars:
+                return anonymize_video(
+                    source, key, target, model=model, settings=settings, mask=args.mask, min_face=args.min_face,
+                    allow_no_face=args.allow_no_face, residual=not args.no_residual, max_pixels=args.max_pixels,
+                    overwrite=args.overwrite, progress=bars.update,
+                )
         bar, update = _progress_bar(f"anonymize {source.name}", show)
         with bar:
             return anonymize(
@@ -137,10 +181,23 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     from faceveil.models import load_model
 
     key = _load_key(args.key)
+    if args.ray:
+        from faceveil.cluster import run_from_args
+
+        return run_from_args(args, key, recovering=True, show=_show_progress(args))
     model = load_model(args.model) if args.model else None
     show = _show_progress(args)
 
     def action(source: Path, target: Path):
+        if source.suffix.lower() in VIDEO_SUFFIXES:
+            from faceveil.video import recover_video
+            from faceveil.video.progress import FrameBars
+
+            with FrameBars(show) as bars:
+                return recover_video(
+                    source, key, target, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
+                    overwrite=args.overwrite, progress=bars.update,
+                )
         bar, update = _progress_bar(f"recover {source.name}", show)
         with bar:
             return recover(
@@ -177,10 +234,15 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars (they show only on a terminal anyway); results, notes and errors still print")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="spread the files over Ray workers: alone, a local Ray on this machine; with an address "
+                        "(ray://HOST:10001, HOST:6379, auto), that cluster (needs the ray extra)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: number of workers (default: one per GPU of the cluster, else one per CPU)")
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.
-COMMAND_MODULES = ["faceveil.evaluate.command", "faceveil.train.command"]
+COMMAND_MODULES = ["faceveil.evaluate.command", "faceveil.train.command", "faceveil.web.command"]
 
 KEY_HELP = "the secret key file made by `faceveil keygen` (asks for its passphrase if it has one)"
 OUTPUT_HELP = ("output file (one input file) or folder (several inputs, or folders: subfolders mirrored, "
@@ -204,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase", action="store_true",
                    help="protect the key with a passphrase (Argon2id); read from $FACEVEIL_PASSPHRASE or a prompt")
     p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("key", help="inspect key files")
+    key_sub = p.add_subparsers(dest="key_command", required=True, parser_class=_Parser)
+    p = key_sub.add_parser(
+        "info", help="print a key's fingerprint (safe to share: it reveals nothing of the secret) and, for "
+                     "anonymized files, whether this key made them",
+    )
+    p.add_argument("keyfile", help="a key file made by `faceveil keygen`")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="anonymized files to test against this key (their headers name the key only to its holder)")
+    p.set_defaults(func=_cmd_key_info)
 
     p = sub.add_parser("anonymize", help="replace faces by faces of nobody, reversibly with the key")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import io
 import json
 import secrets
@@ -40,7 +39,8 @@ from PIL import Image, PngImagePlugin
 
 from faceveil.atomic import write_file
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
-from faceveil.keys import InvalidTag, Key, canonical_json, new_nonce
+from faceveil.keys import NONCE_BYTES, InvalidTag, Key, canonical_json, new_nonce
+from faceveil.schema import check_public
 
 FORMAT_VERSION = 2
 MAGIC = b"faceveil"
@@ -176,18 +176,17 @@ def open_header(key: Key, record: dict) -> tuple[dict, Any]:
         raise HeaderError("not a faceveil header")
     if record["faceveil"] != FORMAT_VERSION:
         raise HeaderError(f"unsupported faceveil header version {record['faceveil']!r} (this is faceveil format {FORMAT_VERSION})")
+    check_record(record)
     try:
-        file_nonce = unb64(record["file_nonce"])
-        check = unb64(record["check"])
         seal_nonce = unb64(record["seal_nonce"])
         sealed = record["sealed"]
         if not isinstance(sealed, bytes) or not isinstance(record["public"], dict):
             raise TypeError
         public = record["public"]
         aad = _aad(record)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise HeaderError("the faceveil header is malformed (missing or invalid fields)") from None
-    if not hmac.compare_digest(check, key.check_tag(file_nonce)):
+    if not key.made(record):
         raise WrongKeyError("wrong key: this file was anonymized with a different key")
     try:
         plaintext = key.open(seal_nonce, sealed, aad)
@@ -197,7 +196,7 @@ def open_header(key: Key, record: dict) -> tuple[dict, Any]:
         raise HeaderError("the faceveil header is malformed (invalid seal)") from None
     try:
         private = unpack_private(plaintext)
-    except (struct.error, ValueError, KeyError, IndexError, TypeError):
+    except (struct.error, ValueError, KeyError, IndexError, TypeError, RecursionError):
         raise HeaderError("the faceveil header's private part is corrupt") from None
     return public, private
 
@@ -209,8 +208,12 @@ def pack_record(record: dict) -> bytes:
     return MAGIC + struct.pack(">BI", FORMAT_VERSION, len(head)) + head + record["sealed"]
 
 
-def unpack_record(data: bytes, where: str = "the file") -> dict:
-    """Inverse of :func:`pack_record`; a clear ``HeaderError`` for anything malformed."""
+def unpack_record(data: bytes, where: str = "the file", shape: tuple[int, int] | None = None) -> dict:
+    """Inverse of :func:`pack_record`; a clear ``HeaderError`` for anything malformed.
+
+    Every field but the sealed bytes is validated (:func:`check_record`,
+    :func:`faceveil.schema.check_public`), against the image's ``shape`` (height, width) when given.
+    """
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 5:
         raise HeaderError(f"the faceveil header of {where} is malformed")
     version, head_len = struct.unpack_from(">BI", data, len(MAGIC))
@@ -221,12 +224,31 @@ def unpack_record(data: bytes, where: str = "the file") -> dict:
         raise HeaderError(f"the faceveil header of {where} is malformed (public part too large or truncated)")
     try:
         head = json.loads(data[start : start + head_len])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HeaderError(f"the faceveil header of {where} is not valid JSON") from None
-    if not isinstance(head, dict):
-        raise HeaderError(f"the faceveil header of {where} is malformed")
+    check_record(head, where)
+    check_public(head["public"], *(shape or (None, None)))
     head["sealed"] = bytes(data[start + head_len :])
     return head
+
+
+_RECORD_FIELDS = {"faceveil", "file_nonce", "check", "public", "seal_nonce"}
+_RECORD_BYTES = {"file_nonce": NONCE_BYTES, "check": 16, "seal_nonce": 12}
+
+
+def check_record(head: Any, where: str = "the file") -> None:
+    """Validate a record's own fields (version, nonces, check tag; not ``public``, not ``sealed``)."""
+    if not isinstance(head, dict) or set(head) - {"sealed"} != _RECORD_FIELDS:
+        raise HeaderError(f"the faceveil header of {where} is malformed (unexpected fields)")
+    if head["faceveil"] != FORMAT_VERSION or isinstance(head["faceveil"], bool):
+        raise HeaderError(f"the faceveil header of {where} has an unsupported version {head['faceveil']!r:.20}")
+    for name, size in _RECORD_BYTES.items():
+        value = head[name]
+        try:
+            if not isinstance(value, str) or len(value) > 4 * size or len(unb64(value)) != size:
+                raise ValueError
+        except ValueError:
+            raise HeaderError(f"the faceveil header of {where} is malformed ({name})") from None
 
 
 def sidecar_path(image_path: Path) -> Path:
@@ -274,32 +296,42 @@ def write_veiled(path: Path, array: np.ndarray, record: dict, overwrite: bool = 
         return [write_file(path, encode_png(array, record), overwrite=overwrite)]
     data = encode_image(array, path.suffix)
     sidecar = sidecar_path(path)
-    if not overwrite and sidecar.exists():
-        raise UsageError(f"{sidecar} already exists; refusing to overwrite it")
-    written = [write_file(path, data, overwrite=overwrite)]
-    written.append(write_file(sidecar, pack_record(record), overwrite=overwrite))
-    return written
+    if not overwrite and (sidecar.exists() or path.exists()):
+        raise UsageError(f"{sidecar if sidecar.exists() else path} already exists; refusing to overwrite it")
+    # the sidecar first, the image last: an image on disk always has its header beside it
+    write_file(sidecar, pack_record(record), overwrite=overwrite)
+    try:
+        write_file(path, data, overwrite=overwrite)
+    except BaseException:
+        sidecar.unlink(missing_ok=True)
+        raise
+    return [path, sidecar]
 
 
-def _png_header_chunk(stream: BinaryIO, where: str) -> bytes | None:
-    """The ``veIL`` chunk's data of a PNG stream (after its signature), read with a bound.
+def _png_header_chunk(stream: BinaryIO, where: str) -> tuple[bytes | None, tuple[int, int] | None]:
+    """The ``veIL`` chunk's data of a PNG stream (after its signature) and the image's (height, width).
 
-    Other chunks are skipped without being read. A format-1 header (an iTXt chunk named
-    ``faceveil``) gets a clear message.
+    The chunk is read only once ``IHDR`` has bounded it; other chunks are skipped without
+    being read. A format-1 header (an iTXt chunk named ``faceveil``) gets a clear message.
     """
-    bound = MAX_HEADER_BYTES
+    shape = None
     while True:
         head = stream.read(8)
         if len(head) < 8:
-            return None
+            return None, shape
         length, ctype = struct.unpack(">I4s", head)
-        if ctype == b"IHDR" and length >= 8:
+        if ctype == b"IHDR" and shape is None:
             data = stream.read(length)
+            if length != 13 or len(data) != 13:
+                raise HeaderError(f"{where} is not a valid PNG (bad IHDR chunk)")
             width, height = struct.unpack(">II", data[:8])
-            bound = header_bound(height, width)
+            shape = (height, width)
             stream.seek(4, io.SEEK_CUR)
             continue
         if ctype == PNG_CHUNK:
+            if shape is None:
+                raise HeaderError(f"{where} is not a valid PNG (the faceveil header comes before IHDR)")
+            bound = header_bound(*shape)
             if length > bound:
                 raise HeaderError(
                     f"the faceveil header of {where} is {length} bytes, more than this image can need ({bound}): refused"
@@ -308,7 +340,7 @@ def _png_header_chunk(stream: BinaryIO, where: str) -> bytes | None:
             crc = stream.read(4)
             if len(data) != length or len(crc) != 4 or zlib.crc32(ctype + data) != struct.unpack(">I", crc)[0]:
                 raise HeaderError(f"the faceveil header of {where} is truncated or corrupt (chunk checksum)")
-            return data
+            return data, shape
         if ctype == b"iTXt" and length >= len(LEGACY_PNG_KEYWORD) + 1:
             keyword = stream.read(len(LEGACY_PNG_KEYWORD) + 1)
             if keyword == LEGACY_PNG_KEYWORD + b"\0":
@@ -319,22 +351,33 @@ def _png_header_chunk(stream: BinaryIO, where: str) -> bytes | None:
             stream.seek(length - len(keyword) + 4, io.SEEK_CUR)
             continue
         if ctype == b"IEND":
-            return None
+            return None, shape
         stream.seek(length + 4, io.SEEK_CUR)
 
 
-def read_record(path: Path, max_bytes: int | None = None) -> dict:
-    """The header record of an anonymized image: from its PNG chunk, else its sidecar.
+def _image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) from the image's own header, without decoding its pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        raise UsageError(f"{path} is not a readable image") from None
+    return int(height), int(width)
 
-    Reads at most the header's own bytes (bounded by :func:`header_bound` and
-    ``max_bytes``); changes no library-wide setting.
+
+def read_record(path: Path) -> dict:
+    """The validated header record of an anonymized image: from its PNG chunk, else its sidecar.
+
+    Reads at most :func:`header_bound` bytes for the image's size (known from its own
+    header before any header byte is read), validates every public field against that
+    size, and changes no library-wide setting.
     """
     path = Path(path)
-    data = None
+    data, shape = None, None
     try:
         with open(path, "rb") as stream:
             if stream.read(8) == _PNG_SIGNATURE:
-                data = _png_header_chunk(stream, str(path))
+                data, shape = _png_header_chunk(stream, str(path))
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     if data is None:
@@ -344,10 +387,13 @@ def read_record(path: Path, max_bytes: int | None = None) -> dict:
             if legacy.is_file():
                 raise HeaderError(f"{legacy.name} is a faceveil 0.1 sidecar (format 1); recover it with faceveil 0.1")
             raise HeaderError(f"{path} has no faceveil header (no PNG chunk and no {sidecar.name}): nothing to recover")
-        limit = max_bytes or MAX_HEADER_BYTES
-        if sidecar.stat().st_size > limit:
-            raise HeaderError(f"{sidecar.name} is larger than any faceveil header can be ({limit} bytes): refused")
-        data = sidecar.read_bytes()
-    if max_bytes is not None and len(data) > max_bytes:
-        raise HeaderError(f"the faceveil header of {path} is larger than this image can need: refused")
-    return unpack_record(data, str(path))
+        shape = shape or _image_shape(path)
+        limit = header_bound(*shape)
+        try:
+            with open(sidecar, "rb") as stream:
+                data = stream.read(limit + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read {sidecar}: {exc.strerror or exc}") from None
+        if len(data) > limit:
+            raise HeaderError(f"{sidecar.name} is larger than any faceveil header of this image can be ({limit} bytes): refused")
+    return unpack_record(data, str(path), shape)

@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,27 @@ PASSPHRASE_ENV = "FACEVEIL_PASSPHRASE"
 
 # RFC 9106, second recommended option (64 MiB, 3 passes, 4 lanes).
 DEFAULT_ARGON2 = {"memory_kib": 65536, "iterations": 3, "lanes": 4}
+# What a key file may ask of Argon2id (a hostile file must not make us allocate gigabytes).
+ARGON2_LIMITS = {"memory_kib": (8, 1 << 20), "iterations": (1, 64), "lanes": (1, 64)}
+MAX_KEY_FILE_BYTES = 64 * 1024  # a key file is under 1 KB
+
+
+class KeyFileWarning(UserWarning):
+    """A key file others can read (like ssh's "UNPROTECTED PRIVATE KEY FILE")."""
+
+
+def key_file_exposure(path: str | os.PathLike) -> str | None:
+    """A warning when a key file is readable or writable by others than its owner, else ``None``."""
+    if os.name != "posix":
+        return None
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"key file {path} is accessible by others (mode {mode:04o}); anyone who can read it can "
+            f"recover every face anonymized with it: chmod 600 {path}")
 
 _LABEL = b"faceveil/v1/"
 
@@ -150,10 +172,12 @@ class Key:
     def from_file_bytes(cls, data: bytes, passphrase: str | None = None, source: str = "key file") -> "Key":
         """Parse a key file's content; a wrong passphrase or a corrupt file raises KeyFileError."""
         try:
+            if len(data) > MAX_KEY_FILE_BYTES:
+                raise ValueError
             record = json.loads(data.decode("utf-8"))
             if not isinstance(record, dict) or record.get("format") != KEY_FILE_FORMAT:
                 raise ValueError
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise KeyFileError(f"{source} is not a faceveil key file") from None
         if record.get("version") != KEY_FILE_VERSION:
             raise KeyFileError(f"{source} has unsupported key file version {record.get('version')!r}")
@@ -164,7 +188,7 @@ class Key:
             elif protection == "argon2id+chacha20poly1305":
                 if passphrase is None:
                     raise KeyFileError(f"{source} is protected by a passphrase; set {PASSPHRASE_ENV} or answer the prompt")
-                kdf = record["kdf"]
+                kdf = _checked_kdf(record["kdf"], source)
                 aad = canonical_json({k: v for k, v in record.items() if k != "ciphertext"})
                 try:
                     secret = ChaCha20Poly1305(_argon2(passphrase, _unb64(kdf["salt"]), kdf)).decrypt(
@@ -175,7 +199,7 @@ class Key:
                 key = cls(secret)
             else:
                 raise KeyFileError(f"{source} uses unknown protection {protection!r}")
-        except (KeyError, TypeError, ValueError, base64.binascii.Error):
+        except (KeyError, TypeError, ValueError, AttributeError, base64.binascii.Error):
             raise KeyFileError(f"{source} is corrupt (missing or malformed fields)") from None
         if record.get("fingerprint") not in (None, key.fingerprint):
             raise KeyFileError(f"{source} is corrupt (fingerprint does not match the secret)")
@@ -183,14 +207,15 @@ class Key:
 
     @classmethod
     def load(cls, path: str | os.PathLike, passphrase: str | None = None) -> "Key":
-        """Read a key file. For a protected file without ``passphrase``, use $FACEVEIL_PASSPHRASE."""
+        """Read a key file. For a protected file without ``passphrase``, use $FACEVEIL_PASSPHRASE.
+
+        A key file that others can read gives a :class:`KeyFileWarning` (the key still loads).
+        """
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise KeyFileError(f"key file {path} does not exist (create one with: faceveil keygen {path})") from None
-        except OSError as exc:
-            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+        data = _read_key_file(path)
+        exposure = key_file_exposure(path)
+        if exposure:
+            warnings.warn(exposure, KeyFileWarning, stacklevel=2)
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV)
         return cls.from_file_bytes(data, passphrase, source=f"key file {path}")
@@ -199,8 +224,8 @@ class Key:
     def file_needs_passphrase(path: str | os.PathLike) -> bool:
         """Whether a key file is passphrase protected (without decrypting it)."""
         try:
-            return json.loads(Path(path).read_bytes()).get("protection", "none") != "none"
-        except (OSError, ValueError, AttributeError):
+            return json.loads(_read_key_file(Path(path))).get("protection", "none") != "none"
+        except (KeyFileError, ValueError, AttributeError, RecursionError):
             return False
 
     # ---- derived values --------------------------------------------------------
@@ -242,6 +267,19 @@ class Key:
         partner[first], partner[second] = second, first
         return partner
 
+    def made(self, record: dict) -> bool:
+        """Whether a header record (see :mod:`faceveil.container`) was made with this key.
+
+        Compares the record's ``check`` tag, a keyed per-file identifier: it names the key
+        to whoever holds it, and to nobody else (two files' tags cannot be linked).
+        """
+        try:
+            tag = base64.b64decode(record["check"], validate=True)
+            nonce = base64.b64decode(record["file_nonce"], validate=True)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return hmac.compare_digest(tag, self.check_tag(nonce))
+
     def check_tag(self, file_nonce: bytes) -> bytes:
         """A 16-byte tag binding this key to one file; unlinkable across files."""
         return hmac.new(self._derive(b"check"), b"check/" + file_nonce, hashlib.sha256).digest()[:16]
@@ -253,6 +291,35 @@ class Key:
     def open(self, nonce12: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         """Decrypt what ``seal`` made; raises ``cryptography.exceptions.InvalidTag`` on any change."""
         return ChaCha20Poly1305(self._derive(b"seal")).decrypt(nonce12, ciphertext, aad)
+
+
+def _read_key_file(path: Path) -> bytes:
+    """A key file's bytes, at most ``MAX_KEY_FILE_BYTES`` (a larger file is not a key file)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist (create one with: faceveil keygen {path})") from None
+    except IsADirectoryError:
+        raise KeyFileError(f"key file {path} is a folder, not a key file") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"key file {path} is not a faceveil key file (larger than {MAX_KEY_FILE_BYTES} bytes)")
+    return data
+
+
+def _checked_kdf(kdf: object, source: str) -> dict:
+    """A key file's Argon2id parameters, refused outside ``ARGON2_LIMITS`` before any work."""
+    if not isinstance(kdf, dict) or kdf.get("name") != "argon2id":
+        raise KeyFileError(f"{source} uses an unknown key derivation")
+    for name, (low, high) in ARGON2_LIMITS.items():
+        value = kdf.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise KeyFileError(f"{source} asks for Argon2id {name}={value!r:.20}, outside [{low}, {high}]: refused")
+    if kdf["memory_kib"] < 8 * kdf["lanes"]:
+        raise KeyFileError(f"{source} has inconsistent Argon2id parameters")
+    return kdf
 
 
 def generate_key() -> Key:
@@ -271,4 +338,4 @@ def prompt_passphrase(confirm: bool = False) -> str:
     return first
 
 
-__all__ = ["Key", "generate_key", "new_nonce", "public_gaussian", "canonical_json", "prompt_passphrase", "InvalidTag"]
+__all__ = ["Key", "KeyFileWarning", "key_file_exposure", "generate_key", "new_nonce", "public_gaussian", "canonical_json", "prompt_passphrase", "InvalidTag"]

@@ -40,6 +40,7 @@ from faceveil.faces.paste import FaceRegion, blend_region, outline_region, sampl
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
 from faceveil.residual import CODEC, apply_residual, decode_residual, encode_region, encode_residual, residual_image
+from faceveil.schema import check_public
 
 Progress = Callable[[int], None]
 
@@ -77,10 +78,15 @@ class FaceReport:
 
 @dataclass
 class FaceJob:
-    """One face to anonymize: where its crop is and its outline (crop coordinates, N x 2)."""
+    """One face to anonymize: where its crop is and its outline (crop coordinates, N x 2).
+
+    ``nonce`` (public, 16 bytes) picks the key's sign pattern; ``None`` draws a fresh one.
+    A video passes one nonce for all frames of a face's track (one anonymous face).
+    """
 
     transform: AlignTransform
     outline: np.ndarray
+    nonce: bytes | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -404,7 +410,7 @@ def anonymize_array(
         # float32 is what the header keeps (half the bytes); both directions use exactly these values
         outline = np.ascontiguousarray(face.outline, dtype=np.float32).reshape(-1, 2).astype(np.float64)
         geometry = face_geometry(current.shape, face.transform, outline, model)
-        nonce = new_nonce()
+        nonce = face.nonce or new_nonce()
         crop = warp_crop(current, face.transform)
         z0 = model.encode(_to_tensor(crop, model), refine_iters=settings.decoder_iters)
         z_out, report = _engine(run, current, z0, geometry, nonce)
@@ -494,6 +500,7 @@ def recover_opened(
 
     Evaluations use it to try a wrong key with the header check bypassed on purpose.
     """
+    check_public(public, array.shape[0], array.shape[1])
     try:
         settings = Settings.from_json(public["settings"])
         faces = [(AlignTransform.from_json(f["transform"]), bytes.fromhex(f["nonce"])) for f in public["faces"]]
@@ -511,11 +518,6 @@ def recover_opened(
         raise UsageError(
             f"this file was anonymized with model {public['model']['id']!r} "
             f"(weights sha256 {public['model']['weights_sha256'][:16]}…); the loaded model's weights differ"
-        )
-    if (array.shape[0], array.shape[1]) != (expected["height"], expected["width"]):
-        raise UsageError(
-            f"the image is {array.shape[1]}x{array.shape[0]} but was anonymized at "
-            f"{expected['width']}x{expected['height']}; resized images cannot be recovered"
         )
     changed = pixels_sha256(array) != expected["pixels_sha256"]
     current = _read_back_rgb(np.asarray(array, dtype=np.uint8))
