@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from faceveil import __version__
 from faceveil.errors import FaceveilError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}  # faceveil.video
 
 
 @dataclass
@@ -38,7 +43,7 @@ def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recoverin
         if item.is_dir():
             pattern = "**/*" if recursive else "*"
             for path in sorted(item.glob(pattern)):
-                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
                     continue
                 if recovering != (".veiled." in path.name) or (not recovering and _is_output_name(path)):
                     continue
@@ -70,34 +75,41 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
         raise UsageError("no input images found" + ("" if getattr(args, "recursive", False) else " (folders: add --recursive to go into subfolders)"))
     done, skipped, refused, failed, manifest = 0, 0, [], [], []
     first_failure = 0
-    for task in tqdm(tasks, desc="images", unit=" image", disable=len(tasks) < 2 or not show, file=sys.stderr):
-        target = task.target or default_output(task.source, tag)
-        source_key = str(task.source.resolve())
-        if target.exists() and not args.overwrite and not _same_file(target, task.source):
-            # an earlier run's output: --resume skips it quietly; without it the refusal is reported
-            # (exit 2) but the manifest keeps the earlier record: the output is not a failure
-            manifest.append(skipped_entry(source_key, target))
-            if args.resume:
-                skipped += 1
-                continue
-            reason = f"{target} already exists (--resume skips it, --overwrite redoes it)"
-            print(f"faceveil: {task.source}: {reason}", file=sys.stderr)
-            refused.append((task.source, reason))
-            first_failure = first_failure or UsageError.exit_code
-            continue
-        try:
-            result = action(task.source, target)
-        except FaceveilError as exc:
-            print(f"faceveil: {task.source}: {exc}", file=sys.stderr)
-            failed.append((task.source, str(exc)))
-            manifest.append(failed_entry(source_key, str(exc)))
-            first_failure = first_failure or exc.exit_code
-            continue
-        done += 1
-        for note in result.notes:
-            print(f"faceveil: {task.source}: note: {note}", file=sys.stderr)
-        print(f"{task.source} -> {', '.join(str(p) for p in result.outputs)}")
-        manifest.append(done_entry(source_key, result.outputs, len(result.faces), result.notes))
+    try:
+        with stop_signals():
+            for task in tqdm(tasks, desc="images", unit=" image", disable=len(tasks) < 2 or not show, file=sys.stderr):
+                target = task.target or default_output(task.source, tag)
+                source_key = str(task.source.resolve())
+                if target.exists() and not args.overwrite and not _same_file(target, task.source):
+                    # an earlier run's output: --resume skips it quietly; without it the refusal is reported
+                    # (exit 2) but the manifest keeps the earlier record: the output is not a failure
+                    manifest.append(skipped_entry(source_key, target))
+                    if args.resume:
+                        skipped += 1
+                        continue
+                    reason = f"{target} already exists (--resume skips it, --overwrite redoes it)"
+                    print(f"faceveil: {task.source}: {reason}", file=sys.stderr)
+                    refused.append((task.source, reason))
+                    first_failure = first_failure or UsageError.exit_code
+                    continue
+                try:
+                    result = action(task.source, target)
+                except FaceveilError as exc:
+                    print(f"faceveil: {task.source}: {exc}", file=sys.stderr)
+                    failed.append((task.source, str(exc)))
+                    manifest.append(failed_entry(source_key, str(exc)))
+                    first_failure = first_failure or exc.exit_code
+                    continue
+                done += 1
+                for note in result.notes:
+                    print(f"faceveil: {task.source}: note: {note}", file=sys.stderr)
+                print(f"{task.source} -> {', '.join(str(p) for p in result.outputs)}")
+                manifest.append(done_entry(source_key, result.outputs, len(result.faces), result.notes))
+    except Interrupted as stop:
+        # the task in flight wrote nothing (atomic writes); what finished is kept and recorded
+        print(f"faceveil: {stop.name}: stopped after {done} of {len(tasks)} (nothing partial was written); "
+              "run the same command with --resume to finish", file=sys.stderr)
+        first_failure = stop.exit_code
     if len(tasks) > 1:
         extra = f", {len(refused)} refused (output exists)" if refused else ""
         print(f"faceveil: {done} done, {skipped} skipped, {len(failed)} failed{extra}", file=sys.stderr)
@@ -108,6 +120,37 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
     if args.output and Path(args.output).is_dir():
         write_manifest(Path(args.output) / "manifest.json", manifest)
     return first_failure
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a batch (a BaseException, like KeyboardInterrupt: nothing catches it by accident)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` while a batch runs (main thread only).
+
+    The exception unwinds through the atomic writers, which remove their temporary files,
+    so a stopped batch leaves only whole outputs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _same_file(a: Path, b: Path) -> bool:
