@@ -222,7 +222,7 @@ def build_app(
                     create_button = gr.Button("Create a new key", elem_id="create-key")
                 with gr.Column():
                     gr.Markdown("**Or use your key file**")
-                    key_upload = gr.File(label="Key file", elem_id="key-file")
+                    key_upload = gr.File(label="Key file", elem_id="key-file", height=140)
                     key_ready = gr.HTML("", elem_id="key-file-ready")
                     key_passphrase = gr.Textbox(label="Its passphrase (if it has one)", type="password",
                                                 elem_id="key-passphrase")
@@ -240,7 +240,7 @@ def build_app(
             with gr.Tab("3. Recover", id="recover-tab"):
                 veiled = gr.File(label="Veiled photo (.veiled.png, or a JPEG/WebP with its sidecar)", elem_id="veiled")
                 veiled_ready = gr.HTML("", elem_id="veiled-ready")
-                sidecar = gr.File(label="Sidecar .veil (only for a JPEG or WebP)", elem_id="sidecar")
+                sidecar = gr.File(label="Sidecar .veil (only for a JPEG or WebP)", elem_id="sidecar", height=140)
                 sidecar_ready = gr.HTML("", elem_id="sidecar-ready")
                 recover_button = gr.Button("Recover", variant="primary", elem_id="recover")
                 recovered = gr.HTML("", elem_id="recovered")
