@@ -16,7 +16,7 @@ import numpy as np
 from faceveil.container import open_header, read_record, write_image, write_veiled
 from faceveil.errors import NoFaceError, UsageError
 from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, face_outline
-from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array
+from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array, upright_exif
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel, default_model, load_model
 from faceveil.pipeline import FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_opened
@@ -129,7 +129,7 @@ def anonymize(
             notes.append("no face found: written unchanged (--allow-no-face)")
     array, record, reports = anonymize_array(
         loaded.rgb, key, model, faces=jobs, settings=settings, output_like=lambda rgb: to_output_array(loaded, rgb),
-        residual=residual, progress=progress,
+        residual=residual, progress=progress, metadata=loaded.metadata,
     )
     if not residual:
         notes.append("no residual stored (--no-residual): recovery will give the model's reconstruction, not the exact original")
@@ -140,6 +140,9 @@ def anonymize(
         notes.append("lossy output: pixels outside the faces are re-encoded and recovery is approximate; use .png for exactness")
     if loaded.exif_transposed:
         notes.append("EXIF orientation applied: the output is stored upright")
+    if loaded.metadata:
+        kinds = ", ".join("EXIF (GPS, camera, thumbnail)" if k == "exif" else k.upper().replace("_PROFILE", "") for k in loaded.metadata)
+        notes.append(f"the input's metadata ({kinds}) is not in the veiled file; it is sealed in the header and restored by recover")
     return Result(source, written, reports, notes)
 
 
@@ -182,7 +185,10 @@ def recover(
             notes.append("the image was modified after anonymization (re-encoded or edited): recovery is approximate")
     if not info.used_residual:
         notes.append("no residual used: the faces are the model's reconstruction, not the exact original pixels")
-    written = [write_image(target, array, overwrite=overwrite)]
+    metadata = dict(info.metadata)
+    if "exif" in metadata:  # the pixels are stored upright: the restored EXIF must say so
+        metadata["exif"] = upright_exif(metadata["exif"])
+    written = [write_image(target, array, overwrite=overwrite, metadata=metadata)]
     return Result(source, written, info.reports, notes)
 
 

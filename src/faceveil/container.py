@@ -39,6 +39,7 @@ from PIL import Image, PngImagePlugin
 
 from faceveil.atomic import write_file
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
+from faceveil.imageio import metadata_save_options
 from faceveil.keys import NONCE_BYTES, InvalidTag, Key, canonical_json, new_nonce
 from faceveil.schema import check_public
 
@@ -255,21 +256,26 @@ def sidecar_path(image_path: Path) -> Path:
     return image_path.with_name(image_path.name + SIDECAR_SUFFIX)
 
 
-def encode_png(array: np.ndarray, record: dict | None) -> bytes:
-    """PNG bytes of ``array`` (H×W, H×W×2, H×W×3 or H×W×4 uint8) with the record in a ``veIL`` chunk."""
-    info = PngImagePlugin.PngInfo()
+def encode_png(array: np.ndarray, record: dict | None, metadata: dict | None = None) -> bytes:
+    """PNG bytes of ``array`` (H×W, H×W×2, H×W×3 or H×W×4 uint8) with the record in a ``veIL`` chunk.
+
+    ``metadata`` (``imageio.read_metadata``'s form) is written only for recovered images,
+    never beside a record: a veiled file carries nothing of the input's metadata.
+    """
+    options = metadata_save_options(metadata or {}, "PNG")
+    info = options.pop("pnginfo", PngImagePlugin.PngInfo())
     if record is not None:
         info.add(PNG_CHUNK, pack_record(record))
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", pnginfo=info, compress_level=6)
+    Image.fromarray(array).save(buffer, format="PNG", pnginfo=info, compress_level=6, **options)
     return buffer.getvalue()
 
 
-def encode_image(array: np.ndarray, suffix: str, record: dict | None = None) -> bytes:
-    """Image file bytes for ``suffix`` (.png carries ``record`` inside; others cannot)."""
+def encode_image(array: np.ndarray, suffix: str, record: dict | None = None, metadata: dict | None = None) -> bytes:
+    """Image file bytes for ``suffix`` (.png carries ``record`` inside; others cannot), with ``metadata`` if given."""
     suffix = suffix.lower()
     if suffix == ".png":
-        return encode_png(array, record)
+        return encode_png(array, record, metadata)
     fmt = Image.registered_extensions().get(suffix)
     if fmt is None or fmt not in Image.SAVE:
         raise UsageError(f"cannot write images with extension {suffix!r}; use .png (recommended), .jpg or .webp")
@@ -277,13 +283,14 @@ def encode_image(array: np.ndarray, suffix: str, record: dict | None = None) -> 
     if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
         raise UsageError("JPEG cannot keep the alpha channel; write .png instead")
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    options = metadata_save_options(metadata or {}, fmt)
+    image.save(buffer, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}), **options)
     return buffer.getvalue()
 
 
-def write_image(path: Path, array: np.ndarray, overwrite: bool = False) -> Path:
-    """Write a plain image (no header) atomically."""
-    return write_file(Path(path), encode_image(array, Path(path).suffix), overwrite=overwrite)
+def write_image(path: Path, array: np.ndarray, overwrite: bool = False, metadata: dict | None = None) -> Path:
+    """Write a plain image (no header) atomically, with ``metadata`` (a recovered photo's own) if given."""
+    return write_file(Path(path), encode_image(array, Path(path).suffix, metadata=metadata), overwrite=overwrite)
 
 
 def write_veiled(path: Path, array: np.ndarray, record: dict, overwrite: bool = False) -> list[Path]:

@@ -9,8 +9,9 @@ Writing is done elsewhere (``container``/``pipeline``).
 from __future__ import annotations
 
 import os
+import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ class LoadedImage:
     path: Path | None = None
     n_frames: int = 1  # only the first frame of multi-frame files is read
     icc_profile: bytes | None = None
+    metadata: dict = field(default_factory=dict)  # see read_metadata: sealed, never written to a veiled file
 
     @property
     def is_gray(self) -> bool:
@@ -124,6 +126,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
                 if oriented is None:  # pragma: no cover - old Pillow in_place semantics
                     oriented = img
                 icc = img.info.get("icc_profile")
+                metadata = read_metadata(img)
                 rgb, alpha = _to_arrays(oriented)
     except UsageError:
         raise
@@ -150,7 +153,110 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         path=p,
         n_frames=n_frames,
         icc_profile=icc if isinstance(icc, bytes) else None,
+        metadata=metadata,
     )
+
+
+# ---- metadata ---------------------------------------------------------------------
+#: The most metadata bytes sealed with a file (EXIF, XMP, ICC, IPTC, comments, text); more is dropped.
+MAX_METADATA_BYTES = 1 << 20
+_EXIF_PREFIX = b"Exif\x00\x00"
+_XMP_KEY = "XML:com.adobe.xmp"
+
+
+def read_metadata(img: Image.Image) -> dict:
+    """What a photo says about itself beyond its pixels, as the raw bytes its file holds.
+
+    Keys: ``exif`` (with the ``Exif\\0\\0`` prefix; holds GPS, camera serials and the
+    thumbnail), ``xmp``, ``icc_profile``, ``iptc`` (the JPEG APP13 segment), ``comment``,
+    and ``text`` (other PNG text chunks, name -> text). Only what is present. faceveil
+    never writes any of it to a veiled file: it is sealed in the header and restored on
+    recovery (:func:`metadata_save_options`).
+    """
+    info = img.info
+    found: dict = {}
+    exif = info.get("exif")
+    if isinstance(exif, bytes) and exif:
+        found["exif"] = exif if exif.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + exif
+    xmp = info.get("xmp", info.get(_XMP_KEY))
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    if isinstance(xmp, bytes) and xmp:
+        found["xmp"] = xmp
+    if isinstance(info.get("icc_profile"), bytes) and info["icc_profile"]:
+        found["icc_profile"] = info["icc_profile"]
+    if isinstance(info.get("comment"), bytes) and info["comment"]:
+        found["comment"] = info["comment"]
+    iptc = [data for marker, data in getattr(img, "applist", []) if marker == "APP13"]
+    if iptc:
+        found["iptc"] = b"".join(iptc)
+    text = {k: v for k, v in getattr(img, "text", {}).items() if k != _XMP_KEY and isinstance(v, str)} if img.format == "PNG" else {}
+    if text:
+        found["text"] = text
+    kept, size = {}, 0
+    for name, value in found.items():
+        n = len(value) if isinstance(value, bytes) else sum(len(k) + len(v) for k, v in value.items())
+        if size + n <= MAX_METADATA_BYTES:
+            kept[name] = value
+            size += n
+    return kept
+
+
+def upright_exif(exif: bytes) -> bytes:
+    """``exif`` with its orientation tag set to 1 (the pixels are stored upright); else unchanged.
+
+    Patched in place in the TIFF structure, so every other byte (GPS, thumbnail) stays as it was.
+    """
+    tiff = exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return exif
+    order = "<" if tiff[:2] == b"II" else ">"
+    (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+    if ifd + 2 > len(tiff):
+        return exif
+    (count,) = struct.unpack_from(order + "H", tiff, ifd)
+    out = bytearray(tiff)
+    for i in range(count):
+        at = ifd + 2 + 12 * i
+        if at + 12 > len(tiff):
+            break
+        tag, kind = struct.unpack_from(order + "HH", tiff, at)
+        if tag == _EXIF_ORIENTATION and kind == 3:  # SHORT, value inline
+            struct.pack_into(order + "H", out, at + 8, 1)
+    return (exif[: len(exif) - len(tiff)]) + bytes(out)
+
+
+def metadata_save_options(metadata: dict, fmt: str) -> dict:
+    """Pillow ``save`` keyword arguments that write ``metadata`` (see :func:`read_metadata`) in ``fmt``.
+
+    PNG gets eXIf, iCCP, XMP and the text chunks (IPTC as ImageMagick's "Raw profile
+    type iptc" text); JPEG gets EXIF, ICC, XMP and the comment; WebP EXIF, ICC and XMP.
+    """
+    from PIL import PngImagePlugin
+
+    options: dict = {}
+    for name in ("exif", "icc_profile"):
+        if name in metadata:
+            options[name] = metadata[name]
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in metadata.get("text", {}).items():
+            info.add_itxt(key, value)
+        if "xmp" in metadata:
+            info.add_itxt(_XMP_KEY, metadata["xmp"].decode("utf-8", "replace"))
+        if "iptc" in metadata:
+            data = metadata["iptc"].hex()
+            lines = "\n".join(data[i : i + 72] for i in range(0, len(data), 72))
+            info.add_text("Raw profile type iptc", f"\niptc\n{len(metadata['iptc']):8d}\n{lines}\n", zip=True)
+        if "comment" in metadata:
+            info.add_itxt("Comment", metadata["comment"].decode("utf-8", "replace"))
+        options["pnginfo"] = info
+    elif fmt in ("JPEG", "WEBP"):
+        if "xmp" in metadata:
+            options["xmp"] = metadata["xmp"]
+        if fmt == "JPEG" and "comment" in metadata:
+            options["comment"] = metadata["comment"]
+    return options
 
 
 def to_output_array(loaded: LoadedImage, rgb: np.ndarray) -> np.ndarray:

@@ -385,6 +385,7 @@ def anonymize_array(
     output_like: Callable[[np.ndarray], np.ndarray] | None = None,
     residual: bool = True,
     progress: Progress | None = None,
+    metadata: dict | None = None,
 ) -> tuple[np.ndarray, dict, list[FaceReport]]:
     """Anonymize faces of an RGB uint8 image; returns (output array, header record, reports).
 
@@ -395,7 +396,8 @@ def anonymize_array(
     with the previous ones veiled; recovery undoes them in reverse order, so faces whose
     regions touch stay exact. ``residual`` stores, sealed, what the model cannot give
     back, so that recovery restores the original pixels exactly; it costs a replay of
-    recovery at anonymization.
+    recovery at anonymization. ``metadata`` (the input file's EXIF, XMP... as
+    ``imageio.read_metadata`` gives it) is sealed with the faces, for recovery to restore.
     """
     settings = settings or Settings()
     like = output_like or (lambda a: a)
@@ -452,7 +454,10 @@ def anonymize_array(
         "image": {"height": int(written.shape[0]), "width": int(written.shape[1]), "pixels_sha256": pixels_sha256(written)},
         "faces": public_faces,
     }
-    return written, seal_header(key, public, {"faces": private_faces}), reports
+    private_part: dict = {"faces": private_faces}
+    if metadata:
+        private_part["metadata"] = metadata
+    return written, seal_header(key, public, private_part), reports
 
 
 @dataclass
@@ -460,6 +465,19 @@ class RecoverInfo:
     pixels_changed: bool  # the image is not byte for byte what anonymization wrote
     used_residual: bool
     reports: list[FaceReport]
+    metadata: dict = field(default_factory=dict)  # the original file's metadata, sealed at anonymization
+
+
+def _sealed_metadata(private: dict) -> dict:
+    """The sealed metadata in ``imageio.read_metadata``'s form (bytes values; ``text``: str -> str)."""
+    metadata = private.get("metadata", {})
+    ok = isinstance(metadata, dict) and all(
+        isinstance(v, bytes) if k != "text" else isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items())
+        for k, v in metadata.items()
+    )
+    if not ok:
+        raise HeaderError("the faceveil header's metadata is corrupt")
+    return metadata
 
 
 def recover_array(
@@ -556,4 +574,4 @@ def recover_opened(
         current[y0:y1, x0:x1][inside] = values
         reports.insert(0, report)
     out = output_like(current) if output_like else current
-    return out, RecoverInfo(changed, used_residual, reports)
+    return out, RecoverInfo(changed, used_residual, reports, _sealed_metadata(private))
