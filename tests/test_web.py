@@ -33,6 +33,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 LFW_PHOTO = SHARED / "data" / "lfw" / "images" / "AJ_Cook" / "AJ_Cook_0001.jpg"
 SCREENSHOTS = os.environ.get("FACEVEIL_SCREENSHOTS")
 SLOW_MS = 240_000  # one anonymization on a busy 2-core CPU, with margin
+KEY_SECRETS: list[str] = []  # every key made in the page (base64 secret or sealed secret): never in the server's output
 
 needs_lfw = pytest.mark.skipif(not LFW_PHOTO.is_file(), reason=f"LFW photo not found at {LFW_PHOTO} (needs ../shared)")
 
@@ -50,9 +51,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _files_with_content(root: Path) -> list[str]:
-    """Every non-empty file under ``root`` (Gradio leaves one empty placeholder per upload: no content)."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.stat().st_size > 0)
+def _files(root: Path) -> list[str]:
+    """Every file under ``root`` (empty folders do not count: torch makes one in TMPDIR)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
 
 
 # ---- no browser needed ------------------------------------------------------------
@@ -84,6 +85,22 @@ def test_private_dir_is_removed_even_on_error(tmp_path):
     assert unique_names(["a.veiled.png", "a.veiled.png"]) == ["a.veiled.png", "a-2.veiled.png"]
 
 
+def test_uploads_are_taken_only_from_the_upload_folder(tmp_path):
+    from faceveil.web.app import take_upload, upload_paths
+
+    uploads, elsewhere = tmp_path / "uploads", tmp_path / "secret.png"
+    (uploads / "0123abcd").mkdir(parents=True)
+    elsewhere.write_bytes(b"not yours")
+    sent = uploads / "0123abcd" / "photo.jpg"
+    sent.write_bytes(b"jpeg bytes")
+    assert upload_paths([{"path": str(sent)}, {"path": str(elsewhere)}]) == [str(sent), str(elsewhere)]
+    assert take_upload(elsewhere, uploads) is None and elsewhere.read_bytes() == b"not yours"
+    assert take_upload(uploads / ".." / "secret.png", uploads) is None
+    taken = take_upload(sent, uploads)
+    assert (taken.name, taken.data) == ("photo.jpg", b"jpeg bytes")
+    assert list(uploads.iterdir()) == []  # the file and its folder are gone
+
+
 # ---- the page in a browser ----------------------------------------------------------
 class Server:
     def __init__(self, root: Path):
@@ -112,8 +129,8 @@ class Server:
         raise RuntimeError("faceveil serve did not answer within 180 s")
 
     def lasting_files(self) -> list[str]:
-        """What the server left with content in its TMPDIR and working folder."""
-        return _files_with_content(self.tmp) + _files_with_content(self.cwd)
+        """What the server left in its TMPDIR and working folder."""
+        return _files(self.tmp) + _files(self.cwd)
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -195,7 +212,10 @@ def _create_key(page, passphrase: str = "") -> bytes:
     before = page.inner_text("#key-status")
     page.click("#create-key")
     page.wait_for_function(f"document.querySelector('#key-status').innerText !== {json.dumps(before)}")
-    return _download(page, page.locator("#key-notice a.fv-download"))
+    data = _download(page, page.locator("#key-notice a.fv-download"))
+    record = json.loads(data)
+    KEY_SECRETS.append(record.get("secret") or record["ciphertext"])
+    return data
 
 
 def _use_key(page, path: Path, passphrase: str = "") -> str:
@@ -361,4 +381,5 @@ def test_offline_and_shutdown_leave_nothing(server, browser):
     assert list(server.tmp.glob("faceveil-serve-*")) == []
     assert server.lasting_files() == []
     log = server.log.read_text()
-    assert "Traceback" not in log and "secret" not in log, log
+    assert KEY_SECRETS and not any(secret in log for secret in KEY_SECRETS)
+    assert "Traceback" not in log, log

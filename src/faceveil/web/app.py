@@ -65,23 +65,33 @@ def _download(label: str, name: str, data: bytes, mime: str, css: str = "fv-down
             f"{_escape(label)}</a>")
 
 
-def take_upload(path: str | os.PathLike | None, upload_folder: Path) -> Upload | None:
-    """Read a file Gradio stored on upload into memory, then delete it (and its folder, once empty)."""
-    if not path:
-        return None
-    file = Path(path)
-    data = file.read_bytes()
+def upload_paths(payload: Any) -> list[str]:
+    """The server paths in a file box's raw payload (one file's data, a list of them, or nothing)."""
+    items = [] if payload is None else payload if isinstance(payload, list) else [payload]
+    paths = [item.get("path") if isinstance(item, dict) else item for item in items]
+    return [str(p) for p in paths if p]
+
+
+def take_upload(path: str | os.PathLike, upload_folder: Path) -> Upload | None:
+    """Read a file Gradio stored on upload into memory, then delete it (and its folder, once empty).
+
+    Only files inside Gradio's upload folder are taken: the payload comes from the browser
+    unchecked (``preprocess=False``), and no other file of the server may be read.
+    """
     root = upload_folder.resolve()
-    if root in file.resolve().parents:  # only ever delete inside Gradio's upload folder
-        file.unlink(missing_ok=True)
-        parent = file.resolve().parent
-        while parent != root and root in parent.parents:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
-    return Upload(file.name, data)
+    file = Path(path).resolve()
+    if root not in file.parents or not file.is_file():
+        return None
+    data = file.read_bytes()
+    file.unlink(missing_ok=True)
+    parent = file.parent
+    while parent != root and root in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent
+    return Upload(Path(path).name, data)
 
 
 def _key_status(key: Key | None, origin: str) -> str:
@@ -101,14 +111,12 @@ def build_app(
 
     def sync_files(value: Any, kept: dict[str, Upload] | None) -> tuple[dict[str, Upload], str]:
         """What a file box now holds, in memory: new uploads read (and deleted), removed ones dropped."""
-        paths = [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else list(value)
         kept = dict(kept or {})
         out: dict[str, Upload] = {}
-        for path in map(str, paths):
-            if path in kept:
-                out[path] = kept[path]
-            elif Path(path).exists():
-                out[path] = take_upload(path, upload_folder)
+        for path in upload_paths(value):
+            taken = kept.get(path) or take_upload(path, upload_folder)
+            if taken is not None:
+                out[path] = taken
         names = ", ".join(u.name for u in out.values())
         return out, f'<div class="fv-ready">{_escape(f"ready: {names}" if out else "")}</div>'
 
@@ -245,7 +253,8 @@ def build_app(
                 recover_button = gr.Button("Recover", variant="primary", elem_id="recover")
                 recovered = gr.HTML("", elem_id="recovered")
 
-        quiet = {"show_progress": "hidden", "queue": False}
+        # preprocess=False: Gradio's File preprocessing leaves an empty temporary file per event behind
+        quiet = {"show_progress": "hidden", "queue": False, "preprocess": False}
         for box, kept, status in ((key_upload, key_files, key_ready), (photos, photo_files, photos_ready),
                                   (veiled, veiled_files, veiled_ready), (sidecar, sidecar_files, sidecar_ready)):
             box.change(sync_files, [box, kept], [kept, status], **quiet)
