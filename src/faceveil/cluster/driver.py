@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from faceveil.batch import SKIPPED, failed_entry, skipped_entry
+from faceveil.batch import SKIPPED, Interrupted, failed_entry, skipped_entry
 from faceveil.cluster import storage
 from faceveil.cluster.transport import seal_key
 from faceveil.cluster.worker import ADOPTED_NOTE, FileWorker, Job
@@ -66,7 +67,12 @@ class _Slot:
     queue: deque = field(default_factory=deque)  # (ref, task) in submission order: the head is running
 
 
-def _ray():
+def _ray(address: str = LOCAL):
+    if address == LOCAL:
+        # a run's own Ray listens on 127.0.0.1 only (its workers hold the key: nobody else may join),
+        # and sends no usage statistics; both must be set before ray is imported
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
@@ -77,7 +83,7 @@ def _ray():
 @contextmanager
 def _ray_session(address: str, local_cpus: int | None) -> Iterator[object]:
     """Ray for this run: an existing connection, a new local one, or the cluster at ``address``."""
-    ray = _ray()
+    ray = _ray(address)
     if ray.is_initialized():
         yield ray
         return
@@ -95,21 +101,30 @@ def _ray_session(address: str, local_cpus: int | None) -> Iterator[object]:
         ray.shutdown()
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the run like Ctrl-C: the manifest is written before the driver goes."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+class _StopRequest:
+    """SIGINT and SIGTERM only set a flag while Ray runs (raising inside Ray's C++ wait would garble it);
+    the scheduling loop turns the flag into :class:`faceveil.batch.Interrupted` between two waits."""
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.signum = self.signum or signum
+
+    def check(self) -> None:
+        if self.signum:
+            raise Interrupted(self.signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _Workers:
@@ -232,11 +247,10 @@ def run_dataset(
         if todo:
             count = workers or None
             local_cpus = count if address == LOCAL else None
-            with _ray_session(address, local_cpus) as ray, _sigterm_as_interrupt():
-                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        raise
+            with _ray_session(address, local_cpus) as ray, _StopRequest() as stop:  # after ray.init's own SIGTERM handler
+                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started, stop)
+    except Interrupted as stop:  # SIGINT or SIGTERM: what finished is recorded, --resume does the rest
+        summary.interrupted, summary.exit_code = True, stop.exit_code
     finally:
         if manifest:
             storage.save_manifest(manifest, summary.records)
@@ -246,11 +260,12 @@ def run_dataset(
 
 
 def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: DatasetSummary,
-              manifest: str | None, show: bool, quiet: bool, started: float) -> None:
+              manifest: str | None, show: bool, quiet: bool, started: float, stop: _StopRequest) -> None:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     count = count or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
     pool = _Workers(ray, job, key, count, gpus >= 1)
+    stop.check()
     summary.workers, summary.device = count, pool.device
     summary.startup_seconds = time.monotonic() - started
     progress = _Progress(len(todo), show, quiet)
@@ -258,6 +273,7 @@ def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: 
     last_flush, flush_cost = time.monotonic(), 0.0
     try:
         while todo or running:
+            stop.check()
             for slot in pool.slots:
                 while todo and len(slot.queue) < DEPTH:
                     task = todo.popleft()
@@ -272,10 +288,11 @@ def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: 
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # a bug inside the worker's method, not a death
-                    task = _drop(slot, ref)
-                    outcome = {"record": failed_entry(storage.source_key(task[0]), f"internal error: {exc.cause!r}"),
+                    reason = f"internal error: {exc.cause!r}"
+                    outcome = {"record": failed_entry(storage.source_key(slot_task(slot, ref)[0]), reason),
                                "seconds": 0.0, "exit_code": 1}
                 except ray.exceptions.RayError:
+                    stop.check()  # workers dying of the same Ctrl-C are not replaced
                     _worker_died(pool, slot, running, todo, summary, progress)
                     continue
                 _drop(slot, ref)
@@ -285,11 +302,18 @@ def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: 
                 t = time.monotonic()
                 storage.save_manifest(manifest, summary.records)
                 last_flush, flush_cost = time.monotonic(), time.monotonic() - t
+    except Exception:
+        stop.check()  # Ray torn down by the same signal: an interruption, not a crash
+        raise
     finally:
         summary.seconds = time.monotonic() - progress.started
         summary.replaced = pool.replaced
         progress.close()
         pool.stop()
+
+
+def slot_task(slot: _Slot, ref) -> tuple:
+    return next(task for r, task in slot.queue if r == ref)
 
 
 def _drop(slot: _Slot, ref) -> tuple:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from faceveil.batch import done_entry, failed_entry
 from faceveil.cluster import storage
 from faceveil.cluster.transport import KeyReceiver
-from faceveil.errors import FaceveilError
+from faceveil.errors import FaceveilError, UsageError
 from faceveil.keys import Key
 
 ADOPTED_NOTE = "written by an earlier attempt that was interrupted before its record was kept; checked and kept, not redone"
@@ -105,6 +105,10 @@ class FileWorker:
     def _run(self, source, target):
         from faceveil.api import anonymize, recover
 
+        from faceveil.batch import VIDEO_SUFFIXES
+
+        if source.suffix.lower() in VIDEO_SUFFIXES:
+            raise UsageError("videos are not spread over Ray (yet): run them without --ray")
         options = dict(self._job.options)
         if self._job.recovering:
             model = self._model(self._job.model or _header_model(source))
