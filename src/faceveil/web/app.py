@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from faceveil.errors import FaceveilError, KeyFileError, NoFaceError, UsageError
+from faceveil.errors import FaceveilError, NoFaceError, UsageError
 from faceveil.imageio import DEFAULT_MAX_PIXELS
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel
@@ -94,6 +94,27 @@ def take_upload(path: str | os.PathLike, upload_folder: Path) -> Upload | None:
     return Upload(Path(path).name, data)
 
 
+def _counter(show: Callable[[int], None]) -> Callable[[int], None]:
+    """A ``progress`` callback for the API: adds up UNet evaluations and shows the running total."""
+    total = 0
+
+    def tick(n: int) -> None:
+        nonlocal total
+        total += n
+        show(total)
+
+    show(0)
+    return tick
+
+
+def _failure(exc: Exception, action: str) -> str:
+    """The page's line for a failure: faceveil's own message (the CLI's), else the error's kind only."""
+    if isinstance(exc, FaceveilError):
+        return str(exc)
+    print(f"faceveil serve: unexpected {type(exc).__name__} in {action}", file=sys.stderr)  # no content, no trace
+    return f"unexpected error ({type(exc).__name__}) while trying to {action}; nothing was kept"
+
+
 def _key_status(key: Key | None, origin: str) -> str:
     if key is None:
         return _box("fv-warn", "No key yet: create one or upload your key file.")
@@ -135,8 +156,9 @@ def build_app(
             return current, current_origin, _box("fv-error", "Choose a key file first."), ""
         try:
             key = service.load_key(uploads[-1].data, passphrase or None)
-        except KeyFileError as exc:
-            return current, current_origin, _box("fv-error", str(exc)) + _key_status(current, current_origin), ""
+        except Exception as exc:  # noqa: BLE001 - a KeyFileError's message, or the error's kind
+            message = _box("fv-error", _failure(exc, "read the key file"))
+            return current, current_origin, message + _key_status(current, current_origin), ""
         origin = f"uploaded {uploads[-1].name}"
         return key, origin, _key_status(key, origin), _box("fv-warn", KEY_WARNING)
 
@@ -154,19 +176,14 @@ def build_app(
         parts, files = [], []
         names = service.unique_names([service.safe_name(u.name) for u in uploads])
         for index, (upload, name) in enumerate(zip(uploads, names)):
-            count = [0]
-
-            def tick(n: int, index: int = index, name: str = name, count: list[int] = count) -> None:
-                count[0] += n
-                progress((index, len(uploads)), desc=f"{name}: {count[0]} UNet evaluations", unit="photos")
-
-            tick(0)
+            tick = _counter(lambda n, index=index, name=name: progress(
+                (index, len(uploads)), desc=f"{name}: {n} UNet evaluations", unit="photos"))
             try:
                 veiled = service.anonymize_upload(Upload(name, upload.data), key, model, work_root,
                                                   allow_no_face=allow_no_face, max_pixels=max_pixels, progress=tick)
-            except FaceveilError as exc:
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a trace
                 offer = _box("fv-warn", NO_FACE_OFFER) if isinstance(exc, NoFaceError) else ""
-                parts.append(f'<div class="fv-photo">{_box("fv-error", str(exc))}{offer}</div>')
+                parts.append(f'<div class="fv-photo">{_box("fv-error", _failure(exc, "anonymize"))}{offer}</div>')
                 continue
             files.append((veiled.name, veiled.png))
             notes = "".join(_box("fv-warn", n) for n in veiled.notes)
@@ -192,17 +209,12 @@ def build_app(
         if not uploads:
             return _box("fv-error", "Choose a veiled photo first.")
         sidecar = next(iter((sidecars or {}).values()), None)
-        count = [0]
-
-        def tick(n: int) -> None:
-            count[0] += n
-            progress(None if not count[0] else (count[0], None), desc=f"{count[0]} UNet evaluations", unit="evals")
-
+        tick = _counter(lambda n: progress((n, None), desc=f"{n} UNet evaluations", unit="evals"))
         try:
             result = service.recover_upload(uploads[-1], key, work_root, sidecar=sidecar, max_pixels=max_pixels,
                                             progress=tick)
-        except FaceveilError as exc:
-            return _box("fv-error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a trace
+            return _box("fv-error", _failure(exc, "recover"))
         notes = "".join(_box("fv-warn", n) for n in result.notes)
         return (f'<div class="fv-recovered"><h3>{_escape(result.name)}</h3>'
                 f'<img alt="recovered" src="{service.data_url(result.picture, "image/png")}">{notes}'
@@ -294,7 +306,6 @@ def serve(
     work.mkdir(mode=0o700)
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # read when gradio is imported: set first
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from faceveil.models import load_model
 
