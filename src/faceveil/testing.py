@@ -111,3 +111,41 @@ def group_photo(shared, width: int = 4000) -> "np.ndarray":
         canvas.paste(image.resize((tile, tile), Image.LANCZOS), (x, y))
     noise = np.random.default_rng(6).normal(0.0, 1.5, (height, width, 3))
     return np.clip(np.rint(np.asarray(canvas, dtype=np.float64) + noise), 0, 255).astype(np.uint8)
+
+
+# ---- hostile files, for the fuzz tests and benchmarks/fuzz_benchmark.py ----------------
+def _png_chunk(ctype: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
+
+
+def header_bombs(veiled_png: bytes, inflated: int = 200 * 1024 * 1024) -> dict[str, bytes]:
+    """PNG files built from a veiled PNG whose headers try to make a reader allocate without bound.
+
+    - ``itxt-format1``: faceveil 0.1's iTXt chunk, zlib-compressed, inflating to ``inflated`` bytes
+      (the issue's 204 KB file that once cost 1.1 GB);
+    - ``ztxt``: a plain compressed text chunk of the same size (Pillow's own limit must hold);
+    - ``veil-claims-4gib``: a ``veIL`` chunk whose length field says 4 GiB;
+    - ``veil-huge``: a real ``veIL`` chunk of 8 MiB on a 32 x 32 image (far above its bound).
+    """
+    import struct
+    import zlib
+
+    pos, chunks = 8, []
+    while pos + 12 <= len(veiled_png):
+        (length,) = struct.unpack_from(">I", veiled_png, pos)
+        chunks.append(veiled_png[pos : pos + 12 + length])
+        pos += 12 + length
+    ihdr, rest = chunks[0], [c for c in chunks[1:] if c[4:8] != b"veIL"]
+    compressor = zlib.compressobj(9)
+    block = b" " * (1 << 20)
+    packed = b"".join(compressor.compress(block) for _ in range(inflated >> 20)) + compressor.flush()
+    sig = veiled_png[:8]
+    return {
+        "itxt-format1": sig + ihdr + _png_chunk(b"iTXt", b"faceveil\0\x01\x00\0\0" + packed) + b"".join(rest),
+        "ztxt": sig + ihdr + _png_chunk(b"zTXt", b"Comment\0\x00" + packed) + b"".join(rest),
+        "veil-claims-4gib": sig + ihdr + struct.pack(">I", 2**32 - 1) + b"veIL" + b"faceveil\x02" + b"".join(rest),
+        "veil-huge": sig + ihdr + _png_chunk(b"veIL", b"faceveil\x02" + bytes(8 << 20)) + b"".join(rest),
+    }

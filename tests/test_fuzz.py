@@ -1,0 +1,323 @@
+"""Property-based fuzzing of everything faceveil reads from strangers: veiled files, sidecars, images, key files.
+
+Every generated case must end in a result or in one of faceveil's own errors (the CLI's
+documented exit codes 2, 3 or 4), never in another exception, and must write nothing when
+it fails. ``FACEVEIL_FUZZ_EXAMPLES`` sets the cases per test (default 260: over 1,000 in
+all); ``benchmarks/fuzz_benchmark.py`` runs a long campaign and reports peak memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from faceveil import api
+from faceveil.container import MAGIC, PNG_CHUNK, pack_record, seal_header, unpack_record
+from faceveil.engine import EngineSettings
+from faceveil.errors import FaceveilError, KeyFileError
+from faceveil.keys import Key
+from faceveil.pipeline import Settings
+
+EXAMPLES = int(os.environ.get("FACEVEIL_FUZZ_EXAMPLES", "260"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+EXIT_CODES = {2, 3, 4}
+
+
+@pytest.fixture(scope="module")
+def corpus(pixel_model, tmp_path_factory):
+    """One key, veiled files made with it (PNG with its chunk, JPEG with its sidecar), a key file."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    key = Key.generate()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "face.png")
+    options = dict(model=pixel_model, settings=Settings(EngineSettings(steps=2)), aligned=True)
+    png = api.anonymize(folder / "face.png", key, folder / "face.veiled.png", **options).outputs[0]
+    jpg, sidecar = api.anonymize(folder / "face.png", key, folder / "face.veiled.jpg", **options).outputs
+    key_path = key.save(folder / "k.key")
+    return {"key": key, "model": pixel_model, "png": png.read_bytes(), "jpg": jpg.read_bytes(),
+            "sidecar": sidecar.read_bytes(), "keyfile": key_path.read_bytes()}
+
+
+class Scratch:
+    """A fresh folder per case, removed after it; checks that a failed call wrote nothing."""
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix="faceveil-fuzz-"))
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _expect_clean(call, folder: Path, before: set[str]) -> None:
+    """``call()`` returns or raises a FaceveilError with a documented exit code; on error nothing new exists."""
+    try:
+        call()
+    except FaceveilError as exc:
+        assert exc.exit_code in EXIT_CODES, (type(exc).__name__, exc)
+        assert str(exc) and "\n" not in str(exc)
+        assert {p.name for p in folder.iterdir()} == before, "a failed call left files behind"
+
+
+# ---- PNG mutations ------------------------------------------------------------------
+def _chunks(png: bytes) -> list[bytes]:
+    """The raw chunks (length, type, data, crc) after the signature."""
+    out, pos = [], 8
+    while pos + 12 <= len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        out.append(png[pos : pos + 12 + length])
+        pos += 12 + length
+    return out
+
+
+def _chunk(ctype: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
+
+
+json_leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+               | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
+               | st.sampled_from([10**300, -1, 0, 2**31, 2**63, "", "0" * 64, "webp-lossless", "pixel"]))
+json_values = st.recursive(json_leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=16)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+def _replace(node, path, value):
+    if not path:
+        return value
+    node = json.loads(json.dumps(node))
+    target = node
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return node
+
+
+@st.composite
+def mutated_png(draw, png: bytes, key: Key) -> bytes:
+    chunks = _chunks(png)
+    kind = draw(st.sampled_from(["flip", "truncate", "reorder", "duplicate", "drop", "length", "hostile-json", "garbage"]))
+    if kind == "flip":
+        data = bytearray(png)
+        for at in draw(st.lists(st.integers(0, len(png) - 1), min_size=1, max_size=8)):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        return bytes(data)
+    if kind == "truncate":
+        return png[: draw(st.integers(0, len(png) - 1))]
+    if kind in ("reorder", "duplicate", "drop"):
+        i = draw(st.integers(0, len(chunks) - 1))
+        j = draw(st.integers(0, len(chunks) - 1))
+        if kind == "reorder":
+            chunks[i], chunks[j] = chunks[j], chunks[i]
+        elif kind == "duplicate":
+            chunks.insert(j, chunks[i])
+        else:
+            del chunks[i]
+        return png[:8] + b"".join(chunks)
+    index = next(n for n, c in enumerate(chunks) if c[4:8] == PNG_CHUNK)
+    record = unpack_record(chunks[index][8:-4])
+    if kind == "length":  # a header that claims to be huge
+        claimed = draw(st.sampled_from([2**31 - 1, 2**32 - 1, 300 * 2**20, len(chunks[index]) + 1]))
+        chunks[index] = struct.pack(">I", claimed) + chunks[index][4:]
+        return png[:8] + b"".join(chunks)
+    if kind == "hostile-json":  # a public part that is wrong anywhere, sealed with the right key
+        public = record["public"]
+        path = draw(st.sampled_from(list(_paths(public))))
+        hostile = _replace(public, path, draw(json_values))
+        try:
+            new = seal_header(key, hostile, {"faces": []})
+            blob = pack_record(new)
+        except (TypeError, ValueError):
+            return png
+        chunks[index] = _chunk(PNG_CHUNK, blob)
+        return png[:8] + b"".join(chunks)
+    head = draw(st.binary(max_size=64))  # garbage where the record's JSON is
+    blob = MAGIC + struct.pack(">BI", 2, len(head)) + head + draw(st.binary(max_size=32))
+    chunks[index] = _chunk(PNG_CHUNK, blob)
+    return png[:8] + b"".join(chunks)
+
+
+@FUZZ
+@given(data=st.data())
+def test_recover_survives_any_mutated_veiled_png(corpus, data):
+    blob = data.draw(mutated_png(corpus["png"], corpus["key"]))
+    with Scratch() as folder:
+        (folder / "in.veiled.png").write_bytes(blob)
+        before = {"in.veiled.png"}
+        _expect_clean(lambda: api.recover(folder / "in.veiled.png", corpus["key"], folder / "out.png", model=corpus["model"]), folder, before)
+
+
+@FUZZ
+@given(data=st.data())
+def test_recover_survives_any_mutated_sidecar(corpus, data):
+    sidecar = corpus["sidecar"]
+    kind = data.draw(st.sampled_from(["flip", "truncate", "extend", "random"]))
+    if kind == "flip":
+        raw = bytearray(sidecar)
+        for at in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=8)):
+            raw[at] ^= 1 << data.draw(st.integers(0, 7))
+        sidecar = bytes(raw)
+    elif kind == "truncate":
+        sidecar = sidecar[: data.draw(st.integers(0, len(sidecar) - 1))]
+    elif kind == "extend":
+        sidecar = sidecar + data.draw(st.binary(min_size=1, max_size=64))
+    else:
+        sidecar = data.draw(st.binary(max_size=256))
+    with Scratch() as folder:
+        (folder / "in.veiled.jpg").write_bytes(corpus["jpg"])
+        (folder / "in.veiled.jpg.veil").write_bytes(sidecar)
+        before = {"in.veiled.jpg", "in.veiled.jpg.veil"}
+        _expect_clean(lambda: api.recover(folder / "in.veiled.jpg", corpus["key"], folder / "out.png", model=corpus["model"]), folder, before)
+
+
+# ---- hostile images -------------------------------------------------------------------
+def _encoded(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG that declares a huge image (a decompression bomb's header)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+@st.composite
+def hostile_image(draw) -> tuple[str, bytes]:
+    size = draw(st.tuples(st.integers(1, 40), st.integers(1, 40)))
+    array = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(0, 256, (*size, 3), dtype=np.uint8)
+    kind = draw(st.sampled_from(["random", "truncated", "bomb", "mode", "flip"]))
+    if kind == "random":
+        return ".png", draw(st.binary(max_size=512))
+    if kind == "bomb":
+        side = draw(st.sampled_from([20_000, 65_535, 100_000, 2**31 - 1]))
+        return ".png", _bomb_png(side, side)
+    fmt, suffix = draw(st.sampled_from([("PNG", ".png"), ("JPEG", ".jpg"), ("WEBP", ".webp"), ("TIFF", ".tif"), ("BMP", ".bmp")]))
+    mode = draw(st.sampled_from([None, "L", "LA", "P", "1", "I", "CMYK", "RGBA", "I;16", "F"]))
+    try:
+        blob = _encoded(array, fmt, mode)
+    except (OSError, ValueError, KeyError):
+        blob = _encoded(array, fmt)
+    if kind == "truncated":
+        return suffix, blob[: draw(st.integers(0, max(0, len(blob) - 1)))]
+    if kind == "flip":
+        raw = bytearray(blob)
+        for at in draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4)):
+            raw[at] ^= 0xFF
+        return suffix, bytes(raw)
+    return suffix, blob
+
+
+@FUZZ
+@given(case=hostile_image(), aligned=st.booleans())
+def test_anonymize_survives_any_hostile_image(corpus, case, aligned):
+    suffix, blob = case
+    with Scratch() as folder:
+        (folder / f"in{suffix}").write_bytes(blob)
+        before = {f"in{suffix}"}
+        _expect_clean(lambda: api.anonymize(folder / f"in{suffix}", corpus["key"], folder / "out.veiled.png", model=corpus["model"],
+                                            settings=Settings(EngineSettings(steps=2)), aligned=aligned, max_pixels=4_000_000),
+                      folder, before)
+
+
+# ---- hostile key files ----------------------------------------------------------------
+@st.composite
+def hostile_key_file(draw, valid: bytes) -> bytes:
+    kind = draw(st.sampled_from(["flip", "truncate", "json", "field", "random"]))
+    if kind == "flip":
+        raw = bytearray(valid)
+        for at in draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4)):
+            raw[at] ^= 1 << draw(st.integers(0, 7))
+        return bytes(raw)
+    if kind == "truncate":
+        return valid[: draw(st.integers(0, len(valid) - 1))]
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    if kind == "field":
+        record = json.loads(valid)
+        name = draw(st.sampled_from(sorted(record) + ["kdf", "nonce", "ciphertext"]))
+        record[name] = draw(json_values)
+        return json.dumps(record).encode()
+    return draw(st.binary(max_size=256))
+
+
+@FUZZ
+@given(data=st.data(), protected=st.booleans())
+def test_key_loading_survives_any_hostile_key_file(corpus, data, protected):
+    valid = corpus["keyfile"] if not protected else Key.generate().to_file_bytes("pw", {"memory_kib": 8, "iterations": 1, "lanes": 1})
+    blob = data.draw(hostile_key_file(valid))
+    with Scratch() as folder:
+        path = folder / "k.key"
+        path.write_bytes(blob)
+        os.chmod(path, 0o600)
+        try:
+            Key.load(path, passphrase="pw")
+        except KeyFileError as exc:
+            assert exc.exit_code == 2 and "\n" not in str(exc)
+        assert Key.file_needs_passphrase(path) in (True, False)
+
+
+# ---- decompression bombs in headers, through the command, with peak memory measured ------------
+def _peak_rss_mib(command: list[str]) -> tuple[int, float, str]:
+    """Exit code, peak resident memory (MiB) and stderr of one ``faceveil`` process."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "faceveil", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    stderr = process.stderr.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024, stderr
+
+
+def test_header_bombs_exit_3_with_bounded_memory(corpus, pixel_model_dir, tmp_path):
+    """The issue's 204 KB bomb (and its kin) next to a legitimate file: exit 3, memory as for the legitimate file alone."""
+    from faceveil.testing import header_bombs
+
+    key = tmp_path / "k.key"
+    key.write_bytes(corpus["keyfile"])
+    os.chmod(key, 0o600)
+    legit = tmp_path / "legit.veiled.png"
+    legit.write_bytes(corpus["png"])
+    common = ["--key", str(key), "--model", str(pixel_model_dir), "--quiet"]
+    (tmp_path / "alone").mkdir()
+    code, alone, stderr = _peak_rss_mib(["recover", str(legit), "-o", str(tmp_path / "alone"), *common])
+    assert code == 0, stderr
+    bombs = []
+    for name, blob in header_bombs(corpus["png"]).items():
+        bombs.append(tmp_path / f"{name}.png")
+        bombs[-1].write_bytes(blob)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, peak, stderr = _peak_rss_mib(["recover", str(legit), *map(str, bombs), "-o", str(out), *common])
+    assert code == 3 and "Traceback" not in stderr, stderr
+    assert stderr.count("faceveil: ") >= len(bombs)  # each bomb named with its reason
+    assert peak < alone + 48, f"peak {peak:.0f} MiB with {len(bombs)} bombs against {alone:.0f} MiB for the legitimate file alone"
+    assert sorted(p.name for p in out.iterdir()) == ["legit.recovered.png", "manifest.json"]
