@@ -85,6 +85,22 @@ def test_private_dir_is_removed_even_on_error(tmp_path):
     assert unique_names(["a.veiled.png", "a.veiled.png"]) == ["a.veiled.png", "a-2.veiled.png"]
 
 
+def test_service_messages_name_the_upload_not_the_private_folder(tmp_path):
+    from faceveil.errors import KeyFileError, UsageError
+    from faceveil.web.service import Upload, anonymize_upload, load_key, new_key_file
+
+    key, data = new_key_file("pass")
+    with pytest.raises(UsageError) as info:
+        anonymize_upload(Upload("../notes.png", b"not a picture"), key, None, tmp_path / "work")
+    assert str(info.value) == "not an image (or an unsupported format): notes.png"
+    assert list((tmp_path / "work").iterdir()) == []
+    assert load_key(data, "pass").fingerprint == key.fingerprint
+    with pytest.raises(KeyFileError, match="protected by a passphrase"):
+        load_key(data)
+    with pytest.raises(KeyFileError, match="not a faceveil key file"):
+        load_key(b"\x89PNG")
+
+
 def test_uploads_are_taken_only_from_the_upload_folder(tmp_path):
     from faceveil.web.app import take_upload, upload_paths
 

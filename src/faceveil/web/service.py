@@ -90,16 +90,26 @@ def private_dir(work_root: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _message(exc: FaceveilError, work: Path, source: Path, name: str) -> str:
-    """The API's message with the private paths replaced by the name the user gave."""
-    text = str(exc).replace(str(source), name).replace(str(work) + "/", "").replace(str(work), "")
+def _clean(text: str, work: Path, source: Path, name: str) -> str:
+    """An API message or note with the private paths replaced by the name the user gave."""
+    text = str(text).replace(str(source), name)
+    for folder in (work / "in", work / "out", work):
+        text = text.replace(str(folder) + "/", "").replace(str(folder), "")
     return text
 
 
 def _rethrow(exc: FaceveilError, work: Path, source: Path, name: str) -> FaceveilError:
     """The same error class (so the same exit code and meaning), with the page's message."""
-    clean = type(exc)(_message(exc, work, source, name))
-    return clean
+    return type(exc)(_clean(str(exc), work, source, name))
+
+
+def _place(work: Path, name: str, data: bytes) -> Path:
+    """Write the upload as ``work/in/NAME``; outputs go to ``work/out/`` (apart, so no name can clash)."""
+    (work / "in").mkdir()
+    (work / "out").mkdir()
+    source = work / "in" / name
+    source.write_bytes(data)
+    return source
 
 
 def anonymize_upload(
@@ -114,9 +124,7 @@ def anonymize_upload(
     """Anonymize one uploaded photo with ``faceveil.api.anonymize``; the veiled PNG comes back in memory."""
     name = safe_name(upload.name)
     with private_dir(work_root) as work:
-        source = work / name
-        source.write_bytes(upload.data)
-        (work / "out").mkdir()
+        source = _place(work, name, upload.data)
         target = work / "out" / api.default_output(source, api.VEILED_TAG).name
         try:
             result = api.anonymize(
@@ -127,7 +135,7 @@ def anonymize_upload(
         except FaceveilError as exc:
             raise _rethrow(exc, work, source, name) from None
         shown_before, shown_after = outlined_pair(before, after)
-        notes = [_message(FaceveilError(n), work, source, name) for n in result.notes]
+        notes = [_clean(n, work, source, name) for n in result.notes]
         return Veiled(target.name, target.read_bytes(), shown_before, shown_after, len(result.faces), notes)
 
 
@@ -143,18 +151,16 @@ def recover_upload(
     """Recover one uploaded veiled photo (a PNG, or a JPEG/WebP with its ``.veil`` sidecar) with ``faceveil.api.recover``."""
     name = safe_name(image.name)
     with private_dir(work_root) as work:
-        source = work / name
-        source.write_bytes(image.data)
+        source = _place(work, name, image.data)
         if sidecar is not None:
             sidecar_path(source).write_bytes(sidecar.data)
-        (work / "out").mkdir()
         target = work / "out" / api.default_output(source, api.RECOVERED_TAG).name
         try:
             result = api.recover(source, key, target, model=model, max_pixels=max_pixels, progress=progress)
             picture = read_image(target, max_pixels=None).rgb
         except FaceveilError as exc:
             raise _rethrow(exc, work, source, name) from None
-        notes = [_message(FaceveilError(n), work, source, name) for n in result.notes]
+        notes = [_clean(n, work, source, name) for n in result.notes]
         return Recovered(target.name, target.read_bytes(), png_bytes(_fit(Image.fromarray(picture))), notes)
 
 
