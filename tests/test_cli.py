@@ -458,3 +458,23 @@ def test_readme_setup_installs_what_the_test_command_needs():
     assert "python -m pytest -q" in readme
     addopts = project["tool"]["pytest"]["ini_options"].get("addopts", "")
     assert "-q" not in addopts.split()
+
+
+def test_key_info_prints_fingerprint_and_which_files_a_key_made(tmp_path, face_png, keyfile, pixel_model_dir, capsys):
+    from faceveil.keys import Key
+
+    out = tmp_path / "v.veiled.png"
+    assert main(["anonymize", str(face_png), "--key", str(keyfile), "-o", str(out), "--model", str(pixel_model_dir), *FAST]) == 0
+    other = tmp_path / "other.key"
+    assert main(["keygen", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["key", "info", str(keyfile), str(out)]) == 0
+    text = capsys.readouterr().out
+    assert Key.load(keyfile).fingerprint in text and "made with this key" in text and "NOT" not in text
+    assert main(["key", "info", str(other), str(out)]) == 0
+    assert "NOT made with this key" in capsys.readouterr().out
+    assert main(["key", "info", str(keyfile), str(face_png)]) == 3  # no header: said, exit 3
+    os.chmod(keyfile, 0o644)
+    assert main(["key", "info", str(keyfile)]) == 0
+    captured = capsys.readouterr()
+    assert "warning" in captured.err and "chmod 600" in captured.err and "too open" in captured.out
