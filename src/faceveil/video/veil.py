@@ -85,6 +85,7 @@ class VideoResult(Result):
     seconds: float = 0.0  # wall time of the frame stage (anonymize or recover), this run
     frames_run: int = 0  # frames processed in this run (fewer than ``frames`` after a resume)
     resumed_at: int = 0  # first frame this run processed
+    frame_faces: list[list[TrackFace]] = field(default_factory=list, repr=False)  # anonymize: each frame's track faces
 
 
 def video_output(source: Path, tag: str, codec: str | None = None) -> Path:
@@ -248,7 +249,7 @@ def plan_tracks(source: Path, detector: Detector, mask: str, max_pixels: int | N
     times: list[str | None] = []
     for frame in iter_frames(source, max_pixels):
         faces = detector(frame.index, frame.rgb)
-        tracker.add(frame.index, [detection_of(face, frame.index, mask) for face in faces])
+        tracker.add(frame.index, [detection_of(face, frame.index, mask) for face in faces], frame.rgb)
         times.append(_time_json(frame.time))
         if progress:
             progress("detect", frame.index + 1, max(hint, frame.index + 1))
@@ -354,7 +355,7 @@ def anonymize_video(
                    "last": max(f for f, fs in enumerate(per_frame) if any(x.track == t.id for x in fs)),
                    "detected": len(t.detections)} for t in tracks]
     return VideoResult(source, [target, sidecar_path(target)], reports, notes, frames=total, tracks=track_info,
-                       seconds=clock.seconds, frames_run=clock.frames, resumed_at=first)
+                       seconds=clock.seconds, frames_run=clock.frames, resumed_at=first, frame_faces=per_frame)
 
 
 def _records(work: WorkFolder, chunks: int) -> Iterator[bytes]:
