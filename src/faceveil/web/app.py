@@ -5,7 +5,7 @@ URLs), so the server writes no result file; each upload Gradio stores is read in
 browser session's memory and deleted at once; the work of a request happens in a private
 folder removed when it ends (:mod:`faceveil.web.service`). Session memory is dropped when
 the tab closes, or after :data:`SESSION_SECONDS`. The server's private temporary folder
-(Gradio's upload folder inside) is removed at shutdown. Nothing is logged.
+(Gradio's upload folder inside) is removed at shutdown. Nothing of a key or a photo is logged.
 """
 
 from __future__ import annotations
