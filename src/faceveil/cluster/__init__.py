@@ -40,6 +40,7 @@ def anonymize_dataset(
     recursive: bool = False,
     resume: bool = False,
     quiet: bool = True,
+    gpus_per_worker: float = 1.0,
     **options,
 ) -> DatasetSummary:
     """Anonymize every image of ``inputs`` (files, folders or fsspec URLs) on Ray.
@@ -47,11 +48,12 @@ def anonymize_dataset(
     ``model`` is a preset, hub id or folder every worker can load (``None``: the embedded
     default); ``options`` are :func:`faceveil.api.anonymize`'s (``settings``, ``steps``,
     ``aligned``, ``mask``, ``min_face``, ``allow_no_face``, ``residual``, ``max_pixels``).
-    ``workers``: default one per GPU of the cluster, else one per CPU.
+    ``workers``: default one per GPU of the cluster (``gpus_per_worker`` below 1: several), else one per CPU.
     """
     job = Job(recovering=False, model=model, options=options)
     return run_dataset(_inputs(inputs), None if output is None else str(output), _key(key), job,
-                       address=address, workers=workers, recursive=recursive, resume=resume, quiet=quiet)
+                       address=address, workers=workers, recursive=recursive, resume=resume, quiet=quiet,
+                       gpus_per_worker=gpus_per_worker)
 
 
 def recover_dataset(
@@ -65,12 +67,14 @@ def recover_dataset(
     recursive: bool = False,
     resume: bool = False,
     quiet: bool = True,
+    gpus_per_worker: float = 1.0,
     **options,
 ) -> DatasetSummary:
     """Recover every anonymized image (``*.veiled.*``) of ``inputs`` on Ray; ``options``: ``use_residual``, ``max_pixels``."""
     job = Job(recovering=True, model=model, options=options)
     return run_dataset(_inputs(inputs), None if output is None else str(output), _key(key), job,
-                       address=address, workers=workers, recursive=recursive, resume=resume, quiet=quiet)
+                       address=address, workers=workers, recursive=recursive, resume=resume, quiet=quiet,
+                       gpus_per_worker=gpus_per_worker)
 
 
 def run_from_args(args: argparse.Namespace, key: Key, recovering: bool, settings=None, show: bool = False) -> int:

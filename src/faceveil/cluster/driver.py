@@ -130,10 +130,10 @@ class _StopRequest:
 class _Workers:
     """Start, hand the key to, and replace the actors."""
 
-    def __init__(self, ray, job: Job, key: Key, count: int, gpus: bool) -> None:
+    def __init__(self, ray, job: Job, key: Key, count: int, gpu_share: float) -> None:
         self._ray, self._job, self._key = ray, job, key
         self._remote = ray.remote(FileWorker).options(
-            num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=0, max_task_retries=0, max_concurrency=1,
+            num_cpus=1, num_gpus=gpu_share, max_restarts=0, max_task_retries=0, max_concurrency=1,
         )
         self.slots = self._start(count)
         self.replaced = 0
@@ -215,15 +215,20 @@ def run_dataset(
     resume: bool = False,
     show: bool = False,
     quiet: bool = False,
+    gpus_per_worker: float = 1.0,
 ) -> DatasetSummary:
-    """Anonymize or recover every image of ``inputs`` on Ray; writes ``manifest.json`` in a ``-o`` folder."""
+    """Anonymize or recover every image of ``inputs`` on Ray; writes ``manifest.json`` in a ``-o`` folder.
+
+    ``gpus_per_worker`` below 1 puts several workers on one GPU (e.g. 0.25: four), which pays
+    where a worker's CPU part (detection, residual, PNG) keeps its GPU waiting.
+    """
     from faceveil.api import RECOVERED_TAG, VEILED_TAG
 
     summary = DatasetSummary()
     tasks = storage.plan(inputs, output, recursive, job.recovering, RECOVERED_TAG if job.recovering else VEILED_TAG)
     if not tasks:
         raise UsageError("no input images found" + ("" if recursive else " (folders: add --recursive to go into subfolders)"))
-    manifest = storage.manifest_url(output) if output is not None and all(t != output for _, t in tasks) else None
+    manifest = storage.manifest_url(output, tasks)
     previous_done = {r.get("input") for r in storage.read_manifest(manifest) if r.get("status") == "done"} if manifest else set()
     todo: deque = deque()
     for source, target in tasks:
@@ -248,7 +253,7 @@ def run_dataset(
             count = workers or None
             local_cpus = count if address == LOCAL else None
             with _ray_session(address, local_cpus) as ray, _StopRequest() as stop:  # after ray.init's own SIGTERM handler
-                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started, stop)
+                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started, stop, gpus_per_worker)
     except Interrupted as stop:  # SIGINT or SIGTERM: what finished is recorded, --resume does the rest
         summary.interrupted, summary.exit_code = True, stop.exit_code
     finally:
@@ -260,11 +265,13 @@ def run_dataset(
 
 
 def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: DatasetSummary,
-              manifest: str | None, show: bool, quiet: bool, started: float, stop: _StopRequest) -> None:
+              manifest: str | None, show: bool, quiet: bool, started: float, stop: _StopRequest,
+              gpus_per_worker: float) -> None:
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    count = count or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
-    pool = _Workers(ray, job, key, count, gpus >= 1)
+    gpus = resources.get("GPU", 0)
+    share = gpus_per_worker if gpus >= gpus_per_worker > 0 else 0
+    count = count or (int(gpus / share) if share else max(1, int(resources.get("CPU", 1))))
+    pool = _Workers(ray, job, key, count, share)
     stop.check()
     summary.workers, summary.device = count, pool.device
     summary.startup_seconds = time.monotonic() - started

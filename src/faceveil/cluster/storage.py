@@ -174,9 +174,12 @@ def readable(url: str) -> Iterator[Path]:
 
 
 # ---- the manifest and leftovers --------------------------------------------------------
-def manifest_url(output: str | None) -> str | None:
-    """Where the batch's ``manifest.json`` goes: inside ``-o`` when it is a folder, else nowhere."""
-    return None if output is None or not _isdir(output) else _join(output, MANIFEST)
+def manifest_url(output: str | None, tasks: list[tuple[str, str]]) -> str | None:
+    """Where the batch's ``manifest.json`` goes: inside ``-o`` when it names a folder (an object
+    store's prefix may not exist yet), nowhere when ``-o`` is the one output file."""
+    if output is None or any(target == output for _, target in tasks):
+        return None
+    return _join(output, MANIFEST)
 
 
 def read_manifest(url: str) -> list[dict]:
