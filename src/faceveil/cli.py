@@ -236,7 +236,8 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
                    help="no progress bars (they show only on a terminal anyway); results, notes and errors still print")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="spread the files over Ray workers: alone, a local Ray on this machine; with an address "
-                        "(ray://HOST:10001, HOST:6379, auto), that cluster (needs the ray extra)")
+                        "(ray://HOST:10001, HOST:6379, auto), that cluster (needs the ray extra); put it after the inputs "
+                        "or write --ray=ADDRESS")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="with --ray: number of workers (default: one per GPU of the cluster, else one per CPU)")
 

@@ -175,7 +175,8 @@ class _Progress:
     def __init__(self, total: int, show: bool, quiet: bool) -> None:
         from tqdm import tqdm
 
-        self.total, self.count, self.quiet = total, 0, quiet or show
+        self.total, self.count = total, 0
+        self.lines = not (quiet or show)  # no terminal bar: a line every LOG_EVERY_S instead
         self.started = self.last = time.monotonic()
         self.bar = tqdm(total=total, desc="images", unit=" image", disable=not show or total < 2, file=sys.stderr)
 
@@ -183,7 +184,7 @@ class _Progress:
         self.count += 1
         self.bar.update(1)
         now = time.monotonic()
-        if not self.quiet and (now - self.last >= LOG_EVERY_S or self.count == self.total):
+        if self.lines and (now - self.last >= LOG_EVERY_S or self.count == self.total):
             self.last = now
             print(f"faceveil: {self.line()}", file=sys.stderr, flush=True)
 
