@@ -281,7 +281,7 @@ def test_real_clip_every_face_anonymized_one_identity_per_track_exact(tmp_path):
         return [] if index == 5 else found[index]
 
     key = Key.generate()
-    result = anonymize_video(clip, key, model=load_model(), steps=4, chunk_frames=6, detector=detector)
+    result = anonymize_video(clip, key, model=load_model(), steps=2, chunk_frames=6, detector=detector)
     veiled = _frames(result.outputs[0])
     assert [f.kind for f in result.frame_faces[5]] == ["interpolated"]
     assert [t["first"] for t in result.tracks] == [0, 7] and len(result.tracks) == 2  # B: followed back from frame 11
@@ -296,12 +296,12 @@ def test_real_clip_every_face_anonymized_one_identity_per_track_exact(tmp_path):
     assert len(to_original) == 16 + 5 and max(to_original) < ARCFACE_FAR_1E3  # every face, frame 5's too
     assert min(consecutive) > max(to_original) and np.mean(consecutive) > 0.6  # one anonymous identity per track
 
-    # B slides in at frames 9-10 before the detector sees it: flow followed it, its visible face is covered
-    for i in (9, 10):
-        (b,) = [f for f in result.frame_faces[i] if f.track == 1]
-        x, y = b.landmarks5[2].round().astype(int)
-        window = (slice(y - 12, y + 12), slice(x - 12, min(256, x + 12)))
-        assert np.abs(veiled[i][window].astype(int) - original[i][window]).mean() > 15
+    # frame 10: B half in the picture, not yet detected; flow followed it there and its visible face is covered
+    (b,) = [f for f in result.frame_faces[10] if f.track == 1]
+    x, y = b.landmarks5[2].round().astype(int)
+    assert 240 <= x <= 258  # the nose, at 249 in the drawing
+    window = (slice(y - 12, y + 12), slice(x - 12, 256))
+    assert np.abs(veiled[10][window].astype(int) - original[10][window]).mean() > 15
 
     with pytest.raises(WrongKeyError):
         recover_video(result.outputs[0], Key.generate())
