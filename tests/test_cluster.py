@@ -138,6 +138,22 @@ def test_ray_refuses_overwrite(tmp_path):
     assert main(["anonymize", str(tmp_path), "--key", str(key_file), "--overwrite", "--ray"]) == 2
 
 
+def test_a_signal_stops_the_run_between_two_ray_waits():
+    """SIGTERM or Ctrl-C only set a flag while Ray waits; the loop raises the batch's Interrupted (exit 143/130)."""
+    from faceveil.batch import Interrupted
+    from faceveil.cluster.driver import _StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _StopRequest() as stop:
+        stop.check()  # nothing yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        with pytest.raises(Interrupted) as caught:
+            stop.check()
+    assert caught.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # ---- a local Ray cluster over real photos -------------------------------------------------
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
