@@ -66,10 +66,10 @@ def measure(name, result, original, veiled, embedder, model) -> dict:
                 mask |= face_geometry(shape, transform, outline, model).region.full(shape)
             d_a = np.abs(veiled[j].astype(float) - veiled[i])[mask].mean()
             d_o = np.abs(original[j].astype(float) - original[i])[mask].mean()
-            raw.append(d_a / max(d_o, 1e-6))
+            raw.append((d_a, d_o))
             ca = [embedder.align(veiled[k], fi.landmarks5 if k == i else fj.landmarks5).astype(float) for k in (i, j)]
             co = [embedder.align(original[k], fi.landmarks5 if k == i else fj.landmarks5).astype(float) for k in (i, j)]
-            aligned.append(np.abs(ca[1] - ca[0]).mean() / max(np.abs(co[1] - co[0]).mean(), 1e-6))
+            aligned.append((np.abs(ca[1] - ca[0]).mean(), np.abs(co[1] - co[0]).mean()))
     return {
         "variant": name,
         "face_frames_measured": len(to_orig),
@@ -77,7 +77,10 @@ def measure(name, result, original, veiled, embedder, model) -> dict:
         "cos_consecutive_mean": float(np.mean(consecutive)), "cos_consecutive_min": float(np.min(consecutive)),
         "cos_all_pairs_mean": float(np.mean(all_pairs)),
         "original_cos_consecutive_mean": float(np.mean(orig_consecutive)),
-        "flicker_raw_ratio": float(np.mean(raw)), "flicker_aligned_ratio": float(np.mean(aligned)),
+        # flicker: the anonymized face's mean frame-to-frame change over the original's, pooled over frame pairs
+        "flicker_raw_ratio": float(np.sum([a for a, _ in raw]) / np.sum([o for _, o in raw])),
+        "flicker_aligned_ratio": float(np.sum([a for a, _ in aligned]) / np.sum([o for _, o in aligned])),
+        "flicker_raw_level": float(np.mean([a for a, _ in raw])), "original_raw_level": float(np.mean([o for _, o in raw])),
     }
 
 
@@ -104,6 +107,8 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, default=None, help="write video-strip.png here")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--variants", default="independent,track,smoothed")
+    parser.add_argument("--variants-only", action="store_true", help="only the variants (no recovery, still, H.264, strip)")
+    parser.add_argument("--repeats", type=int, default=1, help="with --variants-only: runs per variant, each with a new key")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -133,20 +138,36 @@ def main() -> None:
         clip = write_demo_clip(tmp / "clip.mp4", SHARED, frames=args.frames)
         original = [f.rgb for f in iter_frames(clip)]
         last = None
-        for name in args.variants.split(","):
-            out = tmp / f"{name}.veiled.mkv"
+        runs = [(name, r) for r in range(args.repeats if args.variants_only else 1) for name in args.variants.split(",")]
+        for name, repeat in runs:
+            out = tmp / f"{name}-{repeat}.veiled.mkv"
+            key = Key.generate() if repeat else key  # a new key (and new nonces) per repeat
             start = time.perf_counter()
             result = anonymize_video(clip, key, out, model=model, steps=steps, **variants[name])
             wall = time.perf_counter() - start
             veiled = [f.rgb for f in iter_frames(out)]
             row = measure(name, result, original, veiled, embedder, model)
             face_frames = sum(len(f) for f in result.frame_faces)
-            row.update({"anonymize_s": wall, "frames_per_s": result.frames_run / result.seconds,
+            row.update({"repeat": repeat, "anonymize_s": wall, "frames_per_s": result.frames_run / result.seconds,
                         "s_per_face_frame": result.seconds / face_frames, "face_frames": face_frames,
-                        "sidecar_bytes": (tmp / f"{name}.veiled.mkv.veil").stat().st_size})
+                        "sidecar_bytes": out.with_name(out.name + ".veil").stat().st_size})
             print(json.dumps(row), flush=True)
             figures["variants"].append(row)
             last = (name, out, result, veiled)
+        if args.variants_only:
+            for name in args.variants.split(","):
+                rows = [r for r in figures["variants"] if r["variant"] == name]
+                summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
+                summary.update({"variant": name, "runs": len(rows),
+                                "cos_consecutive_mean_range": [min(r["cos_consecutive_mean"] for r in rows),
+                                                               max(r["cos_consecutive_mean"] for r in rows)],
+                                "cos_to_original_max_all": max(r["cos_to_original_max"] for r in rows)})
+                figures.setdefault("summary", []).append(summary)
+                print("summary", json.dumps(summary), flush=True)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(figures, indent=1) + "\n")
+            return
 
         name, out, result, veiled = last
         start = time.perf_counter()

@@ -12,7 +12,7 @@ or leaves the picture, is still anonymized. After a longer absence a face
 starts a new track (a new anonymous face): no identity model is used to re-link people.
 
 Geometry per frame is smoothed along the track to stop the alignment jittering
-(landmarks: a Gaussian over ``sigma`` frames), and the outline only grows from that: it
+(landmarks: a Gaussian over ``sigma`` frames, between the first and last detection), and the outline only grows from that: it
 is kept in the aligned crop as radii at fixed angles and each frame takes the largest
 radius over its neighbours, enlarged for interpolated (x1.08) and extended (x1.15)
 frames. All of this is plain NumPy and deterministic.
@@ -320,7 +320,9 @@ def track_faces(track: Track, frames: int, extend: int = EXTEND, sigma: float = 
         t = (f - a) / (b - a)
         return (1 - t) * values[j - 1] + t * values[j]
 
-    lm_span = _smooth(np.array([at(lm, f) for f in span]), sigma)
+    lm_span = np.array([at(lm, f) for f in span])
+    inner = (span >= known[0]) & (span <= known[-1])  # smoothed where detected; the ends keep their flow positions
+    lm_span[inner] = _smooth(lm_span[inner], sigma)
     r_span = np.array([at(radii, f) for f in span])
     kinds = ["detected" if f in set(known.tolist()) else ("interpolated" if known[0] < f < known[-1] else "extended")
              for f in span]
