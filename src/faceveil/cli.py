@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_key_info)
 
     p = sub.add_parser("anonymize", help="replace faces by faces of nobody, reversibly with the key")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image or video files (videos: -o NAME.mp4 for lossy H.264, else FFV1 .mkv), or folders")
     p.add_argument("--key", required=True, metavar="KEYFILE", help=KEY_HELP)
     p.add_argument("-o", "--output", metavar="OUT", help=OUTPUT_HELP.format(name="photo.veiled.png"))
     p.add_argument("--model", default=None, metavar="M",
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_anonymize)
 
     p = sub.add_parser("recover", help="restore the original faces with the key")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized image files or folders (*.veiled.*)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized image or video files, or folders (*.veiled.*)")
     p.add_argument("--key", required=True, metavar="KEYFILE", help=KEY_HELP)
     p.add_argument("-o", "--output", metavar="OUT", help=OUTPUT_HELP.format(name="photo.recovered.png"))
     p.add_argument("--model", default=None, metavar="M",
