@@ -133,7 +133,7 @@ def test_robustness_jpeg_recovers_and_resize_is_refused(pixel_model):
 
 def test_paper_reference_settings_and_inexact_recovery(pixel_model):
     method = paper_reference(pixel_model, steps=3)
-    assert method.settings.engine == EngineSettings(steps=3, refine_iters=0, context="own")
+    assert method.settings.engine == EngineSettings(steps=3, refine_iters=0, context="own", mixing="signs")
     assert not method.settings.hint and not method.residual and method.recompute_mask
     img = _image(48, seed=3)
     key = Key.generate()
@@ -195,13 +195,23 @@ def test_magnitude_correlation_uses_only_the_mask():
     assert P.magnitude_correlation(a, b, mask) == pytest.approx(1.0)
 
 
-def test_noise_magnitudes_shape(pixel_model):
+def test_noise_magnitudes_replay_the_engine_from_public_data(pixel_model):
+    """The attacker's |z_N| needs only public data (settings, nonce); it is read in regenerated cells only."""
+    from faceveil.engine import EngineSettings
+    from faceveil.pipeline import face_geometry
+
     img = _image(48)
     job = _jobs(img)[0]
+    engine = EngineSettings(steps=3, mixing="signs")
+    nonce = bytes(range(16))
     counted = []
-    mag, mask = P.noise_magnitudes(img, job, pixel_model, steps=3, progress=counted.append)
-    assert mag.shape == (3, 32, 32) and mask.shape == (32, 32) and mask.any() and not mask.all()
+    mag, cells = P.noise_magnitudes(img, job, pixel_model, engine, nonce, progress=counted.append)
+    assert mag.shape == (3, 32, 32) and cells.shape == (32, 32) and cells.any() and not cells.all()
     assert (mag >= 0).all() and len(counted) == 3
+    outline = np.asarray(job.outline, np.float32).astype(np.float64)
+    geometry = face_geometry(img.shape, job.transform, outline, pixel_model)
+    inside = geometry.latent[0, 0].numpy() > 0
+    assert cells[~inside].sum() == 0  # interior cells are all regenerated cells
 
 
 # --------------------------------------------------------------------------- report and command

@@ -1,6 +1,7 @@
 """Whole photos: detection, several faces, exact recovery with the residual, formats, batches."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -48,7 +49,10 @@ def _regions(veiled_path, key, model, shape):
 def test_group_photo_face_by_face_exact_recovery(group_photo, pixel_model, tmp_path):
     path, original = group_photo
     key = Key.generate()
-    result = anonymize(path, key, tmp_path / "v.png", model=pixel_model, settings=FAST)
+    # signs: the model-only bar below is about the residual; the default pairs mixing moves inversion error to
+    # random coordinates, which costs model-only reconstructions 1.5 dB with the embedded model (README, Security)
+    signs = Settings(replace(FAST.engine, mixing="signs"))
+    result = anonymize(path, key, tmp_path / "v.png", model=pixel_model, settings=signs)
     veiled = np.asarray(Image.open(tmp_path / "v.png"))
     n_faces, union = _regions(tmp_path / "v.png", key, pixel_model, original.shape)
     assert n_faces == len(result.faces) >= 3

@@ -293,14 +293,21 @@ class _Run:
         return cls(model, Schedule.from_scheduler(model.scheduler, settings.engine.steps), key, settings, progress)
 
 
+def public_context(model: DiffusionModel, image: np.ndarray, geometry: FaceGeometry, nonce: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context latent, context noise) of one face: the crop with the face filled in, and
+    the public Gaussian noise of its nonce. Both directions (and anyone) compute the same."""
+    crop = warp_crop(image, geometry.transform)
+    context = model.encode(_to_tensor(fill_region(crop, geometry.context), model))
+    noise = torch.from_numpy(public_gaussian(nonce, tuple(context.shape))).to(context.device)
+    return context, noise
+
+
 def _engine(run: _Run, image: np.ndarray, z_start: torch.Tensor, geometry: FaceGeometry, nonce: bytes) -> tuple[torch.Tensor, FaceReport]:
     """The keyed transform of one face's latent, with the context taken from ``image``."""
     model, key, settings, progress = run.model, run.key, run.settings, run.progress
-    crop = warp_crop(image, geometry.transform)
-    context = model.encode(_to_tensor(fill_region(crop, geometry.context), model))
+    context, noise = public_context(model, image, geometry, nonce)
     shape = tuple(z_start.shape)
     signs = torch.from_numpy(key.sign_pattern(nonce, shape)).to(z_start.device)
-    noise = torch.from_numpy(public_gaussian(nonce, shape)).to(z_start.device)
 
     def eps(z: torch.Tensor, t: int) -> torch.Tensor:
         if progress:

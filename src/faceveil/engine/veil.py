@@ -46,7 +46,11 @@ class EngineSettings:
     refine_iters: int = 0
     refine_tol: float = 1e-5
     context: str = "noised"
-    mixing: str = "signs"  # "pairs": also swap keyed pairs of coordinates (breaks magnitude linkage)
+    # "pairs" also swaps keyed pairs of coordinates inside the mask, which moves every noise
+    # magnitude to a secret place (the magnitude linkage of plain sign flips, METHOD.md);
+    # measured no worse in identity removal, detection and exactness (README, "Security").
+    # "signs" is the paper's operation. Headers without the field were made with "signs".
+    mixing: str = "pairs"
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
@@ -180,20 +184,40 @@ def veil(
     stats = VeilStats()
     counted = _CountingEps(eps_fn, stats)
     mask = mask.to(z0.dtype).expand_as(z0)
-    if settings.context == "own":
-        trajectory = masked_invert(
-            counted, schedule, z0, torch.ones_like(z0), None, settings.refine_iters, settings.refine_tol, stats
-        )
-        context, zN = trajectory, trajectory[-1]
-    else:
-        if context_latent is None:
-            raise ValueError(f"context {settings.context!r} needs a context latent")
-        if settings.context == "inverted":
-            context = invert(counted, schedule, context_latent)
-        else:
-            if context_noise is None:
-                raise ValueError("context 'noised' needs context noise")
-            context = noised_trajectory(schedule, context_latent, context_noise)
-        zN = masked_invert(counted, schedule, z0, mask, context, settings.refine_iters, settings.refine_tol, stats)[-1]
+    zN, context = masked_noise(counted, schedule, z0, mask, settings, context_latent, context_noise, stats)
     flipped = mask * scramble(zN, signs, partner) + (1 - mask) * zN
     return masked_sample(counted, schedule, flipped, mask, context), stats
+
+
+def masked_noise(
+    eps_fn: EpsFn,
+    schedule: Schedule,
+    z0: torch.Tensor,
+    mask: torch.Tensor,
+    settings: EngineSettings,
+    context_latent: torch.Tensor | None = None,
+    context_noise: torch.Tensor | None = None,
+    stats: VeilStats | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The noise ``z_N`` that ``veil`` scrambles, and the context trajectory it re-injects.
+
+    Needs no key: anyone with the public settings can compute it (the linkage attack of
+    ``faceveil.evaluate`` does, to measure what the key's mixing hides).
+    """
+    stats = stats if stats is not None else VeilStats()
+    mask = mask.to(z0.dtype).expand_as(z0)
+    if settings.context == "own":
+        trajectory = masked_invert(
+            eps_fn, schedule, z0, torch.ones_like(z0), None, settings.refine_iters, settings.refine_tol, stats
+        )
+        return trajectory[-1], trajectory
+    if context_latent is None:
+        raise ValueError(f"context {settings.context!r} needs a context latent")
+    if settings.context == "inverted":
+        context = invert(eps_fn, schedule, context_latent)
+    else:
+        if context_noise is None:
+            raise ValueError("context 'noised' needs context noise")
+        context = noised_trajectory(schedule, context_latent, context_noise)
+    zN = masked_invert(eps_fn, schedule, z0, mask, context, settings.refine_iters, settings.refine_tol, stats)[-1]
+    return zN, context

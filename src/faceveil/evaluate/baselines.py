@@ -204,9 +204,7 @@ class DiffusionMethod:
 def paper_reference(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
     """The paper's configuration: plain DDIM inversion, own trajectory, no hint or
     residual, mask recomputed from the anonymized image at recovery."""
-    engine = dataclasses.replace(EngineSettings(), steps=steps, refine_iters=0, context="own")
-    if "mixing" in {f.name for f in dataclasses.fields(EngineSettings)}:
-        engine = dataclasses.replace(engine, mixing="signs")  # the paper flips signs only
+    engine = dataclasses.replace(EngineSettings(), steps=steps, refine_iters=0, context="own", mixing="signs")  # signs only
     return DiffusionMethod(
         "paper", model, Settings(engine, hint=False, colour=False, grain=False), residual=False, recompute_mask=True
     )

@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="evaluate at most N faces (default: all of a folder, 100 of LFW)")
     p.add_argument("--embedders", default=DEFAULT_EMBEDDERS, help=f"comma-separated (default {DEFAULT_EMBEDDERS})")
-    p.add_argument("--methods", default="blur,pixelate,paper,faceveil", help="comma-separated: blur, pixelate, paper, faceveil, encrypted-crop (the header-size baseline), faceveil-pairs (keyed pair swap, where the engine has it)")
+    p.add_argument("--methods", default="blur,pixelate,paper,faceveil", help="comma-separated: blur, pixelate, paper, faceveil, encrypted-crop (the header-size baseline), faceveil-signs (sign flips only, the paper's mixing), faceveil-pairs (the default mixing, named)")
     p.add_argument("--resolution", type=int, default=None, metavar="PX",
                    help="resize inputs so their longer side is PX before evaluating (and calibrate at PX); default native")
     p.add_argument("--calibration", choices=("lfw", "none"), default="lfw",
@@ -230,9 +230,6 @@ def _load_model(args: argparse.Namespace) -> Any:
 
 
 def _methods(names: Sequence[str], model: Any, steps: int) -> list[Any]:
-    import dataclasses
-
-    from faceveil.engine import EngineSettings
     from faceveil.evaluate.baselines import (
         BlurBaseline,
         EncryptedCropBaseline,
@@ -249,8 +246,8 @@ def _methods(names: Sequence[str], model: Any, steps: int) -> list[Any]:
         "faceveil": lambda: faceveil_default(model, steps),
         "encrypted-crop": lambda: EncryptedCropBaseline(),
     }
-    if "mixing" in {f.name for f in dataclasses.fields(EngineSettings)}:  # the keyed pair swap, where present
-        make["faceveil-pairs"] = lambda: engine_variant("faceveil-pairs", model, steps, mixing="pairs")
+    make["faceveil-signs"] = lambda: engine_variant("faceveil-signs", model, steps, mixing="signs")  # the paper's operation
+    make["faceveil-pairs"] = lambda: engine_variant("faceveil-pairs", model, steps, mixing="pairs")  # = the default
     unknown = [n for n in names if n not in make]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(make)}")
@@ -309,7 +306,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     thresholds = {name: c["thresholds"] for name, c in calibration.items()}
     run = run_protocols(
         samples, methods, embedders, thresholds, detector, protocol_faces=args.protocol_faces,
-        diversity_keys=args.diversity_keys, linkage_steps=args.steps, log=log,
+        diversity_keys=args.diversity_keys, log=log,
     )
     import torch
 

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from faceveil.container import encode_png, open_header, pack_record
-from faceveil.engine import Schedule, invert
-from faceveil.errors import FaceveilError, HeaderError, UsageError, WrongKeyError
+from faceveil.engine import EngineSettings, Schedule, masked_noise
+from faceveil.errors import FaceveilError, HeaderError, WrongKeyError
 from faceveil.evaluate.baselines import Anonymized, DiffusionMethod, Method, face_region
 from faceveil.evaluate.embedders import Embedder, FaceDetection
 from faceveil.evaluate.metrics import (
@@ -52,7 +52,7 @@ from faceveil.evaluate.metrics import (
 )
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel
-from faceveil.pipeline import FaceJob, face_geometry, recover_array, recover_opened, warp_crop
+from faceveil.pipeline import FaceJob, face_geometry, public_context, recover_array, recover_opened, warp_crop
 
 __all__ = [
     "Sample",
@@ -228,7 +228,7 @@ def robustness_protocol(
     try:
         recover_array(small, record, key, model)
         entry["direct"] = "accepted"
-    except UsageError as exc:
+    except FaceveilError as exc:  # the header is for another size (HeaderError)
         entry["direct"] = "refused"
         entry["reason"] = str(exc)
     back = _resize(small, w, h)
@@ -313,24 +313,38 @@ def _to_tensor(crop: np.ndarray, model: DiffusionModel) -> torch.Tensor:
 
 
 def noise_magnitudes(
-    rgb: np.ndarray, job: FaceJob, model: DiffusionModel, steps: int, progress: Callable[[int], None] | None = None
+    rgb: np.ndarray,
+    job: FaceJob,
+    model: DiffusionModel,
+    engine: EngineSettings,
+    nonce: bytes,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(|z_T|, latent mask)`` of one face: plain DDIM inversion of its aligned crop.
+    """``(|z_N|, cells)`` of one face as an attacker computes them from public data alone.
 
-    ``|z_T|`` has the latent's shape ``(C, h, w)``; the mask is the face's latent mask
-    ``(h, w)`` (bool), as the anonymizer computes it from the job.
+    The attacker replays the engine's own inversion (``engine.masked_noise``) with the
+    header's public settings and face nonce, the context of the image's pixels outside
+    the face and the face's outline (given here: the strongest attacker). ``|z_N|`` has the
+    latent's shape ``(C, h, w)``; ``cells`` ``(h, w)`` are the latent cells wholly inside
+    the outline: the feather band around it and the background keep original pixels,
+    which link a veiled photo to its original whatever the key does, so they say nothing
+    about the mixing.
     """
+    outline = np.asarray(job.outline, dtype=np.float32).astype(np.float64)  # what the header keeps
+    geometry = face_geometry(rgb.shape, job.transform, outline, model)
     z0 = model.encode(_to_tensor(warp_crop(rgb, job.transform), model))
-    schedule = Schedule.from_scheduler(model.scheduler, steps)
+    context, noise = public_context(model, rgb, geometry, nonce)
+    schedule = Schedule.from_scheduler(model.scheduler, engine.steps)
 
     def eps(z: torch.Tensor, t: int) -> torch.Tensor:
         if progress:
             progress(1)
         return model.eps(z, t)
 
-    z_t = invert(eps, schedule, z0)[-1]
-    mask = face_geometry(rgb.shape, job.transform, job.outline, model).latent[0, 0].cpu().numpy() > 0.5
-    return z_t[0].abs().cpu().double().numpy(), mask
+    z_n, _ = masked_noise(eps, schedule, z0, geometry.latent.to(z0.device), engine, context, noise)
+    n, f = model.latent_size, model.downscale
+    cells = geometry.interior.reshape(n, f, n, f).all(axis=(1, 3))
+    return z_n[0].abs().cpu().double().numpy(), cells
 
 
 def magnitude_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -412,7 +426,6 @@ def run_protocols(
     *,
     protocol_faces: int = 5,
     diversity_keys: int = 10,
-    linkage_steps: int = 50,
     grid_rows: int = 3,
     log: Callable[[str], None] = lambda message: None,
 ) -> RunOutput:
@@ -439,7 +452,6 @@ def run_protocols(
         region = face_region(sample.rgb.shape, sample.jobs)
         originals = {e.name: e.embed(sample.rgb, sample.landmarks5) for e in embedders}
         row: dict[str, np.ndarray] = {"original": sample.rgb}
-        orig_mag = None
         for method in methods:
             key = Key.generate()
             anon: Anonymized = method.anonymize(sample.rgb, sample.jobs, key)
@@ -478,13 +490,14 @@ def run_protocols(
                     if method is main:
                         row["recovered"] = rec
             if isinstance(method, DiffusionMethod):
-                job = sample.jobs[sample.main_job]
-                if orig_mag is None:
-                    orig_mag = noise_magnitudes(sample.rgb, job, method.model, linkage_steps)
-                anon_mag, _ = noise_magnitudes(anon.array, job, method.model, linkage_steps)
-                mags[method.name][0].append(orig_mag[0])
+                # the attacker tests the original against this veiled file, with its public nonce and settings
+                job, engine = sample.jobs[sample.main_job], method.settings.engine
+                nonce = bytes.fromhex(anon.record["public"]["faces"][sample.main_job]["nonce"])
+                orig_mag, cells = noise_magnitudes(sample.rgb, job, method.model, engine, nonce)
+                anon_mag, _ = noise_magnitudes(anon.array, job, method.model, engine, nonce)
+                mags[method.name][0].append(orig_mag)
                 mags[method.name][1].append(anon_mag)
-                mags[method.name][2].append(orig_mag[1])
+                mags[method.name][2].append(cells)
             if method is main:
                 row["anonymized"] = anon.array
                 if index < protocol_faces and anon.record is not None:
@@ -508,8 +521,9 @@ def run_protocols(
         if method.name in mags and len(mags[method.name][0]) >= 2:
             genuine, impostor = linkage_scores(*mags[method.name])
             results["methods"][method.name]["linkage"] = {
-                "attack": f"plain DDIM inversion ({linkage_steps} steps) of original and anonymized crops, "
-                "Pearson correlation of |z_T| inside the face's latent mask",
+                "attack": "the engine's own inversion replayed from public data (the header's steps, context and "
+                "face nonce; the true outline) on original and anonymized crops, Pearson correlation of |z_N| "
+                "in the latent cells wholly inside the face",
                 "auc": linkage_auc(genuine, impostor),
                 "genuine": summarize(genuine),
                 "impostor": summarize(impostor),
