@@ -29,6 +29,7 @@ from faceveil.engine import EngineSettings
 from faceveil.errors import FaceveilError, KeyFileError
 from faceveil.keys import Key
 from faceveil.pipeline import Settings
+from faceveil.testing import png_chunk, png_chunks
 
 EXAMPLES = int(os.environ.get("FACEVEIL_FUZZ_EXAMPLES", "260"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -73,20 +74,6 @@ def _expect_clean(call, folder: Path, before: set[str]) -> None:
 
 
 # ---- PNG mutations ------------------------------------------------------------------
-def _chunks(png: bytes) -> list[bytes]:
-    """The raw chunks (length, type, data, crc) after the signature."""
-    out, pos = [], 8
-    while pos + 12 <= len(png):
-        (length,) = struct.unpack_from(">I", png, pos)
-        out.append(png[pos : pos + 12 + length])
-        pos += 12 + length
-    return out
-
-
-def _chunk(ctype: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
-
-
 json_leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
                | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
                | st.sampled_from([10**300, -1, 0, 2**31, 2**63, "", "0" * 64, "webp-lossless", "pixel"]))
@@ -116,7 +103,7 @@ def _replace(node, path, value):
 
 @st.composite
 def mutated_png(draw, png: bytes, key: Key) -> bytes:
-    chunks = _chunks(png)
+    chunks = png_chunks(png)
     kind = draw(st.sampled_from(["flip", "truncate", "reorder", "duplicate", "drop", "length", "hostile-json", "garbage"]))
     if kind == "flip":
         data = bytearray(png)
@@ -150,11 +137,11 @@ def mutated_png(draw, png: bytes, key: Key) -> bytes:
             blob = pack_record(new)
         except (TypeError, ValueError):
             return png
-        chunks[index] = _chunk(PNG_CHUNK, blob)
+        chunks[index] = png_chunk(PNG_CHUNK, blob)
         return png[:8] + b"".join(chunks)
     head = draw(st.binary(max_size=64))  # garbage where the record's JSON is
     blob = MAGIC + struct.pack(">BI", 2, len(head)) + head + draw(st.binary(max_size=32))
-    chunks[index] = _chunk(PNG_CHUNK, blob)
+    chunks[index] = png_chunk(PNG_CHUNK, blob)
     return png[:8] + b"".join(chunks)
 
 
@@ -205,7 +192,7 @@ def _bomb_png(width: int, height: int) -> bytes:
     """A tiny PNG that declares a huge image (a decompression bomb's header)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 @st.composite

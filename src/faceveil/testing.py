@@ -114,11 +114,24 @@ def group_photo(shared, width: int = 4000) -> "np.ndarray":
 
 
 # ---- hostile files, for the fuzz tests and benchmarks/fuzz_benchmark.py ----------------
-def _png_chunk(ctype: bytes, data: bytes) -> bytes:
+def png_chunk(ctype: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
     import struct
     import zlib
 
     return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
+
+
+def png_chunks(png: bytes) -> list[bytes]:
+    """The raw chunks (length, type, data, CRC) of a PNG file, after its signature."""
+    import struct
+
+    out, pos = [], 8
+    while pos + 12 <= len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        out.append(png[pos : pos + 12 + length])
+        pos += 12 + length
+    return out
 
 
 def header_bombs(veiled_png: bytes, inflated: int = 200 * 1024 * 1024) -> dict[str, bytes]:
@@ -133,19 +146,15 @@ def header_bombs(veiled_png: bytes, inflated: int = 200 * 1024 * 1024) -> dict[s
     import struct
     import zlib
 
-    pos, chunks = 8, []
-    while pos + 12 <= len(veiled_png):
-        (length,) = struct.unpack_from(">I", veiled_png, pos)
-        chunks.append(veiled_png[pos : pos + 12 + length])
-        pos += 12 + length
+    chunks = png_chunks(veiled_png)
     ihdr, rest = chunks[0], [c for c in chunks[1:] if c[4:8] != b"veIL"]
     compressor = zlib.compressobj(9)
     block = b" " * (1 << 20)
     packed = b"".join(compressor.compress(block) for _ in range(inflated >> 20)) + compressor.flush()
     sig = veiled_png[:8]
     return {
-        "itxt-format1": sig + ihdr + _png_chunk(b"iTXt", b"faceveil\0\x01\x00\0\0" + packed) + b"".join(rest),
-        "ztxt": sig + ihdr + _png_chunk(b"zTXt", b"Comment\0\x00" + packed) + b"".join(rest),
+        "itxt-format1": sig + ihdr + png_chunk(b"iTXt", b"faceveil\0\x01\x00\0\0" + packed) + b"".join(rest),
+        "ztxt": sig + ihdr + png_chunk(b"zTXt", b"Comment\0\x00" + packed) + b"".join(rest),
         "veil-claims-4gib": sig + ihdr + struct.pack(">I", 2**32 - 1) + b"veIL" + b"faceveil\x02" + b"".join(rest),
-        "veil-huge": sig + ihdr + _png_chunk(b"veIL", b"faceveil\x02" + bytes(8 << 20)) + b"".join(rest),
+        "veil-huge": sig + ihdr + png_chunk(b"veIL", b"faceveil\x02" + bytes(8 << 20)) + b"".join(rest),
     }
