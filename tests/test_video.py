@@ -5,6 +5,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from faceveil.cli import main
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
@@ -13,9 +14,14 @@ from faceveil.keys import Key, new_nonce
 from faceveil.video import anonymize_video, recover_video
 from faceveil.video.header import Sidecar
 from faceveil.video.io import VideoWriter, audio_packets, iter_frames, write_frames
-from faceveil.video.track import EXTEND, MAX_GAP, Detection, Tracker, frame_faces, track_faces
-
-from conftest import SHARED
+from faceveil.video.track import (
+    EXTEND,
+    MAX_GAP,
+    Detection,
+    Tracker,
+    frame_faces,
+    track_faces,
+)
 
 CELEBA = SHARED / "data" / "celeba" / "images"
 needs_celeba = pytest.mark.skipif(not (CELEBA / "000176.jpg").is_file(), reason="../shared/data/celeba is absent (real photos needed)")
@@ -36,7 +42,7 @@ def test_missed_frames_are_interpolated_and_ends_extended():
         tracker.add(f, [] if f in (4, 5, 6) else [_detection(f, (20 + 3 * f, 30))])
     (track,) = tracker.tracks
     faces = track_faces(track, 20, sigma=0.0)
-    assert sorted(faces) == list(range(0, 11 + EXTEND + 1))
+    assert sorted(faces) == list(range(11 + EXTEND + 1))
     assert [faces[f].kind for f in (4, 5, 6)] == ["interpolated"] * 3
     assert faces[15].kind == "extended"
     assert np.allclose(faces[5].landmarks5, (35, 30) + LM)  # on the line between frames 3 and 7
@@ -262,8 +268,8 @@ def test_h264_output_recovers_approximately_and_says_so(short, pixel_model, tmp_
 # ---- the clip: real photos, the real detector, the embedded model --------------------
 @needs_celeba
 def test_real_clip_every_face_anonymized_one_identity_per_track_exact(tmp_path):
-    from faceveil.evaluate.embedders import ArcFaceOnnxEmbedder
     from faceveil.errors import ModelUnavailableError
+    from faceveil.evaluate.embedders import ArcFaceOnnxEmbedder
     from faceveil.faces import detect_faces
     from faceveil.models import load_model
     from faceveil.video.demo import write_demo_clip
