@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_one(command: list[str], env: dict | None = None) -> tuple[int, float, float, str]:
-    """Exit code, peak RSS (MiB, this process's own, from ``os.wait4``), wall seconds, stderr's tail."""
+    """Exit code, peak RSS (MiB, this process's own, from ``os.wait4``), wall seconds, the output's tail."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=ROOT)
-    stderr = process.stderr.read().decode()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
+    output = process.stdout.read().decode()
     _, status, usage = os.wait4(process.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, time.perf_counter() - start, stderr[-600:]
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, time.perf_counter() - start, output[-2000:]
 
 
 def bombs(folder: Path) -> None:
