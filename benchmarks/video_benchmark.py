@@ -6,7 +6,9 @@ video design buys:
 
 - ``independent``: a fresh nonce per face per frame and no smoothing (frames as photos);
 - ``track nonce``: one nonce per track (one key sign pattern), raw per-frame alignment;
-- ``track nonce + smoothing`` (the default): the track's landmarks smoothed over frames.
+- ``track nonce + smoothing``: the track's landmarks smoothed over frames;
+- ``reuse`` (the default): that, and every frame's face sampled from the track's keyed
+  noise (the track's first frame inverted once) with the frame's own context.
 
 Per variant, over the frames where a face is fully visible and detected: ArcFace cosine
 of the anonymized face to the original (identity removed: below 0.324, FAR 1e-3), ArcFace
@@ -106,7 +108,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figures", type=Path, default=None, help="write video-strip.png here")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")
-    parser.add_argument("--variants", default="independent,track,smoothed")
+    parser.add_argument("--variants", default="independent,track,smoothed,reuse")
     parser.add_argument("--variants-only", action="store_true", help="only the variants (no recovery, still, H.264, strip)")
     parser.add_argument("--repeats", type=int, default=1, help="with --variants-only: runs per variant, each with a new key")
     args = parser.parse_args()
@@ -130,8 +132,9 @@ def main() -> None:
                      "size": "256x256", "variants": []}
     variants = {
         "independent": {"per_frame_nonce": True, "smoothing": 0.0},
-        "track": {"smoothing": 0.0},
-        "smoothed": {},
+        "track": {"smoothing": 0.0, "reuse_noise": False},
+        "smoothed": {"reuse_noise": False},
+        "reuse": {},  # the default: smoothed, and the track's noise reused
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

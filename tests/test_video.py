@@ -193,7 +193,9 @@ def test_video_round_trip_is_bit_exact_resumes_and_refuses_a_wrong_key(synthetic
     with pytest.raises(KeyboardInterrupt):
         anonymize_video(source, key, progress=stop_after_five, **kwargs)
     veiled = tmp_path / "walk.veiled.mkv"
-    assert not veiled.exists() and (tmp_path / ".walk.veiled.mkv.faceveil-work" / "chunk-000000.mkv").is_file()
+    work = tmp_path / ".walk.veiled.mkv.faceveil-work"
+    assert not veiled.exists() and (work / "chunk-000000.mkv").is_file()
+    assert (work / "noise-0000.npy").is_file()  # the track's keyed noise, reused after the resume
 
     seen.clear()
     result = anonymize_video(source, key, progress=lambda *a: seen.append(a[:2]), **kwargs)

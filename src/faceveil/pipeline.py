@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from faceveil.container import decode_array, encode_array, open_header, pixels_sha256, seal_header
-from faceveil.engine import EngineSettings, Schedule, veil
+from faceveil.engine import EngineSettings, Schedule, masked_noise, masked_sample, scramble, veil
+from faceveil.engine.veil import noised_trajectory
 from faceveil.errors import HeaderError, UsageError
 from faceveil.faces.align import AlignTransform
 from faceveil.faces.align import warp_crop as align_warp
@@ -87,6 +88,7 @@ class FaceJob:
     transform: AlignTransform
     outline: np.ndarray
     nonce: bytes | None = None
+    noise: torch.Tensor | None = None  # keyed noise to sample this face from (a video track's: ``keyed_noise``)
 
     @property
     def mask(self) -> np.ndarray:
@@ -323,6 +325,53 @@ def _engine(run: _Run, image: np.ndarray, z_start: torch.Tensor, geometry: FaceG
     return z_out, FaceReport(geometry.transform, stats.unet_evals, stats.max_residual)
 
 
+def _counted_eps(run: _Run, report: list[int]) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def eps(z: torch.Tensor, t: int) -> torch.Tensor:
+        report[0] += 1
+        if run.progress:
+            run.progress(1)
+        return run.model.eps(z, t)
+
+    return eps
+
+
+def _resample(run: _Run, image: np.ndarray, geometry: FaceGeometry, nonce: bytes, noise: torch.Tensor) -> tuple[torch.Tensor, FaceReport]:
+    """``veil``'s sampling half alone: the face from given keyed noise, with this image's context outside the mask."""
+    if run.settings.engine.context != "noised":
+        raise UsageError("a track's noise can only be reused with the 'noised' context")
+    context, public = public_context(run.model, image, geometry, nonce)
+    evals = [0]
+    mask = geometry.latent.to(context.device).expand_as(context)
+    trajectory = noised_trajectory(run.schedule, context, public)
+    z_out = masked_sample(_counted_eps(run, evals), run.schedule, noise.to(context.device), mask, trajectory)
+    return z_out, FaceReport(geometry.transform, evals[0], 0.0)
+
+
+def keyed_noise(rgb: np.ndarray, key: Key, model: DiffusionModel, face: FaceJob, settings: Settings | None = None) -> torch.Tensor:
+    """The keyed noise ``veil`` would sample ``face`` from: its masked inversion, scrambled by the key.
+
+    A video computes it once per track (``face.nonce`` is the track's) and passes it as
+    ``FaceJob.noise`` for every frame, so the track's face is one sample, not one per frame.
+    """
+    if face.nonce is None:
+        raise ValueError("keyed_noise needs the face's nonce (the track's)")
+    settings = settings or Settings()
+    run = _Run.of(model, key, settings, None)
+    image = np.ascontiguousarray(rgb, dtype=np.uint8)
+    outline = np.ascontiguousarray(face.outline, dtype=np.float32).reshape(-1, 2).astype(np.float64)
+    geometry = face_geometry(image.shape, face.transform, outline, model)
+    z0 = model.encode(_to_tensor(warp_crop(image, face.transform), model), refine_iters=settings.decoder_iters)
+    context, public = public_context(model, image, geometry, face.nonce)
+    zN, _ = masked_noise(_counted_eps(run, [0]), run.schedule, z0, geometry.latent.to(z0.device), settings.engine, context, public)
+    shape = tuple(zN.shape)
+    signs = torch.from_numpy(key.sign_pattern(face.nonce, shape)).to(zN.device)
+    partner = None
+    if settings.engine.mixing == "pairs":
+        partner = torch.from_numpy(key.pairing(face.nonce, shape, geometry.latent.expand(shape).numpy() > 0))
+    mask = geometry.latent.to(zN.device).expand_as(zN)
+    return mask * scramble(zN, signs, partner) + (1 - mask) * zN
+
+
 def _read_latent(run: _Run, image: np.ndarray, geometry: FaceGeometry, colour: Colour) -> torch.Tensor:
     """The latent recovery reads from a veiled image's face (colour map undone)."""
     crop = colour.inverse(warp_crop(image, geometry.transform).astype(np.float64))
@@ -422,7 +471,10 @@ def anonymize_array(
         nonce = face.nonce or new_nonce()
         crop = warp_crop(current, face.transform)
         z0 = model.encode(_to_tensor(crop, model), refine_iters=settings.decoder_iters)
-        z_out, report = _engine(run, current, z0, geometry, nonce)
+        if face.noise is None:
+            z_out, report = _engine(run, current, z0, geometry, nonce)
+        else:  # a video track's face: sampled from the track's keyed noise, this frame's context around it
+            z_out, report = _resample(run, current, geometry, nonce, face.noise)
         generated = _to_pixels(model.decode(z_out))
         colour = fit_colour(generated, crop.astype(np.float64), geometry.interior, geometry.edge) if settings.colour else Colour()
         layer = _layer(run, generated, current, geometry, colour, nonce)

@@ -20,6 +20,7 @@ works the same way (its work folder holds recovered frames: mode 0700, removed a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from faceveil.api import (
     RECOVERED_TAG,
@@ -51,6 +53,7 @@ from faceveil.pipeline import (
     FaceReport,
     Settings,
     anonymize_array,
+    keyed_noise,
     recover_opened,
 )
 from faceveil.video.header import Sidecar, digest, video_record, write_sidecar
@@ -287,6 +290,7 @@ def anonymize_video(
     smoothing: float = SIGMA,
     extend: int = EXTEND,
     per_frame_nonce: bool = False,
+    reuse_noise: bool = True,
 ) -> VideoResult:
     """Anonymize every face of every frame of a video; write the veiled video and its sidecar header.
 
@@ -295,8 +299,11 @@ def anonymize_video(
     approximate). Audio streams are copied as they are. An interrupted run resumes from
     its last whole chunk when called again with the same arguments. ``detector(index,
     rgb)`` replaces the face detector (default MediaPipe, :func:`faceveil.faces.detect_faces`);
-    ``smoothing`` (frames), ``extend`` and ``per_frame_nonce`` exist to measure the design
-    (``per_frame_nonce=True`` is what treating frames as independent photos would do).
+    ``smoothing`` (frames), ``extend``, ``per_frame_nonce`` and ``reuse_noise`` exist to
+    measure the design (``per_frame_nonce=True`` is what treating frames as independent
+    photos would do). ``reuse_noise`` (default) inverts each track once, at its first
+    detection, and samples every frame's face from that keyed noise with the frame's own
+    context: the face is the track's, not each frame's (exactness is the residual's).
     """
     source = Path(input)
     info = probe(source)
@@ -311,7 +318,8 @@ def anonymize_video(
     work = WorkFolder(target)
     identity = _identity("anonymize", source, settings=settings.to_json(), model=model.weights_hash, codec=codec,
                          chunk_frames=chunk_frames, mask=mask, min_face=min_face, residual=residual,
-                         smoothing=smoothing, extend=extend, per_frame_nonce=per_frame_nonce)
+                         smoothing=smoothing, extend=extend, per_frame_nonce=per_frame_nonce,
+                         reuse_noise=reuse_noise and not per_frame_nonce)
     plan = _resumable(work, identity, key)
     notes: list[str] = []
     if plan is None:
@@ -330,9 +338,16 @@ def anonymize_video(
     per_frame = frame_faces(tracks, total, extend, smoothing)
     reports: list[FaceReport] = []
 
+    noises = _track_noises(work, source, tracks, per_frame, key, model, settings, max_pixels) if identity["reuse_noise"] else {}
+
+    def track_noise(face: TrackFace, job: FaceJob, rgb: np.ndarray) -> torch.Tensor:
+        return noises[face.track]
+
     def process(frame: Frame) -> tuple[np.ndarray, dict]:
         i = frame.index
         jobs = _jobs(per_frame[i], model.image_size, per_frame_nonce)
+        if identity["reuse_noise"]:
+            jobs = [replace(job, noise=track_noise(face, job, frame.rgb)) for face, job in zip(per_frame[i], jobs)]
         array, record, face_reports = anonymize_array(frame.rgb, key, model, faces=jobs, settings=settings, residual=residual)
         reports.extend(face_reports)
         return array, {"record": pack_record(record).hex(), "kinds": [f.kind for f in per_frame[i]]}
@@ -357,6 +372,33 @@ def anonymize_video(
                    "detected": len(t.detections)} for t in tracks]
     return VideoResult(source, [target, sidecar_path(target)], reports, notes, frames=total, tracks=track_info,
                        seconds=clock.seconds, frames_run=clock.frames, resumed_at=first, frame_faces=per_frame)
+
+
+def _track_noises(work: WorkFolder, source: Path, tracks: list[Track], per_frame: list[list[TrackFace]], key: Key,
+                  model: DiffusionModel, settings: Settings, max_pixels: int | None) -> dict[int, torch.Tensor]:
+    """Each track's keyed noise, from the frame of its first detection (a whole face, not a flow-followed
+    edge); kept in the work folder (0600) so that a resumed run samples the same faces."""
+    noises: dict[int, torch.Tensor] = {}
+    first: dict[int, list[int]] = {}
+    for track in tracks:
+        path = work.path / f"noise-{track.id:04d}.npy"
+        if path.is_file():
+            noises[track.id] = torch.from_numpy(np.load(path))
+        else:
+            first.setdefault(track.first, []).append(track.id)
+    if not first:
+        return noises
+    for frame in iter_frames(source, max_pixels):
+        for track_id in first.pop(frame.index, []):
+            (face,) = [f for f in per_frame[frame.index] if f.track == track_id]
+            (job,) = _jobs([face], model.image_size, False)
+            noises[track_id] = keyed_noise(frame.rgb, key, model, job, settings)
+            buffer = io.BytesIO()
+            np.save(buffer, noises[track_id].cpu().numpy())
+            write_file(work.path / f"noise-{track_id:04d}.npy", buffer.getvalue(), overwrite=True, mode=0o600)
+        if not first:
+            break
+    return noises
 
 
 def _records(work: WorkFolder, chunks: int) -> Iterator[bytes]:
