@@ -134,6 +134,7 @@ def test_hostile_argon2_parameters_are_refused_before_work(tmp_path, change):
     record["kdf"].update(change)
     path = tmp_path / "hostile.key"
     path.write_text(json.dumps(record))
+    os.chmod(path, 0o600)
     with pytest.raises(KeyFileError):
         Key.load(path, passphrase="pw")
 
@@ -144,6 +145,7 @@ def test_oversized_and_deeply_nested_key_files_are_not_key_files(tmp_path):
     deep = tmp_path / "deep.key"
     deep.write_bytes(b"[" * 50_000 + b"]" * 50_000)
     for path in (big, deep, tmp_path):
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
         with pytest.raises(KeyFileError):
             Key.load(path)
         assert Key.file_needs_passphrase(path) is False
