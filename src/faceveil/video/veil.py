@@ -76,7 +76,7 @@ LOSSY_SUFFIXES = {".mp4", ".mov", ".m4v"}
 VideoProgress = Callable[[str, int, int], None]
 
 # Measured by benchmarks/video_benchmark.py on the demo clip (README, "Videos"); shown for H.264.
-H264_QUALITY = ("CRF 18 re-encodes every pixel: measured frame PSNR 43.7-43.8 dB after recovery; faces whose sealed "
+H264_QUALITY = ("CRF 18 re-encodes every pixel: measured frame PSNR 43.7-44.0 dB after recovery; faces whose sealed "
                 "header holds the original region, every face with the draft model, come back exactly")
 
 
