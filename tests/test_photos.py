@@ -50,7 +50,7 @@ def test_group_photo_face_by_face_exact_recovery(group_photo, pixel_model, tmp_p
     path, original = group_photo
     key = Key.generate()
     # signs: the model-only bar below is about the residual; the default pairs mixing moves inversion error to
-    # random coordinates, which costs model-only reconstructions 1.5 dB with the embedded model (README, Security)
+    # random coordinates, which costs model-only reconstructions about 1 dB with the embedded model (README, Security)
     signs = Settings(replace(FAST.engine, mixing="signs"))
     result = anonymize(path, key, tmp_path / "v.png", model=pixel_model, settings=signs)
     veiled = np.asarray(Image.open(tmp_path / "v.png"))
