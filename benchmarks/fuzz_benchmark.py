@@ -63,7 +63,8 @@ def bombs(folder: Path) -> None:
         out = folder / f"out-{name}"
         out.mkdir()
         code, peak, _, err = run_one([*base, str(legit), str(bomb), "-o", str(out)], env)
-        reason = next((line for line in err.splitlines() if name in line), "").split(": ", 2)[-1]
+        reason = next((line for line in err.splitlines() if line.startswith("faceveil: ") and f"{name}.png" in line), "")
+        reason = reason.split(": ", 2)[-1]
         reason = reason.replace(f"{folder}/", "")[:100]
         print(f"| legitimate + `{name}` ({reason}) | {len(blob) / 1024:.1f} KiB | {code} | {peak:.0f} MiB |")
 
