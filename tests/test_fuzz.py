@@ -308,3 +308,23 @@ def test_header_bombs_exit_3_with_bounded_memory(corpus, pixel_model_dir, tmp_pa
     assert stderr.count("faceveil: ") >= len(bombs)  # each bomb named with its reason
     assert peak < alone + 48, f"peak {peak:.0f} MiB with {len(bombs)} bombs against {alone:.0f} MiB for the legitimate file alone"
     assert sorted(p.name for p in out.iterdir()) == ["legit.recovered.png", "manifest.json"]
+
+
+# ---- what the long campaign found (benchmarks/fuzz_benchmark.py --examples 2500), kept as regressions ----
+def test_detection_survives_sides_mediapipe_cannot_take():
+    """MediaPipe aborts the whole process on an image side of 32767 px or more; faceveil shows it a smaller copy."""
+    from faceveil.faces import detect_faces
+
+    for shape in ((40, 32767, 3), (32768, 40, 3), (2, 40000, 3)):
+        assert detect_faces(np.zeros(shape, np.uint8)) == []
+
+
+def test_a_face_region_beyond_the_residual_codec_is_a_usage_error(corpus):
+    """A whole-image 'face' wider than WebP's 16383 px used to escape as a ValueError after the model ran."""
+    with Scratch() as folder:
+        Image.fromarray(np.zeros((2, 46515, 3), np.uint8)).save(folder / "wide.png")
+        with pytest.raises(FaceveilError) as caught:
+            api.anonymize(folder / "wide.png", corpus["key"], folder / "out.veiled.png", model=corpus["model"],
+                          settings=Settings(EngineSettings(steps=2)), aligned=True)
+        assert caught.value.exit_code == 2 and "16383" in str(caught.value)
+        assert sorted(p.name for p in folder.iterdir()) == ["wide.png"]

@@ -40,7 +40,7 @@ from faceveil.faces.mask import default_outline, outline_alpha, outline_reach
 from faceveil.faces.paste import FaceRegion, blend_region, outline_region, sample_crop, sampled_cells
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
-from faceveil.residual import CODEC, apply_residual, decode_residual, encode_region, encode_residual, residual_image
+from faceveil.residual import CODEC, MAX_SIDE, apply_residual, decode_residual, encode_region, encode_residual, residual_image
 from faceveil.schema import check_public
 
 Progress = Callable[[int], None]
@@ -468,6 +468,12 @@ def anonymize_array(
         # float32 is what the header keeps (half the bytes); both directions use exactly these values
         outline = np.ascontiguousarray(face.outline, dtype=np.float32).reshape(-1, 2).astype(np.float64)
         geometry = face_geometry(current.shape, face.transform, outline, model)
+        y0, y1, x0, x1 = geometry.region.bounds
+        if residual and max(y1 - y0, x1 - x0) > MAX_SIDE:
+            raise UsageError(
+                f"a face region of {x1 - x0}x{y1 - y0} px is larger than the {MAX_SIDE} px the sealed residual can "
+                "hold; downscale the image"
+            )
         nonce = face.nonce or new_nonce()
         crop = warp_crop(current, face.transform)
         z0 = model.encode(_to_tensor(crop, model), refine_iters=settings.decoder_iters)

@@ -17,7 +17,7 @@ from PIL import Image
 
 CODEC = "webp-lossless"
 _OFFSET = 128
-_MAX_SIDE = 16383  # WebP's limit per side
+MAX_SIDE = 16383  # WebP's limit per side: the largest face region box faceveil can seal
 
 
 def residual_image(original: np.ndarray, predicted: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -43,8 +43,8 @@ def encode_residual(residual: np.ndarray) -> bytes:
     h, w = residual.shape[:2]
     if h == 0 or w == 0:
         return b""
-    if h > _MAX_SIDE or w > _MAX_SIDE:
-        raise ValueError(f"face region {w}x{h} exceeds the residual codec's {_MAX_SIDE} px side")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise ValueError(f"face region {w}x{h} exceeds the residual codec's {MAX_SIDE} px side")
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(residual), "RGB").save(buffer, format="WEBP", lossless=True, quality=100, method=4, exact=True)
     return buffer.getvalue()

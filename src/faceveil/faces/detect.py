@@ -41,6 +41,7 @@ _MOUTH_LEFT = 291
 _MESH_CROP = 256  # side of the normalised crop the mesh runs on
 _MESH_CROP_FACTOR = 2.0  # crop side relative to the detection box side
 _TILE_MIN = 384  # smallest tile side for tiled detection
+_MAX_DETECTOR_SIDE = 16384  # larger images (or tiles) are shown to the detector downscaled to this side
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,9 +160,13 @@ def _run_detector(img: np.ndarray, min_score: float, ox: float, oy: float) -> li
     which the short-range model finds; duplicates are merged later.
     """
     h, w = img.shape[:2]
+    if max(h, w) > _MAX_DETECTOR_SIDE:  # MediaPipe aborts the process on a side of 32767 px or more
+        scale = _MAX_DETECTOR_SIDE / max(h, w)
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     img = np.ascontiguousarray(img)
     out: list[_Raw] = []
-    for model in (1, 0):
+    for model in (1, 0):  # detections are relative to the image: they scale back to w x h as they are
         out += _parse(_process(_detector(model, min_score), img), w, h, ox, oy)
     return out
 
