@@ -102,14 +102,20 @@ def _replace(node, path, value):
 
 
 @st.composite
+def bit_flips(draw, data: bytes, most: int) -> bytes:
+    """``data`` with 1 to ``most`` bits flipped at drawn positions."""
+    raw = bytearray(data)
+    for at in draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=most)):
+        raw[at] ^= 1 << draw(st.integers(0, 7))
+    return bytes(raw)
+
+
+@st.composite
 def mutated_png(draw, png: bytes, key: Key) -> bytes:
     chunks = png_chunks(png)
     kind = draw(st.sampled_from(["flip", "truncate", "reorder", "duplicate", "drop", "length", "hostile-json", "garbage"]))
     if kind == "flip":
-        data = bytearray(png)
-        for at in draw(st.lists(st.integers(0, len(png) - 1), min_size=1, max_size=8)):
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        return bytes(data)
+        return draw(bit_flips(png, 8))
     if kind == "truncate":
         return png[: draw(st.integers(0, len(png) - 1))]
     if kind in ("reorder", "duplicate", "drop"):
@@ -161,10 +167,7 @@ def test_recover_survives_any_mutated_sidecar(corpus, data):
     sidecar = corpus["sidecar"]
     kind = data.draw(st.sampled_from(["flip", "truncate", "extend", "random"]))
     if kind == "flip":
-        raw = bytearray(sidecar)
-        for at in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=8)):
-            raw[at] ^= 1 << data.draw(st.integers(0, 7))
-        sidecar = bytes(raw)
+        sidecar = data.draw(bit_flips(sidecar, 8))
     elif kind == "truncate":
         sidecar = sidecar[: data.draw(st.integers(0, len(sidecar) - 1))]
     elif kind == "extend":
@@ -238,10 +241,7 @@ def test_anonymize_survives_any_hostile_image(corpus, case, aligned):
 def hostile_key_file(draw, valid: bytes) -> bytes:
     kind = draw(st.sampled_from(["flip", "truncate", "json", "field", "random"]))
     if kind == "flip":
-        raw = bytearray(valid)
-        for at in draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4)):
-            raw[at] ^= 1 << draw(st.integers(0, 7))
-        return bytes(raw)
+        return draw(bit_flips(valid, 4))
     if kind == "truncate":
         return valid[: draw(st.integers(0, len(valid) - 1))]
     if kind == "json":
