@@ -141,7 +141,7 @@ class DiffusionModel:
         """Image in [-1, 1] (B, 3, H, W) to latent; ``refine_iters`` > 0 runs decoder inversion.
 
         Decoder inversion optimises the latent so that ``decode(z)`` matches ``x``
-        (Adam on the squared error), starting from the encoder's estimate.
+        (Adam on each sample's mean squared error), starting from the encoder's estimate.
         """
         if self.autoencoder is None:
             return x.clone()
@@ -157,7 +157,8 @@ class DiffusionModel:
         optimizer = torch.optim.Adam([z], lr=lr)
         for _ in range(refine_iters):
             optimizer.zero_grad()
-            loss = torch.nn.functional.mse_loss(self._decode(z), x)
+            # each sample's own mean error, summed: a sample's gradient does not depend on the batch it is in
+            loss = torch.nn.functional.mse_loss(self._decode(z), x, reduction="none").flatten(1).mean(1).sum()
             loss.backward()
             optimizer.step()
         return z.detach()

@@ -2,7 +2,15 @@
 
 from faceveil.engine.ddim import Schedule, ddim_step, invert, sample
 from faceveil.engine.veil import (
-    CONTEXTS, MIXINGS, EngineSettings, VeilStats, masked_invert, masked_noise, masked_sample, scramble, veil,
+    CONTEXTS,
+    MIXINGS,
+    EngineSettings,
+    VeilStats,
+    masked_invert,
+    masked_noise,
+    masked_sample,
+    scramble,
+    veil,
 )
 
 __all__ = [

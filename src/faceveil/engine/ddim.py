@@ -8,8 +8,8 @@ moves down (sampling) and up (inversion); what differs is where ``eps`` is evalu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -29,7 +29,7 @@ class Schedule:
         return len(self.timesteps) - 1
 
     @classmethod
-    def from_scheduler(cls, scheduler, steps: int) -> "Schedule":
+    def from_scheduler(cls, scheduler, steps: int) -> Schedule:
         """The grid of a diffusers scheduler (its ``alphas_cumprod`` and ``set_timesteps``)."""
         if steps < 1:
             raise ValueError("steps must be at least 1")

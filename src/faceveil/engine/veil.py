@@ -64,20 +64,25 @@ class EngineSettings:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "EngineSettings":
+    def from_json(cls, data: dict) -> EngineSettings:
         return cls(**{k: data[k] for k in ("steps", "refine_iters", "refine_tol", "context")}, mixing=data.get("mixing", "signs"))
 
 
 @dataclass
 class VeilStats:
-    """What one ``veil`` call cost and how exact its inversion was."""
+    """What one ``veil`` call cost and how exact its inversion was (for a batch: per sample)."""
 
-    unet_evals: int = 0
-    step_residuals: list[float] = field(default_factory=list)  # per inversion step, max |error|, latent units
+    unet_evals: int = 0  # evaluations each sample went through (a batch's evaluation counts once)
+    step_residuals: list[list[float]] = field(default_factory=list)  # per inversion step, per sample: max |error|
 
     @property
     def max_residual(self) -> float:
-        return max(self.step_residuals, default=0.0)
+        """The worst step residual of any sample."""
+        return max((max(step) for step in self.step_residuals if step), default=0.0)
+
+    def sample_residual(self, index: int) -> float:
+        """The worst step residual of sample ``index`` of the batch."""
+        return max((step[index] for step in self.step_residuals), default=0.0)
 
 
 class _CountingEps:
@@ -92,6 +97,10 @@ class _CountingEps:
 def noised_trajectory(schedule: Schedule, context: torch.Tensor, noise: torch.Tensor) -> list[torch.Tensor]:
     """``[sqrt(a_k) c + sqrt(1 - a_k) n for each level k]``: the forward-noised context."""
     return [a**0.5 * context + (1 - a) ** 0.5 * noise for a in schedule.alphas]
+
+
+def _per_sample_max(x: torch.Tensor) -> torch.Tensor:
+    return x.abs().flatten(1).amax(dim=1)
 
 
 def masked_invert(
@@ -111,29 +120,39 @@ def masked_invert(
     iteration ``z <- invert(w_prev, eps(z))`` until a sampling step from ``z`` lands on
     ``w_prev`` within ``refine_tol`` (max abs), or ``refine_iters`` iterations are spent.
     Where the iteration overshoots (the noise predictor is steep there), it backtracks
-    with halved steps from the best point so far, so the residual never grows.
+    with halved steps from the best point so far, so the residual never grows. A batch
+    (first dimension) is refined sample by sample: a converged sample stays where it is
+    while the others go on.
     """
 
     def pin(z: torch.Tensor, k: int) -> torch.Tensor:
         return z if context is None else mask * z + (1 - mask) * context[k]
 
+    def per_sample(flags: torch.Tensor) -> torch.Tensor:  # (B,) -> broadcastable to z
+        return flags.view(-1, *([1] * (z0.dim() - 1)))
+
+    batch = z0.shape[0]
     w = [pin(z0, 0)]
     for k in range(1, schedule.steps + 1):
         prev, a_prev, a_k, t = w[-1], schedule.alphas[k - 1], schedule.alphas[k], schedule.timesteps[k]
         z = pin(ddim_step(prev, eps_fn(prev, t), a_prev, a_k), k)
-        best_z, best_residual, best_move, damping = z, float("inf"), None, 1.0
+        best_z, best_move = z, torch.zeros_like(z)
+        best_residual = torch.full((batch,), float("inf"), dtype=torch.float64)
+        damping = torch.ones(batch, dtype=z.dtype, device=z.device)
         for _ in range(refine_iters):
             eps = eps_fn(z, t)
-            residual = float(((ddim_step(z, eps, a_k, a_prev) - prev) * mask).abs().max())
-            if residual < best_residual:  # progress: keep it, take the full fixed-point step from here
-                best_z, best_residual, damping = z, residual, 1.0
-                best_move = pin(ddim_step(prev, eps, a_prev, a_k), k) - z
-            else:  # the iteration overshot: backtrack along the best point's step
-                damping *= 0.5
-            if best_residual <= refine_tol:
+            residual = _per_sample_max((ddim_step(z, eps, a_k, a_prev) - prev) * mask).double().cpu()
+            better = residual < best_residual  # progress: keep it, take the full fixed-point step from there
+            b = per_sample(better.to(z.device))
+            best_move = torch.where(b, pin(ddim_step(prev, eps, a_prev, a_k), k) - z, best_move)
+            best_z = torch.where(b, z, best_z)
+            best_residual = torch.where(better, residual, best_residual)
+            damping = torch.where(better.to(z.device), torch.ones_like(damping), damping * 0.5)  # else backtrack
+            done = best_residual <= refine_tol
+            if bool(done.all()):
                 break
-            z = best_z + damping * best_move
-        stats.step_residuals.append(best_residual if refine_iters else float("nan"))
+            z = torch.where(per_sample(done.to(z.device)), best_z, best_z + per_sample(damping) * best_move)
+        stats.step_residuals.append(best_residual.tolist() if refine_iters else [float("nan")] * batch)
         w.append(best_z)
     return w
 
@@ -151,15 +170,18 @@ def masked_sample(
 def scramble(z: torch.Tensor, signs: torch.Tensor, partner: torch.Tensor | None = None) -> torch.Tensor:
     """The key's operation on noise: ``signs * z``, or with ``partner``, ``s_i * z[partner(i)]``.
 
-    Paired coordinates share one sign, so applying it twice gives ``z`` back.
+    ``partner`` indexes each sample's flattened coordinates: shape (N,) for one sample,
+    (B, N) for a batch, one involution per sample. Paired coordinates share one sign, so
+    applying it twice gives ``z`` back.
     """
     if partner is None:
         return signs * z
-    flat, s = z.reshape(-1), signs.reshape(-1)
-    partner = partner.to(z.device)
-    index = torch.arange(flat.numel(), device=z.device)
-    shared = torch.where(partner < index, s[partner], s)  # each pair takes its first member's sign
-    return (shared * flat[partner]).reshape(z.shape)
+    batch = z.shape[0]
+    flat, s = z.reshape(batch, -1), signs.expand_as(z).reshape(batch, -1)
+    partner = partner.to(z.device).reshape(-1, flat.shape[1]).expand(batch, -1)
+    index = torch.arange(flat.shape[1], device=z.device).expand(batch, -1)
+    shared = torch.where(partner < index, torch.gather(s, 1, partner), s)  # each pair takes its first member's sign
+    return (shared * torch.gather(flat, 1, partner)).reshape(z.shape)
 
 
 def veil(
@@ -173,13 +195,14 @@ def veil(
     context_noise: torch.Tensor | None = None,
     partner: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, VeilStats]:
-    """Anonymize (or, with the same ``signs``, recover) one clean latent ``z0``.
+    """Anonymize (or, with the same ``signs``, recover) clean latents ``z0`` (a batch of B, first dimension).
 
     ``mask`` (broadcastable to ``z0``, 1 inside the face) and ``signs`` (+1/-1, shape of
-    ``z0``) select and flip the noise. ``context_latent`` is required for the
+    ``z0``) select and flip the noise; every sample has its own. ``context_latent`` is required for the
     ``"inverted"`` and ``"noised"`` contexts, ``context_noise`` for ``"noised"``.
-    ``partner`` (an involution of the flat indices, see ``Key.pairing``) also swaps
-    paired noise coordinates; the whole key operation stays its own inverse.
+    ``partner`` (an involution of each sample's flat indices, see ``Key.pairing``; (B, N))
+    also swaps paired noise coordinates; the whole key operation stays its own inverse.
+    The samples of a batch go through the UNet together, one evaluation per step for all.
     """
     stats = VeilStats()
     counted = _CountingEps(eps_fn, stats)
