@@ -14,12 +14,34 @@ from pathlib import Path
 import numpy as np
 
 from faceveil.container import open_header, read_record, write_image, write_veiled
-from faceveil.errors import NoFaceError, UsageError
-from faceveil.faces import DEFAULT_MIN_SIZE, alignment_transform, detect_faces, face_outline
-from faceveil.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image, to_output_array, upright_exif
+from faceveil.errors import FaceveilError, NoFaceError, UsageError
+from faceveil.faces import (
+    DEFAULT_MIN_SIZE,
+    alignment_transform,
+    detect_faces,
+    face_outline,
+)
+from faceveil.imageio import (
+    DEFAULT_MAX_PIXELS,
+    LoadedImage,
+    read_image,
+    to_output_array,
+    upright_exif,
+)
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel, default_model, load_model
-from faceveil.pipeline import FaceJob, FaceReport, Progress, Settings, anonymize_array, recover_opened
+from faceveil.pipeline import (
+    DEFAULT_BATCH,
+    FaceJob,
+    FaceReport,
+    PhotoJob,
+    Progress,
+    RecoverInfo,
+    Settings,
+    VeiledPhoto,
+    anonymize_arrays,
+    recover_arrays,
+)
 
 VEILED_TAG = ".veiled"
 RECOVERED_TAG = ".recovered"
@@ -41,8 +63,7 @@ def default_output(input_path: Path, tag: str) -> Path:
 
     stem = input_path.stem
     for known in (VEILED_TAG, RECOVERED_TAG):
-        if stem.endswith(known):
-            stem = stem[: -len(known)]
+        stem = stem.removesuffix(known)
     suffix = ".mkv" if input_path.suffix.lower() in VIDEO_SUFFIXES else ".png"
     return input_path.with_name(f"{stem}{tag}{suffix}")
 
@@ -111,26 +132,54 @@ def anonymize(
     An image with no face raises ``NoFaceError`` unless ``allow_no_face`` is set, in
     which case it is written unchanged (with a header, so ``recover`` accepts it).
     """
-    source = Path(input)
+    return _one(anonymize_files(
+        [(input, output)], key, model=model, steps=steps, settings=settings, aligned=aligned, mask=mask, min_face=min_face,
+        allow_no_face=allow_no_face, residual=residual, max_pixels=max_pixels, overwrite=overwrite, progress=progress,
+    ))
+
+
+def _one(results: list) -> Result:
+    if isinstance(results[0], BaseException):
+        raise results[0]
+    return results[0]
+
+
+@dataclass
+class _Prepared:
+    """One file read and checked, ready for the model."""
+
+    source: Path
+    target: Path
+    loaded: LoadedImage
+    notes: list[str]
+    jobs: list[FaceJob] | None = None  # anonymize: the faces found (None: the whole image, --aligned)
+    public: dict | None = None  # recover: the opened header
+    private: dict | None = None
+
+
+def _prepare_anonymize(source: Path, output, model: DiffusionModel, aligned: bool, mask: str, min_face: int,
+                       allow_no_face: bool, max_pixels: int | None, overwrite: bool) -> _Prepared:
     loaded = read_image(source, max_pixels=max_pixels)
     target = Path(output) if output is not None else default_output(source, VEILED_TAG)
     _check_output(target, [source], overwrite)
-    settings = settings or Settings()
-    if steps is not None:
-        settings = replace(settings, engine=replace(settings.engine, steps=steps))
-    key, model = _key(key), _model(model)
-    notes: list[str] = []
-    jobs = None
+    prepared = _Prepared(source, target, loaded, [])
     if not aligned:
-        jobs, notes = find_faces(loaded.rgb, model.image_size, mask=mask, min_face=min_face)
-        if not jobs and not allow_no_face:
+        prepared.jobs, prepared.notes = find_faces(loaded.rgb, model.image_size, mask=mask, min_face=min_face)
+        if not prepared.jobs and not allow_no_face:
             raise NoFaceError(f"no face found in {source} (use --allow-no-face to pass it through, --aligned for a face crop)")
-        if not jobs:
-            notes.append("no face found: written unchanged (--allow-no-face)")
-    array, record, reports = anonymize_array(
-        loaded.rgb, key, model, faces=jobs, settings=settings, output_like=lambda rgb: to_output_array(loaded, rgb),
-        residual=residual, progress=progress, metadata=loaded.metadata,
-    )
+        if not prepared.jobs:
+            prepared.notes.append("no face found: written unchanged (--allow-no-face)")
+    return prepared
+
+
+def _photo_job(prepared: _Prepared) -> PhotoJob:
+    loaded = prepared.loaded
+    return PhotoJob(loaded.rgb, prepared.jobs, lambda rgb: to_output_array(loaded, rgb), loaded.metadata)
+
+
+def _write_anonymized(prepared: _Prepared, array: np.ndarray, record: dict, reports: list[FaceReport],
+                      residual: bool, overwrite: bool) -> Result:
+    notes, target, loaded = list(prepared.notes), prepared.target, prepared.loaded
     if not residual:
         notes.append("no residual stored (--no-residual): recovery will give the model's reconstruction, not the exact original")
     written = write_veiled(target, array, record, overwrite=overwrite)
@@ -143,7 +192,76 @@ def anonymize(
     if loaded.metadata:
         kinds = ", ".join("EXIF (GPS, camera, thumbnail)" if k == "exif" else k.upper().replace("_PROFILE", "") for k in loaded.metadata)
         notes.append(f"the input's metadata ({kinds}) is not in the veiled file; it is sealed in the header and restored by recover")
-    return Result(source, written, reports, notes)
+    return Result(prepared.source, written, reports, notes)
+
+
+def _batched(items: list, run_batch) -> list:
+    """``run_batch(items)``; where it refuses (a ``FaceveilError``: one item's fault), each item alone."""
+    if not items:
+        return []
+    try:
+        return run_batch(items)
+    except FaceveilError:
+        if len(items) == 1:
+            raise
+    out = []
+    for item in items:
+        try:
+            out.append(run_batch([item])[0])
+        except FaceveilError as exc:
+            out.append(exc)
+    return out
+
+
+def anonymize_files(
+    files: list[tuple[str | os.PathLike, str | os.PathLike | None]],
+    key: Key | str | os.PathLike,
+    model: DiffusionModel | str | None = None,
+    steps: int | None = None,
+    settings: Settings | None = None,
+    aligned: bool = False,
+    mask: str = "face",
+    min_face: int = DEFAULT_MIN_SIZE,
+    allow_no_face: bool = False,
+    residual: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> list[Result | FaceveilError]:
+    """``anonymize`` for several ``(input, output or None)`` files, their faces batched through the model.
+
+    Returns one ``Result`` or ``FaceveilError`` per file, in order: one file's failure
+    never stops the others. ``progress`` is called with the number of faces of each UNet
+    evaluation. Outputs are what ``anonymize`` writes for each file alone (new nonces).
+    """
+    settings = settings or Settings()
+    if steps is not None:
+        settings = replace(settings, engine=replace(settings.engine, steps=steps))
+    key, model = _key(key), _model(model)
+    slots: list = []
+    for source, output in files:
+        try:
+            slots.append(_prepare_anonymize(Path(source), output, model, aligned, mask, min_face, allow_no_face, max_pixels, overwrite))
+        except FaceveilError as exc:
+            slots.append(exc)
+    ready = [p for p in slots if isinstance(p, _Prepared)]
+
+    def run(items: list[_Prepared]) -> list:
+        return anonymize_arrays([_photo_job(p) for p in items], key, model, settings, residual, progress, batch_size)
+
+    done = iter(_batched(ready, run))
+    results: list = []
+    for slot in slots:
+        if not isinstance(slot, _Prepared):
+            results.append(slot)
+            continue
+        outcome = next(done)
+        try:
+            results.append(outcome if isinstance(outcome, FaceveilError) else _write_anonymized(slot, *outcome, residual, overwrite))
+        except FaceveilError as exc:
+            results.append(exc)
+    return results
 
 
 def recover(
@@ -161,21 +279,23 @@ def recover(
     The model named in the header is loaded unless ``model`` overrides it (a local copy);
     ``progress`` is called with 1 after every UNet evaluation.
     """
-    source = Path(input)
+    return _one(recover_files([(input, output)], key, model=model, use_residual=use_residual, max_pixels=max_pixels,
+                              overwrite=overwrite, progress=progress))
+
+
+def _prepare_recover(source: Path, output, key: Key, max_pixels: int | None, overwrite: bool) -> _Prepared:
     record = read_record(source)  # bounded by the image's declared size, validated, before any pixel is decoded
     loaded = read_image(source, max_pixels=max_pixels)
     target = Path(output) if output is not None else default_output(source, RECOVERED_TAG)
     _check_output(target, [source], overwrite)
-    key = _key(key)
     public, private = open_header(key, record)  # wrong key or tampering stops here, before any model work
-    model = _model(model if model is not None else public.get("model", {}).get("id") or default_model())
-    array, info = recover_opened(
-        _raw_array(loaded), public, private, key, model, output_like=lambda rgb: to_output_array(loaded, rgb),
-        use_residual=use_residual, progress=progress,
-    )
+    return _Prepared(source, target, loaded, [], public=public, private=private)
+
+
+def _write_recovered(prepared: _Prepared, array: np.ndarray, info: RecoverInfo, overwrite: bool) -> Result:
     notes = []
     if info.pixels_changed:
-        lossy = lossy_format(source)
+        lossy = lossy_format(prepared.source)
         if lossy:
             notes.append(
                 f"{lossy} is a lossy format: its pixels differ from those faceveil anonymized, so recovery is "
@@ -185,11 +305,78 @@ def recover(
             notes.append("the image was modified after anonymization (re-encoded or edited): recovery is approximate")
     if not info.used_residual:
         notes.append("no residual used: the faces are the model's reconstruction, not the exact original pixels")
+    elif info.inexact_faces and not info.pixels_changed:
+        faces = ", ".join(str(i + 1) for i in info.inexact_faces)
+        notes.append(
+            f"NOT EXACT: face(s) {faces} differ from the original (their sealed SHA-256 does not match): this machine's "
+            "model computes differently from the one that anonymized the file beyond what the sealed rounding covers "
+            "(another model build, device or library version?); the rest of the photo is exact"
+        )
     metadata = dict(info.metadata)
     if "exif" in metadata:  # the pixels are stored upright: the restored EXIF must say so
         metadata["exif"] = upright_exif(metadata["exif"])
-    written = [write_image(target, array, overwrite=overwrite, metadata=metadata)]
-    return Result(source, written, info.reports, notes)
+    written = [write_image(prepared.target, array, overwrite=overwrite, metadata=metadata)]
+    return Result(prepared.source, written, info.reports, notes)
+
+
+def recover_files(
+    files: list[tuple[str | os.PathLike, str | os.PathLike | None]],
+    key: Key | str | os.PathLike,
+    model: DiffusionModel | str | None = None,
+    use_residual: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    models: dict | None = None,
+) -> list[Result | FaceveilError]:
+    """``recover`` for several ``(input, output or None)`` files, their faces batched through the model.
+
+    One ``Result`` or ``FaceveilError`` per file, in order. Files naming different models
+    in their headers are recovered in one batch per model; ``models`` (name -> loaded
+    model) is a cache the caller may keep across calls.
+    """
+    key = _key(key)
+    models = models if models is not None else {}
+    slots: list = []
+    for source, output in files:
+        try:
+            slots.append(_prepare_recover(Path(source), output, key, max_pixels, overwrite))
+        except FaceveilError as exc:
+            slots.append(exc)
+    by_model: dict[object, list[_Prepared]] = {}
+    specs: dict[object, object] = {}
+    for slot in slots:
+        if isinstance(slot, _Prepared):
+            spec = model if model is not None else slot.public.get("model", {}).get("id") or default_model()
+            group = id(spec) if isinstance(spec, DiffusionModel) else str(spec)
+            specs[group] = spec if isinstance(spec, DiffusionModel) else str(spec)
+            by_model.setdefault(group, []).append(slot)
+    outcomes: dict[int, object] = {}
+    for group, items in by_model.items():
+        spec = specs[group]
+        try:
+            loaded_model = spec if isinstance(spec, DiffusionModel) else models.get(spec) or models.setdefault(spec, _model(spec))
+        except FaceveilError as exc:
+            outcomes.update({id(p): exc for p in items})
+            continue
+
+        def run(batch: list[_Prepared], m: DiffusionModel = loaded_model) -> list:
+            photos = [VeiledPhoto(_raw_array(p.loaded), p.public, p.private, lambda rgb, p=p: to_output_array(p.loaded, rgb)) for p in batch]
+            return recover_arrays(photos, key, m, use_residual, progress, batch_size)
+
+        outcomes.update({id(p): o for p, o in zip(items, _batched(items, run))})
+    results: list = []
+    for slot in slots:
+        if not isinstance(slot, _Prepared):
+            results.append(slot)
+            continue
+        outcome = outcomes[id(slot)]
+        try:
+            results.append(outcome if isinstance(outcome, FaceveilError) else _write_recovered(slot, *outcome, overwrite))
+        except FaceveilError as exc:
+            results.append(exc)
+    return results
 
 
 # Measured on faceveil's own JPEG output (quality 95) with the draft model: 17.0 dB median face PSNR
