@@ -110,6 +110,33 @@ def test_worker_reports_a_corrupt_file_and_recovers_exactly(tmp_path, pixel_mode
     assert np.array_equal(np.asarray(Image.open(back)), np.asarray(Image.open(source)))
 
 
+def test_worker_batch_keeps_every_file_its_own_record_and_recovers_exactly(tmp_path, pixel_model_dir):
+    """``process_many``: the faces of a group share UNet evaluations; each file still gets its own
+    record (a corrupt one fails, an existing output is adopted, not redone) and recovers bit for bit."""
+    key = Key.generate()
+    worker = _worker(pixel_model_dir, key, aligned=True, steps=3)
+    sources = [_face_crop(tmp_path / f"p{i}.png", 10 + i) for i in range(4)]
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    first = worker.process(str(sources[0]), str(tmp_path / "p0.veiled.png"))["record"]
+    assert first["status"] == "done"
+    written = (tmp_path / "p0.veiled.png").read_bytes()
+    tasks = [(str(s), str(tmp_path / f"{s.stem}.veiled.png")) for s in sources]
+    tasks.insert(2, (str(tmp_path / "bad.png"), str(tmp_path / "bad.veiled.png")))
+    outcomes = worker.process_many(tasks)
+    statuses = [o["record"]["status"] for o in outcomes]
+    assert statuses == ["done", "done", "failed", "done", "done"]
+    assert outcomes[0]["record"]["notes"] == [ADOPTED_NOTE] and (tmp_path / "p0.veiled.png").read_bytes() == written
+    assert outcomes[2]["exit_code"] == 2 and not (tmp_path / "bad.veiled.png").exists()
+    assert all(o["seconds"] > 0 for o in outcomes)
+
+    recoverer = _worker(pixel_model_dir, key, recovering=True)
+    back = recoverer.process_many([(t, str(tmp_path / f"{Path(s).stem}.recovered.png")) for s, t in tasks if "bad" not in s])
+    assert [o["record"]["status"] for o in back] == ["done"] * 4
+    for source in sources:
+        recovered = np.asarray(Image.open(tmp_path / f"{source.stem}.recovered.png"))
+        assert np.array_equal(recovered, np.asarray(Image.open(source)))
+
+
 def test_fsspec_dataset_keeps_the_batch_layout(tmp_path, pixel_model_dir):
     """An fsspec URL (the in-memory filesystem here; s3:// or gs:// for users) in and out."""
     import fsspec

@@ -240,6 +240,9 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
                         "or write --ray=ADDRESS")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="with --ray: number of workers (default: one per GPU of the cluster, else one per CPU)")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="with --ray: files per worker call, their faces sent through the UNet together (default 8; 1: one "
+                        "at a time); recovery is exact whatever the batch")
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.

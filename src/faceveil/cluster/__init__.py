@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from faceveil.cluster.driver import LOCAL, DatasetSummary, run_dataset
+from faceveil.cluster.driver import BATCH, LOCAL, DatasetSummary, run_dataset
 from faceveil.cluster.worker import Job
 from faceveil.errors import UsageError
 from faceveil.keys import Key
@@ -41,6 +41,7 @@ def anonymize_dataset(
     resume: bool = False,
     quiet: bool = True,
     gpus_per_worker: float = 1.0,
+    batch: int = BATCH,
     **options,
 ) -> DatasetSummary:
     """Anonymize every image of ``inputs`` (files, folders or fsspec URLs) on Ray.
@@ -49,11 +50,12 @@ def anonymize_dataset(
     default); ``options`` are :func:`faceveil.api.anonymize`'s (``settings``, ``steps``,
     ``aligned``, ``mask``, ``min_face``, ``allow_no_face``, ``residual``, ``max_pixels``).
     ``workers``: default one per GPU of the cluster (``gpus_per_worker`` below 1: several), else one per CPU.
+    ``batch``: files per worker call, their faces batched through the UNet (1: one at a time).
     """
     job = Job(recovering=False, model=model, options=options)
     return run_dataset(_inputs(inputs), None if output is None else str(output), _key(key), job,
                        address=address, workers=workers, recursive=recursive, resume=resume, quiet=quiet,
-                       gpus_per_worker=gpus_per_worker)
+                       gpus_per_worker=gpus_per_worker, batch=batch)
 
 
 def recover_dataset(
@@ -68,13 +70,14 @@ def recover_dataset(
     resume: bool = False,
     quiet: bool = True,
     gpus_per_worker: float = 1.0,
+    batch: int = BATCH,
     **options,
 ) -> DatasetSummary:
     """Recover every anonymized image (``*.veiled.*``) of ``inputs`` on Ray; ``options``: ``use_residual``, ``max_pixels``."""
     job = Job(recovering=True, model=model, options=options)
     return run_dataset(_inputs(inputs), None if output is None else str(output), _key(key), job,
                        address=address, workers=workers, recursive=recursive, resume=resume, quiet=quiet,
-                       gpus_per_worker=gpus_per_worker)
+                       gpus_per_worker=gpus_per_worker, batch=batch)
 
 
 def run_from_args(args: argparse.Namespace, key: Key, recovering: bool, settings=None, show: bool = False) -> int:
@@ -94,7 +97,7 @@ def run_from_args(args: argparse.Namespace, key: Key, recovering: bool, settings
     job = Job(recovering=recovering, model=args.model, options=options)
     summary = run_dataset(
         args.inputs, args.output, key, job, address=args.ray, workers=args.workers,
-        recursive=args.recursive, resume=args.resume, show=show, quiet=args.quiet,
+        recursive=args.recursive, resume=args.resume, show=show, quiet=args.quiet, batch=args.batch,
     )
     return summary.exit_code
 

@@ -1,10 +1,11 @@
 """The driver: plan the dataset, start or join Ray, keep every worker busy, keep ``manifest.json``.
 
-Scheduling is the driver's own (no Ray-side retries): each worker has at most
-``DEPTH`` files queued, results come back as manifest records, and a worker that dies
-is replaced by a fresh one (new model load, new key hand-over); the file it was on is
-tried again, up to ``MAX_ATTEMPTS`` times, the files queued behind it go elsewhere at
-no cost. Since an output is never written twice (atomic, no-clobber, adopted when
+Scheduling is the driver's own (no Ray-side retries): files go to workers in groups
+of up to ``batch`` (their faces share the UNet's evaluations), each worker has at most
+``DEPTH`` groups queued, results come back as manifest records, and a worker that dies
+is replaced by a fresh one (new model load, new key hand-over); the files of the group
+it was on are tried again one by one (so a file that kills workers fails alone), up to
+``MAX_ATTEMPTS`` times, the groups queued behind it go elsewhere at no cost. Since an output is never written twice (atomic, no-clobber, adopted when
 found), a retried file is anonymized at most once.
 """
 
@@ -28,7 +29,8 @@ from faceveil.errors import UsageError
 from faceveil.keys import Key
 
 LOCAL = "local"
-DEPTH = 2  # files queued per worker: the next one is there the moment one finishes
+DEPTH = 2  # groups queued per worker: the next one is there the moment one finishes
+BATCH = 8  # files per group (at most: smaller where the files left would not keep every worker busy)
 MAX_ATTEMPTS = 3  # a file whose worker died this often is reported failed (e.g. it runs the worker out of memory)
 LOG_EVERY_S = 10.0
 
@@ -64,7 +66,7 @@ class DatasetSummary:
 @dataclass
 class _Slot:
     actor: object
-    queue: deque = field(default_factory=deque)  # (ref, task) in submission order: the head is running
+    queue: deque = field(default_factory=deque)  # (ref, group of tasks) in submission order: the head is running
 
 
 def _ray(address: str = LOCAL):
@@ -109,7 +111,7 @@ class _StopRequest:
         self.signum = 0
         self._previous: dict = {}
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._note)
@@ -217,12 +219,16 @@ def run_dataset(
     show: bool = False,
     quiet: bool = False,
     gpus_per_worker: float = 1.0,
+    batch: int = BATCH,
 ) -> DatasetSummary:
     """Anonymize or recover every image of ``inputs`` on Ray; writes ``manifest.json`` in a ``-o`` folder.
 
     ``gpus_per_worker`` below 1 puts several workers on one GPU (e.g. 0.25: four), which pays
-    where a worker's CPU part (detection, residual, PNG) keeps its GPU waiting.
+    where a worker's CPU part (detection, residual, PNG) keeps its GPU waiting. ``batch``:
+    files per worker call, their faces batched through the UNet (1: file by file).
     """
+    if batch < 1:
+        raise UsageError("--batch must be at least 1")
     from faceveil.api import RECOVERED_TAG, VEILED_TAG
 
     summary = DatasetSummary()
@@ -254,7 +260,7 @@ def run_dataset(
             count = workers or None
             local_cpus = count if address == LOCAL else None
             with _ray_session(address, local_cpus) as ray, _StopRequest() as stop:  # after ray.init's own SIGTERM handler
-                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started, stop, gpus_per_worker)
+                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started, stop, gpus_per_worker, batch)
     except Interrupted as stop:  # SIGINT or SIGTERM: what finished is recorded, --resume does the rest
         summary.interrupted, summary.exit_code = True, stop.exit_code
     finally:
@@ -267,7 +273,7 @@ def run_dataset(
 
 def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: DatasetSummary,
               manifest: str | None, show: bool, quiet: bool, started: float, stop: _StopRequest,
-              gpus_per_worker: float) -> None:
+              gpus_per_worker: float, batch: int) -> None:
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     share = gpus_per_worker if gpus >= gpus_per_worker > 0 else 0
@@ -284,9 +290,9 @@ def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: 
             stop.check()
             for slot in pool.slots:
                 while todo and len(slot.queue) < DEPTH:
-                    task = todo.popleft()
-                    ref = slot.actor.process.remote(task[0], task[1])
-                    slot.queue.append((ref, task))
+                    group = _take(todo, batch, len(pool.slots))
+                    ref = slot.actor.process_many.remote([(source, target) for source, target, _ in group])
+                    slot.queue.append((ref, group))
                     running[ref] = slot
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:
@@ -294,18 +300,19 @@ def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: 
                 if slot is None:
                     continue  # already handled with its dead worker
                 try:
-                    outcome = ray.get(ref)
+                    outcomes = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # a bug inside the worker's method, not a death
                     reason = f"internal error: {exc.cause!r}"
-                    outcome = {"record": failed_entry(storage.source_key(slot_task(slot, ref)[0]), reason),
-                               "seconds": 0.0, "exit_code": 1}
+                    outcomes = [{"record": failed_entry(storage.source_key(task[0]), reason), "seconds": 0.0, "exit_code": 1}
+                                for task in slot_task(slot, ref)]
                 except ray.exceptions.RayError:
                     stop.check()  # workers dying of the same Ctrl-C are not replaced
                     _worker_died(pool, slot, running, todo, summary, progress)
                     continue
                 _drop(slot, ref)
-                _record(outcome, summary)
-                progress.advance()
+                for outcome in outcomes:
+                    _record(outcome, summary)
+                    progress.advance()
             if manifest and time.monotonic() - last_flush > max(5.0, 20 * flush_cost):
                 t = time.monotonic()
                 storage.save_manifest(manifest, summary.records)
@@ -320,36 +327,53 @@ def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: 
         pool.stop()
 
 
-def slot_task(slot: _Slot, ref) -> tuple:
-    return next(task for r, task in slot.queue if r == ref)
+def _take(todo: deque, batch: int, workers: int) -> list[tuple]:
+    """The next group of tasks: a retried file alone; else up to ``batch`` fresh ones, fewer
+    where the files left would not give every worker ``DEPTH`` groups."""
+    first = todo.popleft()
+    group = [first]
+    if first[2] > 0:
+        return group
+    size = max(1, min(batch, -(-(len(todo) + 1) // (workers * DEPTH))))
+    while todo and len(group) < size and todo[0][2] == 0:
+        group.append(todo.popleft())
+    return group
 
 
-def _drop(slot: _Slot, ref) -> tuple:
-    for i, (r, task) in enumerate(slot.queue):
+def slot_task(slot: _Slot, ref) -> list[tuple]:
+    return next(group for r, group in slot.queue if r == ref)
+
+
+def _drop(slot: _Slot, ref) -> list[tuple]:
+    for i, (r, group) in enumerate(slot.queue):
         if r == ref:
             del slot.queue[i]
-            return task
+            return group
     raise KeyError(ref)
 
 
 def _worker_died(pool: _Workers, slot: _Slot, running: dict, todo: deque, summary: DatasetSummary, progress: _Progress) -> None:
-    """The file the dead worker was on is charged one attempt; the ones queued behind it go back unchanged."""
+    """The files of the group the dead worker was on are charged one attempt each and go back one by one
+    (a file that kills its worker then fails alone); the groups queued behind it go back unchanged."""
     lost = list(slot.queue)
     slot.queue.clear()
     for ref, _ in lost:
         running.pop(ref, None)
-    (_, (source, target, attempts)), queued = lost[0], lost[1:]
-    for _, task in reversed(queued):
-        todo.appendleft(task)
-    if attempts + 1 >= MAX_ATTEMPTS:
-        reason = f"its worker died {MAX_ATTEMPTS} times on this file (out of memory, or a crash); not tried again"
-        _record({"record": failed_entry(storage.source_key(source), reason), "seconds": 0.0, "exit_code": 1}, summary)
-        progress.advance()
-    else:
-        todo.appendleft((source, target, attempts + 1))
+    (_, group), queued = lost[0], lost[1:]
+    for _, other in reversed(queued):
+        for task in reversed(other):
+            todo.appendleft(task)
+    for source, target, attempts in reversed(group):
+        if attempts + 1 >= MAX_ATTEMPTS:
+            reason = f"its worker died {MAX_ATTEMPTS} times on this file (out of memory, or a crash); not tried again"
+            _record({"record": failed_entry(storage.source_key(source), reason), "seconds": 0.0, "exit_code": 1}, summary)
+            progress.advance()
+        else:
+            todo.appendleft((source, target, attempts + 1))
     if pool.replaced >= MAX_ATTEMPTS * max(1, len(pool.slots)):
         raise UsageError(f"workers died {pool.replaced} times; stopping (see the Ray logs); --resume goes on from here")
-    print(f"faceveil: a worker died; starting another ({source} is tried again)", file=sys.stderr)
+    names = ", ".join(str(source) for source, _, _ in group)
+    print(f"faceveil: a worker died; starting another ({names} tried again)", file=sys.stderr)
     pool.replace(slot)
 
 

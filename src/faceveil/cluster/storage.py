@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from faceveil.batch import IMAGE_SUFFIXES, _is_output_name, merge_manifest, plan_tasks, write_manifest
+from faceveil.batch import (
+    IMAGE_SUFFIXES,
+    _is_output_name,
+    merge_manifest,
+    plan_tasks,
+    write_manifest,
+)
 from faceveil.errors import UsageError
 
 UPLOAD_MARK = ".faceveil-upload-"

@@ -1,8 +1,9 @@
-"""One cluster worker (a Ray actor): loads the model once, then anonymizes or recovers file after file.
+"""One cluster worker (a Ray actor): loads the model once, then anonymizes or recovers files, a batch at a time.
 
 A plain class, so it also runs in-process (tests); the driver wraps it with
 ``ray.remote``. Every file gives one manifest record (``faceveil.batch``'s format),
-never an exception: one bad file never stops the dataset.
+never an exception: one bad file never stops the dataset. ``process_many`` takes several
+files at once and sends their faces through the UNet together (``faceveil.api.anonymize_files``).
 
 Exactly once: an output that already exists is never written again. When a task finds
 its output there (an earlier attempt wrote it, then its worker or driver died before the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from faceveil.batch import done_entry, failed_entry
@@ -102,12 +104,84 @@ class FileWorker:
         except Exception as exc:  # noqa: BLE001 - a worker reports, it never dies of one file
             return outcome(failed_entry(key, f"internal error ({type(exc).__name__}): {exc}"), 1)
 
+    def process_many(self, tasks: list[tuple[str, str]]) -> list[dict]:
+        """Several files at once, their faces batched through the UNet: one ``process`` outcome per file, in order.
+
+        Each file is checked, staged and published on its own, as ``process`` does; a
+        file's failure is its own record. Should the batch itself break (not one file's
+        fault), the files are done one by one instead.
+        """
+        if len(tasks) <= 1 or self._key is None:
+            return [self.process(source, target) for source, target in tasks]
+        started = time.perf_counter()
+        outcomes: list[dict | None] = [None] * len(tasks)
+        try:
+            with ExitStack() as stack:
+                staged = []  # (index, manifest key, local source, local target, publish)
+                for i, (source, target) in enumerate(tasks):
+                    key = storage.source_key(source)
+                    if storage.exists(target) or self._is_video(source):
+                        outcomes[i] = self.process(source, target)  # adopted, or refused, as alone
+                        continue
+                    try:
+                        staged.append((i, key, *stack.enter_context(storage.staged(source, target))))
+                    except FaceveilError as exc:
+                        outcomes[i] = {"record": failed_entry(key, str(exc)), "seconds": 0.0, "exit_code": exc.exit_code}
+                results = self._run_many([(local_source, local_target) for _, _, local_source, local_target, _ in staged])
+                for (i, key, _, _, publish), result in zip(staged, results):
+                    outcomes[i] = self._outcome(key, tasks[i], result, publish)
+        except Exception:  # noqa: BLE001 - not one file's fault: redo those without a record, one by one
+            for i, (source, target) in enumerate(tasks):
+                if outcomes[i] is None:
+                    outcomes[i] = self.process(source, target)
+        share = (time.perf_counter() - started) / len(tasks)
+        return [{**o, "seconds": o["seconds"] or share} for o in outcomes]
+
+    def _outcome(self, key: str, task: tuple[str, str], result, publish) -> dict:
+        source, target = task
+        if isinstance(result, FaceveilError):
+            if storage.exists(target):  # another attempt won the race to write it
+                record, code = self._adopt(key, source, target)
+                return {"record": record, "seconds": 0.0, "exit_code": code}
+            return {"record": failed_entry(key, str(result)), "seconds": 0.0, "exit_code": result.exit_code}
+        try:
+            outputs = publish(result.outputs)
+        except FaceveilError as exc:
+            return {"record": failed_entry(key, str(exc)), "seconds": 0.0, "exit_code": exc.exit_code}
+        return {"record": done_entry(key, outputs, len(result.faces), result.notes), "seconds": 0.0, "exit_code": 0}
+
+    @staticmethod
+    def _is_video(source: str) -> bool:
+        from faceveil.batch import VIDEO_SUFFIXES
+
+        return os.path.splitext(source)[1].lower() in VIDEO_SUFFIXES
+
+    def _run_many(self, files: list[tuple]) -> list:
+        """``anonymize_files`` / ``recover_files`` on local paths: a Result or FaceveilError per file."""
+        from faceveil.api import anonymize_files, recover_files
+
+        options = dict(self._job.options)
+        if not self._job.recovering:
+            return anonymize_files(files, self._key, model=self._model(self._job.model), overwrite=False, **options)
+        by_model: dict = {}  # recovery: one batch per model named in the headers
+        for index, (source, target) in enumerate(files):
+            by_model.setdefault(self._job.model or _header_model(source), []).append(index)
+        results: list = [None] * len(files)
+        for spec, indices in by_model.items():
+            try:
+                model = self._model(spec)
+            except FaceveilError as exc:
+                for i in indices:
+                    results[i] = exc
+                continue
+            for i, result in zip(indices, recover_files([files[i] for i in indices], self._key, model=model, overwrite=False, **options)):
+                results[i] = result
+        return results
+
     def _run(self, source, target):
         from faceveil.api import anonymize, recover
 
-        from faceveil.batch import VIDEO_SUFFIXES
-
-        if source.suffix.lower() in VIDEO_SUFFIXES:
+        if self._is_video(str(source)):
             raise UsageError("videos are not spread over Ray (yet): run them without --ray")
         options = dict(self._job.options)
         if self._job.recovering:
