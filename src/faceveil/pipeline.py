@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,13 +63,13 @@ from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
 from faceveil.residual import (
     CODEC,
-    CODECS,
     MAX_SIDE,
     apply_residual,
     decode_residual,
-    decode_residual_ties,
+    decode_ties,
     encode_region,
     encode_residual,
+    encode_ties,
     residual_image,
     round_prediction,
     tie_codes,
@@ -681,12 +682,14 @@ def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: boo
             ties = tie_codes(values)
             original = state.current[y0:y1, x0:x1]
             box = residual_image(original, _box(round_prediction(values, ties), region), region.inside)
-            coded = encode_residual(box, _box(ties[:, None], region)[..., 0])
+            coded = {"residual": encode_residual(box)}
+            if ties.any():
+                coded["ties"] = encode_ties(ties)
             direct = encode_region(original, region.inside)
-            if len(direct) < len(coded):  # the model predicts this face worse than the codec alone
+            if len(direct) < sum(map(len, coded.values())):  # the model predicts this face worse than the codec alone
                 private["original"] = direct
             else:
-                private["residual"] = coded
+                private.update(coded)
     for state, veiled, private, report in zip(states, veiled_faces, privates, reports):
         state.reports.append(report)
         state.private_faces.append(private)
@@ -757,7 +760,6 @@ class _Recovering:
 
     photo: VeiledPhoto
     settings: Settings
-    codec: str
     current: np.ndarray
     faces: list[tuple[FaceGeometry, bytes, Colour, dict]]
     changed: bool
@@ -785,9 +787,8 @@ def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
         expected = public["image"]
         if len(privates) != len(faces):
             raise ValueError("face count mismatch")
-        codec = public["settings"].get("residual_codec", "webp-lossless")
-        if codec not in CODECS:
-            raise ValueError(f"unknown residual codec {codec!r}")
+        if public["settings"].get("residual_codec", CODEC) != CODEC:
+            raise ValueError(f"unknown residual codec {public['settings'].get('residual_codec')!r}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise HeaderError(f"the faceveil header is incomplete ({exc})") from None
     if public["model"]["weights_sha256"] != model.weights_hash:
@@ -801,7 +802,7 @@ def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
         for (transform, nonce), outline, colour, priv in zip(faces, outlines, colours, privates)
     ]
     return _Recovering(
-        photo, settings, codec, _read_back_rgb(np.asarray(array, dtype=np.uint8)), planned,
+        photo, settings, _read_back_rgb(np.asarray(array, dtype=np.uint8)), planned,
         pixels_sha256(array) != expected["pixels_sha256"], [None] * len(planned), _sealed_metadata(private),
     )
 
@@ -884,29 +885,36 @@ def _restore_round(run: _Run, items: list[tuple[_Recovering, int]], use_residual
         geometry, _, _, priv = state.faces[index]
         inside = geometry.region.inside
         if use_residual and "residual" in priv:
-            with_ties = state.codec == CODEC
-            box, ties = _decoded(priv["residual"], geometry.region, "residual", with_ties)
-            restored = apply_residual(round_prediction(values, ties[inside] if with_ties else None), box[inside])
+            box = _decoded(priv["residual"], geometry.region, "residual")
+            ties = _ties(priv.get("ties"), len(values))
+            restored = apply_residual(round_prediction(values, ties), box[inside])
         else:
             state.used_residual = False
             restored = round_prediction(values)
         _restore(state, index, restored, report)
 
 
-def _decoded(data: object, region: FaceRegion, what: str, with_ties: bool | None = None):
+def _decoded(data: object, region: FaceRegion, what: str) -> np.ndarray:
     """A sealed region image, decoded and checked against the region's box."""
     y0, y1, x0, x1 = region.bounds
     try:
         if not isinstance(data, bytes):
             raise TypeError("not bytes")
-        if with_ties is None:
-            return decode_residual(data, (y1 - y0, x1 - x0))
-        box, ties = decode_residual_ties(data, (y1 - y0, x1 - x0), with_ties)
-        if ties is not None and ties.max(initial=0) > 26:
-            raise ValueError("invalid rounding code")
-        return box, ties
+        return decode_residual(data, (y1 - y0, x1 - x0))
     except (ValueError, TypeError, OSError) as exc:
         raise HeaderError(f"the faceveil header's {what} is corrupt ({exc})") from None
+
+
+def _ties(data: object, count: int) -> np.ndarray | None:
+    """A face's sealed tie codes (``None``: no sample was near a tie, or the file predates them)."""
+    if data is None:
+        return None
+    try:
+        if not isinstance(data, bytes):
+            raise TypeError("not bytes")
+        return decode_ties(data, count)
+    except (ValueError, TypeError, zlib.error) as exc:
+        raise HeaderError(f"the faceveil header's rounding ties are corrupt ({exc})") from None
 
 
 def _restore(state: _Recovering, index: int, values: np.ndarray, report: FaceReport) -> None:

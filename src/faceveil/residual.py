@@ -11,21 +11,21 @@ Rounding ties: recovery's prediction is a float computation rounded to integers,
 same computation on other hardware, another thread count or another batch size differs in
 the last bits (measured: 1e-4 grey levels across torch thread counts). Where a value lies
 within ``TIE_BAND`` of a rounding tie (x.5), such a drift could round it the other way;
-so anonymization seals, for exactly those samples, which way it rounded (the residual's
-alpha channel, 0 elsewhere), and recovery rounds them that way. Everywhere else a drift
-below ``TIE_BAND`` cannot change the integer. The band is anonymization's choice alone:
-recovery needs only the sealed directions.
+so anonymization seals, for exactly those samples, which way it rounded (one code per
+region sample, 0 elsewhere, zlib-compressed: ``encode_ties``), and recovery rounds them
+that way. Everywhere else a drift below ``TIE_BAND`` cannot change the integer. The band
+is anonymization's choice alone: recovery needs only the sealed directions.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 from PIL import Image
 
-CODEC = "webp-lossless-ties"  # RGB residual, rounding directions of near-ties in alpha
-CODECS = ("webp-lossless", CODEC)  # readable: "webp-lossless" (faceveil <= 0.4) has no tie directions
+CODEC = "webp-lossless"
 TIE_BAND = 1 / 64  # grey levels: predictions this close to x.5 have their rounding sealed
 _DOWN, _UP = 1, 2  # a tie's digit per channel (0: not a tie); a sample's code is d0 + 3 d1 + 9 d2
 _OFFSET = 128
@@ -73,41 +73,47 @@ def round_prediction(values: np.ndarray, codes: np.ndarray | None = None) -> np.
     return np.clip(rounded, 0, 255).astype(np.uint8)
 
 
+def encode_ties(codes: np.ndarray) -> bytes:
+    """The tie codes of a region's samples (K uint8), zlib-compressed (mostly zeros: about 0.13 bytes per sample)."""
+    return zlib.compress(np.ascontiguousarray(codes, dtype=np.uint8).tobytes(), 9)
+
+
+def decode_ties(data: bytes, count: int) -> np.ndarray:
+    """Inverse of :func:`encode_ties` for a region of ``count`` samples; never inflates beyond that."""
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(data, count + 1)
+    if len(raw) != count or inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError(f"tie codes are not {count} samples")
+    codes = np.frombuffer(raw, dtype=np.uint8)
+    if codes.max(initial=0) > 26:
+        raise ValueError("invalid rounding code")
+    return codes.copy()
+
+
 def encode_region(original: np.ndarray, inside: np.ndarray) -> bytes:
     """The original pixels of a region's box as lossless WebP (0 outside the region): the
     alternative to a residual where the model predicts the face worse than the codec."""
     return encode_residual(np.where(inside[..., None], original, 0).astype(np.uint8))
 
 
-def encode_residual(residual: np.ndarray, ties: np.ndarray | None = None) -> bytes:
-    """Lossless WebP bytes of a residual box (H x W x 3 uint8), with ``ties`` (H x W codes) as alpha."""
+def encode_residual(residual: np.ndarray) -> bytes:
+    """Lossless WebP bytes of a residual box (H x W x 3 uint8)."""
     h, w = residual.shape[:2]
     if h == 0 or w == 0:
         return b""
     if h > MAX_SIDE or w > MAX_SIDE:
         raise ValueError(f"face region {w}x{h} exceeds the residual codec's {MAX_SIDE} px side")
     buffer = io.BytesIO()
-    pixels = residual if ties is None else np.concatenate([residual, ties[..., None]], axis=2)
-    Image.fromarray(np.ascontiguousarray(pixels), "RGB" if ties is None else "RGBA").save(buffer, format="WEBP", lossless=True, quality=100, method=4, exact=True)
+    Image.fromarray(np.ascontiguousarray(residual), "RGB").save(buffer, format="WEBP", lossless=True, quality=100, method=4, exact=True)
     return buffer.getvalue()
 
 
 def decode_residual(data: bytes, shape: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`encode_residual` without ties; ``shape`` (H, W) is checked before decoding."""
-    return decode_residual_ties(data, shape, with_ties=False)[0]
-
-
-def decode_residual_ties(data: bytes, shape: tuple[int, int], with_ties: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Inverse of :func:`encode_residual`: the box (H x W x 3) and its tie codes (H x W, or None)."""
+    """Inverse of :func:`encode_residual`; ``shape`` (H, W) is checked before decoding."""
     h, w = shape
     if h == 0 or w == 0:
-        return np.full((h, w, 3), _OFFSET, np.uint8), (np.zeros((h, w), np.uint8) if with_ties else None)
+        return np.full((h, w, 3), _OFFSET, np.uint8)
     with Image.open(io.BytesIO(data), formats=["WEBP"]) as image:
         if image.size != (w, h):
             raise ValueError(f"residual is {image.size}, expected {(w, h)}")
-        if not with_ties:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy(), None
-        if image.mode != "RGBA":
-            raise ValueError("residual has no rounding ties")
-        pixels = np.asarray(image, dtype=np.uint8)
-        return pixels[..., :3].copy(), pixels[..., 3].copy()
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()

@@ -91,7 +91,7 @@ def check_public(public: Any, height: int | None = None, width: int | None = Non
     Returns ``public`` unchanged, or raises ``HeaderError`` naming the first bad field.
     """
     from faceveil.engine import CONTEXTS, MIXINGS
-    from faceveil.residual import CODECS
+    from faceveil.residual import CODEC
 
     _dict(public, "public part", PUBLIC_FIELDS)
     model = _dict(public["model"], "model", MODEL_FIELDS)
@@ -110,7 +110,7 @@ def check_public(public: Any, height: int | None = None, width: int | None = Non
     _int(settings["decoder_iters"], "settings.decoder_iters", 0, MAX_ITERS)
     for name in ("hint", "colour", "grain"):
         _bool(settings[name], f"settings.{name}")
-    _text(settings["residual_codec"], "settings.residual_codec", choices=CODECS)
+    _text(settings["residual_codec"], "settings.residual_codec", choices=(CODEC,))
 
     image = _dict(public["image"], "image", IMAGE_FIELDS)
     h = _int(image["height"], "image.height", 1, MAX_SIDE)
