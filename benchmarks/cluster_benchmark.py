@@ -4,11 +4,13 @@ Runs, over the same LFW photos, each as the user would (a fresh ``faceveil anony
 process, wall clock from start to exit, one torch thread per worker):
 
 - the single-process batch: ``faceveil anonymize IN -o OUT --key K``;
-- ``--ray --workers 1`` and ``--ray --workers 2`` on a local Ray (start-up and steady
-  rate read from the run's own summary line).
+- ``--ray --workers W --batch B`` on a local Ray for each ``W:B`` of ``--runs`` (default
+  1 worker file by file, 1 worker in groups of 8, 2 workers in groups of 8; start-up and
+  steady rate read from the run's own summary line).
 
 Then it measures per-face costs in-process (UNet seconds per evaluation at batch 1 and
-batch 8, UNet evaluations per face, the seconds per photo outside the UNet) and prints
+batch 8, UNet evaluations per face, the seconds per photo outside the UNet, and the
+seconds per photo of ``api.anonymize_files`` with the faces batched) and prints
 what N workers would need for a million photos. GPU figures need one number this
 machine cannot measure, the GPU's seconds per UNet evaluation (``--gpu-eval-ms``); it is
 printed as an assumption.
@@ -82,9 +84,19 @@ def _per_face_costs(photos: list[Path], steps: int) -> dict:
                                progress=lambda n: evals.__setitem__(0, evals[0] + n))
         faces += len(result.faces)
     total = time.perf_counter() - t0
+    unet_single = unet[0]
+    unet[0] = 0.0
+    t0 = time.perf_counter()
+    results = api.anonymize_files([(photo, out / f"b{i}.veiled.png") for i, photo in enumerate(photos)], key,
+                                  model=model, steps=steps, batch_size=8)
+    batched = time.perf_counter() - t0
+    assert all(not isinstance(r, Exception) for r in results), results
+    unet_batched = unet[0]
     shutil.rmtree(out, ignore_errors=True)
-    unet = unet[0]
+    unet = unet_single
     return {
+        "s_per_photo_batched": batched / len(photos), "unet_s_per_photo_batched": unet_batched / len(photos),
+        "unet_s_per_photo_single": unet / len(photos),
         "unet_s_per_eval_batch1": timings[1], "unet_s_per_eval_batch8": timings[8],
         "evals_per_face": evals[0] / faces, "faces_per_photo": faces / len(photos),
         "unet_s_per_eval_in_runs": unet / max(1, evals[0]),
@@ -96,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (20: the default)")
-    parser.add_argument("--workers", default="1,2", help="worker counts to run on the local Ray")
+    parser.add_argument("--runs", default="1:1,1:8,2:8", help="WORKERS:BATCH runs on the local Ray")
     parser.add_argument("--profile-photos", type=int, default=4, help="photos for the in-process per-face costs")
     parser.add_argument("--gpu-eval-ms", type=float, default=5.0,
                         help="ASSUMED milliseconds per UNet evaluation on one GPU (not measurable here)")
@@ -121,11 +133,12 @@ def main() -> None:
         rows = []
         wall, _ = _run([*base, "-o", str(work / "single")], env)
         rows.append({"mode": "single-process batch", "wall_s": wall, "startup_s": None, "steady_images_per_s": None})
-        for count in [int(w) for w in args.workers.split(",")]:
-            wall, log = _run([*base, "-o", str(work / f"ray{count}"), "--ray", "--workers", str(count)], env)
+        for run in args.runs.split(","):
+            count, batch = (int(v) for v in run.split(":"))
+            wall, log = _run([*base, "-o", str(work / f"ray{count}-{batch}"), "--ray", "--workers", str(count), "--batch", str(batch)], env)
             m = RAY_LINE.search(log)
-            rows.append({"mode": f"--ray --workers {count}", "wall_s": wall, "startup_s": float(m[6]),
-                         "steady_images_per_s": float(m[5])})
+            rows.append({"mode": f"--ray --workers {count} --batch {batch}", "workers": count, "wall_s": wall,
+                         "startup_s": float(m[6]), "steady_images_per_s": float(m[5])})
         single = rows[0]["wall_s"]
         print("| run | wall s | images/s (wall) | speed-up (wall) | Ray start-up s | images/s after start-up |")
         print("|---|---|---|---|---|---|")
@@ -140,16 +153,20 @@ def main() -> None:
               f"{costs['unet_s_per_eval_batch8'] * 1e3:.1f} ms per sample at batch 8; "
               f"{costs['unet_s_per_eval_in_runs'] * 1e3:.1f} ms inside the runs; "
               f"{costs['evals_per_face']:.0f} evaluations per face; {costs['s_per_photo']:.2f} s per photo, of which "
-              f"{costs['s_per_photo_outside_unet']:.2f} s outside the UNet ({costs['faces_per_photo']:.2f} faces per photo)")
+              f"{costs['s_per_photo_outside_unet']:.2f} s outside the UNet ({costs['faces_per_photo']:.2f} faces per photo); "
+              f"faces batched by 8 (api.anonymize_files): {costs['s_per_photo_batched']:.2f} s per photo, UNet "
+              f"{costs['unet_s_per_photo_batched']:.2f} s per photo against {costs['unet_s_per_photo_single']:.2f} s one by one")
         steady = [r for r in rows if r["steady_images_per_s"]]
-        per_worker = steady[0]["steady_images_per_s"] / int(steady[0]["mode"].split()[-1])
-        efficiency = (steady[-1]["steady_images_per_s"] / int(steady[-1]["mode"].split()[-1])) / per_worker
-        photo_cpu = FACES_PER_LFW_PHOTO * costs["evals_per_face"] * costs["unet_s_per_eval_in_runs"] + costs["s_per_photo_outside_unet"]
+        per_worker = steady[-2]["steady_images_per_s"] / steady[-2]["workers"]
+        efficiency = (steady[-1]["steady_images_per_s"] / steady[-1]["workers"]) / per_worker
+        # CPU workers batch their faces (the default --batch 8): the UNet share at the batched cost measured above
+        batched_eval = costs["unet_s_per_photo_batched"] / (costs["faces_per_photo"] * costs["evals_per_face"])
+        photo_cpu = FACES_PER_LFW_PHOTO * costs["evals_per_face"] * batched_eval + costs["s_per_photo_outside_unet"]
         photo_gpu_unet = FACES_PER_LFW_PHOTO * costs["evals_per_face"] * args.gpu_eval_ms / 1e3
         photo_gpu = photo_gpu_unet + costs["s_per_photo_outside_unet"]
         print(f"\none million LFW-like photos ({FACES_PER_LFW_PHOTO:.2f} faces each), from these costs; per-worker "
-              f"efficiency at {steady[-1]['mode'].split()[-1]} workers here: {efficiency:.2f}")
-        print(f"| workers | CPU workers (measured cost {photo_cpu:.2f} s/photo) | GPU workers (ASSUMED {args.gpu_eval_ms:g} ms/eval: "
+              f"efficiency of '{steady[-1]['mode']}' against '{steady[-2]['mode']}' here: {efficiency:.2f}")
+        print(f"| workers | CPU workers, faces batched by 8 (measured cost {photo_cpu:.2f} s/photo) | GPU workers (ASSUMED {args.gpu_eval_ms:g} ms/eval: "
               f"{photo_gpu_unet:.2f} s UNet + {costs['s_per_photo_outside_unet']:.2f} s CPU per photo) |")
         print("|---|---|---|")
         for n in (1, 8, 64, 256):
