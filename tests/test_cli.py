@@ -237,15 +237,15 @@ def test_progress_bar_on_a_terminal_and_quiet_otherwise(face_png, keyfile, pixel
 
     args = ["--key", str(keyfile), "--model", str(pixel_model_dir), *FAST]
     assert main(["anonymize", str(face_png), "-o", str(tmp_path / "a.png"), *args]) == 0
-    assert "UNet evals" not in capsys.readouterr().err  # not a terminal: no bar
+    assert "face-evals" not in capsys.readouterr().err  # not a terminal: no bar
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(["anonymize", str(face_png), "-o", str(tmp_path / "b.png"), *args]) == 0
     shown = terminal.buffer.getvalue()
-    assert "anonymize face.png" in shown and "UNet evals" in shown
+    assert "anonymize face.png" in shown and "face-evals" in shown
     terminal.buffer.truncate(0)
     assert main(["anonymize", str(face_png), "-o", str(tmp_path / "c.png"), "--quiet", *args]) == 0
-    assert "UNet evals" not in terminal.buffer.getvalue()
+    assert "face-evals" not in terminal.buffer.getvalue()
 
 
 QUIET_SCRIPT = r"""

@@ -34,7 +34,7 @@ def test_stopped_batch_leaves_whole_files_and_resume_finishes(tmp_path, pixel_mo
     _inputs(src)
     assert main(["keygen", str(key)]) == 0
     command = [sys.executable, "-m", "faceveil", "anonymize", str(src), "-o", str(out), "--key", str(key),
-               "--model", str(pixel_model_dir), "--steps", "8", "--aligned", "--quiet"]
+               "--model", str(pixel_model_dir), "--steps", "8", "--aligned", "--quiet", "--batch", "2"]  # stopped inside a group
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120

@@ -8,6 +8,7 @@ the result atomically, never over an input and never over an existing file unles
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -228,12 +229,14 @@ def anonymize_files(
     overwrite: bool = False,
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH,
+    on_result: Callable[[int, Result | FaceveilError], None] | None = None,
 ) -> list[Result | FaceveilError]:
     """``anonymize`` for several ``(input, output or None)`` files, their faces batched through the model.
 
     Returns one ``Result`` or ``FaceveilError`` per file, in order: one file's failure
     never stops the others. ``progress`` is called with the number of faces of each UNet
-    evaluation. Outputs are what ``anonymize`` writes for each file alone (new nonces).
+    evaluation; ``on_result(index, outcome)`` as soon as a file's outcome is known (its
+    output written). Outputs are what ``anonymize`` writes for each file alone (new nonces).
     """
     settings = settings or Settings()
     if steps is not None:
@@ -251,16 +254,26 @@ def anonymize_files(
         return anonymize_arrays([_photo_job(p) for p in items], key, model, settings, residual, progress, batch_size)
 
     done = iter(_batched(ready, run))
-    results: list = []
-    for slot in slots:
+
+    def finish(slot) -> Result | FaceveilError:
         if not isinstance(slot, _Prepared):
-            results.append(slot)
-            continue
+            return slot
         outcome = next(done)
+        return outcome if isinstance(outcome, FaceveilError) else _write_anonymized(slot, *outcome, residual, overwrite)
+
+    return _finish_all(slots, finish, on_result)
+
+
+def _finish_all(slots: list, finish, on_result) -> list[Result | FaceveilError]:
+    """``finish`` each slot in order (writing its output), telling ``on_result`` at once."""
+    results: list = []
+    for index, slot in enumerate(slots):
         try:
-            results.append(outcome if isinstance(outcome, FaceveilError) else _write_anonymized(slot, *outcome, residual, overwrite))
+            results.append(finish(slot))
         except FaceveilError as exc:
             results.append(exc)
+        if on_result is not None:
+            on_result(index, results[-1])
     return results
 
 
@@ -329,12 +342,14 @@ def recover_files(
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH,
     models: dict | None = None,
+    on_result: Callable[[int, Result | FaceveilError], None] | None = None,
 ) -> list[Result | FaceveilError]:
     """``recover`` for several ``(input, output or None)`` files, their faces batched through the model.
 
-    One ``Result`` or ``FaceveilError`` per file, in order. Files naming different models
-    in their headers are recovered in one batch per model; ``models`` (name -> loaded
-    model) is a cache the caller may keep across calls.
+    One ``Result`` or ``FaceveilError`` per file, in order (``on_result`` as in
+    ``anonymize_files``). Files naming different models in their headers are recovered in
+    one batch per model; ``models`` (name -> loaded model) is a cache the caller may keep
+    across calls.
     """
     key = _key(key)
     models = models if models is not None else {}
@@ -366,17 +381,14 @@ def recover_files(
             return recover_arrays(photos, key, m, use_residual, progress, batch_size)
 
         outcomes.update({id(p): o for p, o in zip(items, _batched(items, run))})
-    results: list = []
-    for slot in slots:
+
+    def finish(slot) -> Result | FaceveilError:
         if not isinstance(slot, _Prepared):
-            results.append(slot)
-            continue
+            return slot
         outcome = outcomes[id(slot)]
-        try:
-            results.append(outcome if isinstance(outcome, FaceveilError) else _write_recovered(slot, *outcome, overwrite))
-        except FaceveilError as exc:
-            results.append(exc)
-    return results
+        return outcome if isinstance(outcome, FaceveilError) else _write_recovered(slot, *outcome, overwrite)
+
+    return _finish_all(slots, finish, on_result)
 
 
 # Measured on faceveil's own JPEG output (quality 95) with the draft model: 17.0 dB median face PSNR

@@ -65,7 +65,12 @@ def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recoverin
 
 
 def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show: bool = False) -> int:
-    """Run ``action`` on every task; one failure never stops the batch. Prints a summary."""
+    """Run ``action`` on every task, in groups of ``args.batch`` files; one failure never stops the batch.
+
+    ``action(pairs, report)`` processes ``[(source, target), ...]`` (a video always alone)
+    and calls ``report(index, result_or_error)`` as each file's outcome is known, so a
+    file written is recorded at once. Prints a summary.
+    """
     from tqdm import tqdm
 
     from faceveil.api import default_output
@@ -73,17 +78,22 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
     tasks = plan_tasks(args.inputs, args.output, getattr(args, "recursive", False), recovering, tag)
     if not tasks:
         raise UsageError("no input images found" + ("" if getattr(args, "recursive", False) else " (folders: add --recursive to go into subfolders)"))
+    batch = getattr(args, "batch", 1) or 1
+    if batch < 1:
+        raise UsageError("--batch must be at least 1")
     done, skipped, refused, failed, manifest = 0, 0, [], [], []
     first_failure = 0
+    bar = tqdm(total=len(tasks), desc="images", unit=" image", disable=len(tasks) < 2 or not show, file=sys.stderr)
     try:
-        with stop_signals():
-            for task in tqdm(tasks, desc="images", unit=" image", disable=len(tasks) < 2 or not show, file=sys.stderr):
+        with stop_signals(), bar:
+            runnable: list[tuple[Path, Path]] = []
+            for task in tasks:
                 target = task.target or default_output(task.source, tag)
-                source_key = str(task.source.resolve())
                 if target.exists() and not args.overwrite and not _same_file(target, task.source):
                     # an earlier run's output: --resume skips it quietly; without it the refusal is reported
                     # (exit 2) but the manifest keeps the earlier record: the output is not a failure
-                    manifest.append(skipped_entry(source_key, target))
+                    manifest.append(skipped_entry(str(task.source.resolve()), target))
+                    bar.update(1)
                     if args.resume:
                         skipped += 1
                         continue
@@ -92,21 +102,29 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
                     refused.append((task.source, reason))
                     first_failure = first_failure or UsageError.exit_code
                     continue
-                try:
-                    result = action(task.source, target)
-                except FaceveilError as exc:
-                    print(f"faceveil: {task.source}: {exc}", file=sys.stderr)
-                    failed.append((task.source, str(exc)))
-                    manifest.append(failed_entry(source_key, str(exc)))
-                    first_failure = first_failure or exc.exit_code
-                    continue
-                done += 1
-                for note in result.notes:
-                    print(f"faceveil: {task.source}: note: {note}", file=sys.stderr)
-                print(f"{task.source} -> {', '.join(str(p) for p in result.outputs)}")
-                manifest.append(done_entry(source_key, result.outputs, len(result.faces), result.notes))
+                runnable.append((task.source, target))
+            for group in _groups(runnable, batch):
+
+                def report(index: int, outcome, group=group) -> None:
+                    nonlocal done, first_failure
+                    source = group[index][0]
+                    source_key = str(source.resolve())
+                    bar.update(1)
+                    if isinstance(outcome, FaceveilError):
+                        print(f"faceveil: {source}: {outcome}", file=sys.stderr)
+                        failed.append((source, str(outcome)))
+                        manifest.append(failed_entry(source_key, str(outcome)))
+                        first_failure = first_failure or outcome.exit_code
+                        return
+                    done += 1
+                    for note in outcome.notes:
+                        print(f"faceveil: {source}: note: {note}", file=sys.stderr)
+                    print(f"{source} -> {', '.join(str(p) for p in outcome.outputs)}")
+                    manifest.append(done_entry(source_key, outcome.outputs, len(outcome.faces), outcome.notes))
+
+                action(group, report)
     except Interrupted as stop:
-        # the task in flight wrote nothing (atomic writes); what finished is kept and recorded
+        # the files in flight wrote nothing (atomic writes); what finished is kept and recorded
         print(f"faceveil: {stop.name}: stopped after {done} of {len(tasks)} (nothing partial was written); "
               "run the same command with --resume to finish", file=sys.stderr)
         first_failure = stop.exit_code
@@ -120,6 +138,18 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
     if args.output and Path(args.output).is_dir():
         write_manifest(Path(args.output) / "manifest.json", manifest)
     return first_failure
+
+
+def _groups(pairs: list[tuple[Path, Path]], size: int) -> list[list[tuple[Path, Path]]]:
+    """Consecutive groups of up to ``size`` images; a video is a group of its own."""
+    groups: list[list[tuple[Path, Path]]] = []
+    for pair in pairs:
+        video = pair[0].suffix.lower() in VIDEO_SUFFIXES
+        if video or not groups or len(groups[-1]) >= size or groups[-1][0][0].suffix.lower() in VIDEO_SUFFIXES:
+            groups.append([pair])
+        else:
+            groups[-1].append(pair)
+    return groups
 
 
 class Interrupted(BaseException):

@@ -77,10 +77,10 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def _progress_bar(desc: str, enabled: bool):
-    """A bar counting UNet evaluations (no total: refinement stops early, so any total would be wrong)."""
+    """A bar counting face-evaluations of the UNet (a batch of 8 faces counts 8; no total: refinement stops early)."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit=" UNet evals", leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(desc=desc, unit=" face-evals", leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
     return bar, bar.update
 
 
@@ -132,8 +132,20 @@ def _cmd_key_info(args: argparse.Namespace) -> int:
     return status
 
 
+def _outcome(run):
+    """``run()``'s result, or the ``FaceveilError`` it raised (a batch records it and goes on)."""
+    try:
+        return run()
+    except FaceveilError as exc:
+        return exc
+
+
+def _bar_name(verb: str, pairs: list) -> str:
+    return f"{verb} {pairs[0][0].name}" if len(pairs) == 1 else f"{verb} {len(pairs)} images"
+
+
 def _cmd_anonymize(args: argparse.Namespace) -> int:
-    from faceveil.api import VEILED_TAG, anonymize
+    from faceveil.api import VEILED_TAG, anonymize_files
     from faceveil.engine import EngineSettings
     from faceveil.models import load_model
     from faceveil.pipeline import Settings
@@ -154,30 +166,33 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
     model = load_model(args.model)  # None: the best embedded model
     show = _show_progress(args)
 
-    def action(source: Path, target: Path):
-        if source.suffix.lower() in VIDEO_SUFFIXES:
+    def action(pairs: list[tuple[Path, Path]], report) -> None:
+        source, target = pairs[0]
+        if source.suffix.lower() in VIDEO_SUFFIXES:  # a video comes alone
             from faceveil.video import anonymize_video
             from faceveil.video.progress import FrameBars
 
             with FrameBars(show) as bars:
-                return anonymize_video(
+                report(0, _outcome(lambda: anonymize_video(
                     source, key, target, model=model, settings=settings, mask=args.mask, min_face=args.min_face,
                     allow_no_face=args.allow_no_face, residual=not args.no_residual, max_pixels=args.max_pixels,
                     overwrite=args.overwrite, progress=bars.update,
-                )
-        bar, update = _progress_bar(f"anonymize {source.name}", show)
+                )))
+            return
+        bar, update = _progress_bar(_bar_name("anonymize", pairs), show)
         with bar:
-            return anonymize(
-                source, key, target, model=model, settings=settings, aligned=args.aligned, mask=args.mask,
+            anonymize_files(
+                pairs, key, model=model, settings=settings, aligned=args.aligned, mask=args.mask,
                 min_face=args.min_face, allow_no_face=args.allow_no_face, residual=not args.no_residual,
-                max_pixels=args.max_pixels, overwrite=args.overwrite, progress=update,
+                max_pixels=args.max_pixels, overwrite=args.overwrite, progress=update, batch_size=args.batch,
+                on_result=report,
             )
 
     return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show)
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
-    from faceveil.api import RECOVERED_TAG, recover
+    from faceveil.api import RECOVERED_TAG, recover_files
     from faceveil.models import load_model
 
     key = _load_key(args.key)
@@ -186,23 +201,26 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
         return run_from_args(args, key, recovering=True, show=_show_progress(args))
     model = load_model(args.model) if args.model else None
+    models: dict = {}  # the models named in the headers, each loaded once for the whole batch
     show = _show_progress(args)
 
-    def action(source: Path, target: Path):
-        if source.suffix.lower() in VIDEO_SUFFIXES:
+    def action(pairs: list[tuple[Path, Path]], report) -> None:
+        source, target = pairs[0]
+        if source.suffix.lower() in VIDEO_SUFFIXES:  # a video comes alone
             from faceveil.video import recover_video
             from faceveil.video.progress import FrameBars
 
             with FrameBars(show) as bars:
-                return recover_video(
+                report(0, _outcome(lambda: recover_video(
                     source, key, target, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
                     overwrite=args.overwrite, progress=bars.update,
-                )
-        bar, update = _progress_bar(f"recover {source.name}", show)
+                )))
+            return
+        bar, update = _progress_bar(_bar_name("recover", pairs), show)
         with bar:
-            return recover(
-                source, key, target, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
-                overwrite=args.overwrite, progress=update,
+            recover_files(
+                pairs, key, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
+                overwrite=args.overwrite, progress=update, batch_size=args.batch, models=models, on_result=report,
             )
 
     return run_batch(args, action, recovering=True, tag=RECOVERED_TAG, show=show)
@@ -241,8 +259,8 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="with --ray: number of workers (default: one per GPU of the cluster, else one per CPU)")
     p.add_argument("--batch", type=int, default=8, metavar="N",
-                   help="with --ray: files per worker call, their faces sent through the UNet together (default 8; 1: one "
-                        "at a time); recovery is exact whatever the batch")
+                   help="images whose faces go through the UNet together (default 8; 1: one file at a time); with --ray, "
+                        "files per worker call; recovery is exact whatever the batch")
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.
