@@ -3,7 +3,8 @@
 Runs, over the same LFW photos, each as the user would (a fresh ``faceveil anonymize``
 process, wall clock from start to exit, one torch thread per worker):
 
-- the single-process batch: ``faceveil anonymize IN -o OUT --key K``;
+- the single-process batch: ``faceveil anonymize IN -o OUT --key K --batch B``, file by
+  file (``--batch 1``) and with the faces of 8 files batched (``--batch 8``, the default);
 - ``--ray --workers W --batch B`` on a local Ray for each ``W:B`` of ``--runs`` (default
   1 worker file by file, 1 worker in groups of 8, 2 workers in groups of 8; start-up and
   steady rate read from the run's own summary line).
@@ -131,8 +132,9 @@ def main() -> None:
         print(f"{len(photos)} LFW photos, --steps {args.steps}, one torch thread per process, load average {load:.1f} "
               f"on {os.cpu_count()} CPUs at start")
         rows = []
-        wall, _ = _run([*base, "-o", str(work / "single")], env)
-        rows.append({"mode": "single-process batch", "wall_s": wall, "startup_s": None, "steady_images_per_s": None})
+        for batch in (1, 8):
+            wall, _ = _run([*base, "-o", str(work / f"single{batch}"), "--batch", str(batch)], env)
+            rows.append({"mode": f"single process --batch {batch}", "wall_s": wall, "startup_s": None, "steady_images_per_s": None})
         for run in args.runs.split(","):
             count, batch = (int(v) for v in run.split(":"))
             wall, log = _run([*base, "-o", str(work / f"ray{count}-{batch}"), "--ray", "--workers", str(count), "--batch", str(batch)], env)
