@@ -1,6 +1,6 @@
-"""Faces: detection and landmarks, FFHQ alignment, face masks, paste-back.
+"""Faces: detection and landmarks, FFHQ alignment, face masks, paste-back, colour and grain.
 
-``detect`` needs mediapipe (imported lazily on first detection); ``align``, ``mask``
+``detect`` needs mediapipe (imported lazily on first detection); ``align``, ``mask``, ``colour``
 and ``paste`` only need NumPy and OpenCV.
 """
 

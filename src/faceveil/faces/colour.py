@@ -1,0 +1,129 @@
+"""Colour and grain of a new face: what makes a model's face sit in the photo it replaces a face of.
+
+``fit_colour`` matches the generated face's mean colour, contrast and (on the face's edge
+only) the photo's lighting; ``Colour`` applies it and undoes it exactly at recovery.
+``photo_grain`` gives a face the model enlarges the photo's own noise level, from public
+noise, so recovery recomputes it bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from faceveil.faces.paste import FaceRegion
+from faceveil.keys import public_gaussian
+
+# ---- colour -----------------------------------------------------------------------
+SHADING_GRID = 8  # the shading field's grid (cells per crop side)
+
+
+def _upsample_field(field: np.ndarray, size: int) -> np.ndarray:
+    """Separable linear interpolation of a (g, g, 3) field to (size, size, 3), in float64 NumPy."""
+    g = field.shape[0]
+    centres = (np.arange(g) + 0.5) * size / g - 0.5
+    pix = np.arange(size, dtype=np.float64)
+    rows = np.stack([np.interp(pix, centres, field[:, j, c]) for j in range(g) for c in range(3)], axis=1)
+    rows = rows.reshape(size, g, 3)
+    return np.stack([np.stack([np.interp(pix, centres, rows[i, :, c]) for c in range(3)], axis=1) for i in range(size)])
+
+
+@dataclass(frozen=True)
+class Colour:
+    """Map from the model's face to the photo: ``(x - src) * gain + dst + shading``.
+
+    ``src``/``dst``/``gain`` match mean colour and contrast; ``shading`` (a coarse
+    ``SHADING_GRID`` field, float16) carries the photo's lighting across the face, fitted
+    on the face's edge only and spread inwards, so the new face meets the skin, hair and
+    lighting around it without a band. Recovery undoes it before reading the latent.
+    """
+
+    src: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    dst: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gain: float = 1.0
+    shading: bytes = b""
+
+    def _field(self, size: int) -> np.ndarray | float:
+        if not self.shading:
+            return 0.0
+        g = SHADING_GRID
+        return _upsample_field(np.frombuffer(self.shading, dtype="<f2").reshape(g, g, 3).astype(np.float64), size)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return (x - np.asarray(self.src)) * self.gain + np.asarray(self.dst) + self._field(x.shape[0])
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return (y - self._field(y.shape[0]) - np.asarray(self.dst)) / self.gain + np.asarray(self.src)
+
+    def to_json(self) -> list[float]:
+        return [*self.src, *self.dst, self.gain]
+
+    @classmethod
+    def from_json(cls, data: list, shading: bytes = b"") -> Colour:
+        values = [float(v) for v in data]
+        if len(values) != 7 or not all(np.isfinite(values)) or not 0.1 <= values[6] <= 10:
+            raise ValueError("invalid colour fit")
+        if shading and len(shading) != SHADING_GRID * SHADING_GRID * 3 * 2:
+            raise ValueError("invalid shading field")
+        field = np.frombuffer(shading, dtype="<f2") if shading else np.zeros(1)
+        if not np.all(np.isfinite(field)):
+            raise ValueError("invalid shading field")
+        return cls(tuple(values[:3]), tuple(values[3:6]), values[6], bytes(shading))
+
+
+def fit_colour(generated: np.ndarray, original: np.ndarray, interior: np.ndarray, edge: np.ndarray) -> Colour:
+    """Match the generated face to the original's colour and contrast, then its lighting at the edge.
+
+    Only the face's edge band (``edge``, crop pixels) informs the shading field, spread
+    inwards by normalised Gaussian filtering: the new face's interior is never copied.
+    """
+    if interior.sum() < 16:
+        return Colour()
+    g, o = generated[interior], original[interior]
+    luma = np.array([0.299, 0.587, 0.114])
+    gain = float(np.clip((o @ luma).std() / max((g @ luma).std(), 1e-3), 0.6, 1.5))
+    base = Colour(tuple(float(v) for v in g.mean(axis=0)), tuple(float(v) for v in o.mean(axis=0)), gain)
+    if edge.sum() < 16:
+        return base
+    size = generated.shape[0]
+    weight = edge.astype(np.float32)
+    diff = ((original - base.forward(generated)) * weight[..., None]).astype(np.float32)
+    sigma = size / 4.0
+    num = cv2.GaussianBlur(diff, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    full = np.where(den[..., None] > 1e-4, num / np.maximum(den[..., None], 1e-4), 0.0)
+    grid = cv2.resize(full.astype(np.float32), (SHADING_GRID, SHADING_GRID), interpolation=cv2.INTER_AREA)
+    grid = np.clip(grid, -80.0, 80.0).astype("<f2")
+    return dataclasses.replace(base, shading=grid.tobytes())
+
+
+# ---- grain --------------------------------------------------------------------------------
+MAX_GRAIN = 6.0  # grey levels
+
+
+def photo_grain(image: np.ndarray, region: FaceRegion, scale: float, nonce: bytes) -> np.ndarray | float:
+    """Grain for a face the model enlarges: public noise at the photo's own noise level.
+
+    A 64 px model face stretched over hundreds of pixels is smoother than any photo; grain
+    at the noise level measured on the untouched pixels around the face (robust MAD of a
+    high-pass) makes it sit in the photo. Both directions see those pixels bit for bit and
+    the noise comes from the face's public nonce, so recovery recomputes it exactly.
+    ``scale`` is the alignment's crop pixels per photo pixel (below 1: the face is enlarged).
+    Returns (K, 3) values for the region's pixels, or 0.0 when the face is not enlarged.
+    """
+    if scale >= 1.0:
+        return 0.0
+    y0, y1, x0, x1 = region.bounds
+    box = image[y0:y1, x0:x1].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    outside = ~region.inside
+    if box.shape[0] < 3 or box.shape[1] < 3 or outside[1:-1, 1:-1].sum() < 64:
+        return 0.0
+    high = box[1:-1, 1:-1] - cv2.blur(box, (3, 3))[1:-1, 1:-1]
+    values = np.abs(high[outside[1:-1, 1:-1]]).astype(np.float64)
+    sigma = min(MAX_GRAIN, 1.4826 * float(np.median(values)) / np.sqrt(8.0 / 9.0))
+    k = int(region.inside.sum())
+    noise = public_gaussian(nonce + b"grain", (k,)).astype(np.float64)
+    return sigma * np.repeat(noise[:, None], 3, axis=1)
