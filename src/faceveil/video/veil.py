@@ -4,8 +4,8 @@ Anonymization runs in three stages:
 
 1. *plan*: every frame is decoded and its faces detected; detections are linked into
    tracks (:mod:`faceveil.video.track`), each with one public nonce;
-2. *chunks*: frames are anonymized with :func:`faceveil.pipeline.anonymize_array`, each
-   track's face with the track's nonce (one key sign pattern, one anonymous face for the
+2. *chunks*: frames are anonymized with :func:`faceveil.pipeline.anonymize_arrays`, a few
+   at a time (their faces share UNet evaluations), each track's face with the track's nonce (one key sign pattern, one anonymous face for the
    whole clip) and the track's smoothed geometry; every ``chunk_frames`` frames the
    veiled frames (FFV1) and their header records are written to a work folder beside
    the output, atomically;
@@ -49,12 +49,15 @@ from faceveil.faces import DEFAULT_MIN_SIZE, detect_faces
 from faceveil.keys import Key, new_nonce
 from faceveil.models import DiffusionModel
 from faceveil.pipeline import (
+    DEFAULT_BATCH,
     FaceJob,
     FaceReport,
+    PhotoJob,
     Settings,
-    anonymize_array,
+    VeiledPhoto,
+    anonymize_arrays,
     keyed_noise,
-    recover_opened,
+    recover_arrays,
 )
 from faceveil.video.header import Sidecar, digest, video_record, write_sidecar
 from faceveil.video.io import LOSSLESS, Frame, VideoWriter, iter_frames, probe
@@ -198,13 +201,14 @@ class _Clock:
 
 
 def _run_chunks(work: WorkFolder, source: Path, total: int, chunk_frames: int, rate: Fraction,
-                process: Callable[[Frame], tuple[np.ndarray, dict]], phase: str,
+                process: Callable[[list[Frame]], list[tuple[np.ndarray, dict]]], phase: str,
                 progress: VideoProgress | None, max_pixels: int | None,
-                skip: Callable[[Frame], None] | None = None) -> tuple[_Clock, int]:
-    """Run ``process`` on every frame of chunks not yet done; write each chunk when complete.
+                skip: Callable[[Frame], None] | None = None, batch: int = DEFAULT_BATCH) -> tuple[_Clock, int]:
+    """Run ``process`` on every frame of chunks not yet done, ``batch`` frames at a time
+    (their faces share UNet evaluations); write each chunk when complete.
 
-    ``process(frame)`` returns the output pixels and the frame's entry in the chunk's
-    meta (its time is added); ``skip(frame)`` sees frames of chunks already done.
+    ``process(frames)`` returns per frame the output pixels and the frame's entry in the
+    chunk's meta (its time is added); ``skip(frame)`` sees frames of chunks already done.
     Returns the clock and the first frame processed.
     """
     clock = _Clock()
@@ -214,6 +218,21 @@ def _run_chunks(work: WorkFolder, source: Path, total: int, chunk_frames: int, r
         progress(phase, first_todo, total)
     frames: list[np.ndarray] = []
     entries: list = []
+    pending: list[Frame] = []
+
+    def run_pending(chunk: int, chunk_end: bool) -> None:
+        nonlocal frames, entries
+        for frame, (out, entry) in zip(pending, process(pending)):
+            frames.append(out)
+            entries.append({**entry, "time": _time_json(frame.time)})
+            clock.frames += 1
+            if progress:
+                progress(phase, frame.index + 1, total)
+        pending.clear()
+        if chunk_end:
+            work.write_chunk(chunk, frames, rate, {"frames": entries})
+            frames, entries = [], []
+
     for frame in iter_frames(source, max_pixels):
         i = frame.index
         if i >= total:
@@ -223,15 +242,10 @@ def _run_chunks(work: WorkFolder, source: Path, total: int, chunk_frames: int, r
             if skip:
                 skip(frame)
             continue
-        out, entry = process(frame)
-        frames.append(out)
-        entries.append({**entry, "time": _time_json(frame.time)})
-        clock.frames += 1
-        if progress:
-            progress(phase, i + 1, total)
-        if i == min(total, (chunk + 1) * chunk_frames) - 1:
-            work.write_chunk(chunk, frames, rate, {"frames": entries})
-            frames, entries = [], []
+        pending.append(frame)
+        chunk_end = i == min(total, (chunk + 1) * chunk_frames) - 1
+        if chunk_end or len(pending) >= batch:  # a batch never spans two chunks
+            run_pending(chunk, chunk_end)
     return clock, first_todo
 
 
@@ -291,6 +305,7 @@ def anonymize_video(
     extend: int = EXTEND,
     per_frame_nonce: bool = False,
     reuse_noise: bool = True,
+    batch: int = DEFAULT_BATCH,
 ) -> VideoResult:
     """Anonymize every face of every frame of a video; write the veiled video and its sidecar header.
 
@@ -304,6 +319,7 @@ def anonymize_video(
     photos would do). ``reuse_noise`` (default) inverts each track once, at its first
     detection, and samples every frame's face from that keyed noise with the frame's own
     context: the face is the track's, not each frame's (exactness is the residual's).
+    ``batch`` frames at a time send their faces through the UNet together.
     """
     source = Path(input)
     info = probe(source)
@@ -343,16 +359,23 @@ def anonymize_video(
     def track_noise(face: TrackFace, job: FaceJob, rgb: np.ndarray) -> torch.Tensor:
         return noises[face.track]
 
-    def process(frame: Frame) -> tuple[np.ndarray, dict]:
+    def frame_job(frame: Frame) -> PhotoJob:
         i = frame.index
         jobs = _jobs(per_frame[i], model.image_size, per_frame_nonce)
         if identity["reuse_noise"]:
             jobs = [replace(job, noise=track_noise(face, job, frame.rgb)) for face, job in zip(per_frame[i], jobs)]
-        array, record, face_reports = anonymize_array(frame.rgb, key, model, faces=jobs, settings=settings, residual=residual)
-        reports.extend(face_reports)
-        return array, {"record": pack_record(record).hex(), "kinds": [f.kind for f in per_frame[i]]}
+        return PhotoJob(frame.rgb, jobs)
 
-    clock, first = _run_chunks(work, source, total, chunk_frames, info.rate, process, "anonymize", progress, max_pixels)
+    def process(frames: list[Frame]) -> list[tuple[np.ndarray, dict]]:
+        done = []
+        results = anonymize_arrays([frame_job(f) for f in frames], key, model, settings, residual, batch_size=batch)
+        for frame, (array, record, face_reports) in zip(frames, results):
+            reports.extend(face_reports)
+            done.append((array, {"record": pack_record(record).hex(), "kinds": [f.kind for f in per_frame[frame.index]]}))
+        return done
+
+    clock, first = _run_chunks(work, source, total, chunk_frames, info.rate, process, "anonymize", progress, max_pixels,
+                               batch=batch)
     if first:
         notes.append(f"resumed at frame {first} of {total} (earlier frames from the unfinished run)")
     _assemble_veiled(work, source, target, key, model, plan, tracks, per_frame, info, codec, chunk_frames, overwrite, progress)
@@ -455,6 +478,7 @@ def recover_video(
     overwrite: bool = False,
     progress: VideoProgress | None = None,
     chunk_frames: int = CHUNK_FRAMES,
+    batch: int = DEFAULT_BATCH,
 ) -> VideoResult:
     """Restore the original faces of a veiled video (its sidecar ``NAME.veil`` beside it) with the key.
 
@@ -494,14 +518,17 @@ def recover_video(
         def skip(frame: Frame) -> None:
             next_record()  # read and checked, not needed: the chunk is done
 
-        def process(frame: Frame) -> tuple[np.ndarray, dict]:
-            public_i, private_i = open_header(key, next_record())
-            array, result = recover_opened(frame.rgb, public_i, private_i, key, model, use_residual=use_residual)
-            reports.extend(result.reports)
-            return array, {"changed": bool(result.pixels_changed), "residual": bool(result.used_residual)}
+        def process(frames: list[Frame]) -> list[tuple[np.ndarray, dict]]:
+            photos = [VeiledPhoto(frame.rgb, *open_header(key, next_record())) for frame in frames]
+            done = []
+            for array, result in recover_arrays(photos, key, model, use_residual=use_residual, batch_size=batch):
+                reports.extend(result.reports)
+                done.append((array, {"changed": bool(result.pixels_changed), "residual": bool(result.used_residual),
+                                     "inexact": len(result.inexact_faces)}))
+            return done
 
         clock, first = _run_chunks(work, source, total, chunk_frames, info.rate, process, "recover", progress, max_pixels,
-                                   skip)
+                                   skip, batch)
     chunks = (total + chunk_frames - 1) // chunk_frames
     entries = [e for c in range(chunks) if work.done(c) for e in work.chunk_meta(c)["frames"]]
     if len(entries) != total:
@@ -519,5 +546,10 @@ def recover_video(
         notes.append(f"{changed} of {total} frames differ from what faceveil wrote: {why}; recovery is approximate, not exact")
     if not all(e["residual"] for e in entries):
         notes.append("no residual used: the faces are the model's reconstruction, not the exact original pixels")
+    inexact = sum(bool(e.get("inexact")) for e in entries)
+    if inexact and not changed and all(e["residual"] for e in entries):
+        notes.append(f"NOT EXACT: {inexact} of {total} frames have faces that differ from the original (their sealed "
+                     "SHA-256 does not match): this machine's model computes differently from the one that anonymized "
+                     "the video beyond what the sealed rounding covers")
     return VideoResult(source, [target], reports, notes, frames=total, tracks=clip["tracks"], seconds=clock.seconds,
                        frames_run=clock.frames, resumed_at=first)
