@@ -247,3 +247,19 @@ def test_full_precision_turns_tf32_off_on_cuda_and_restores_the_flags():
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32) == before
     with full_precision(torch.device("cpu")):
         assert torch.backends.cudnn.allow_tf32 == before[0]  # nothing to do on the CPU
+
+
+def test_a_file_the_model_refuses_is_its_own_failure_even_when_alone_in_its_batch(pixel_model, tmp_path):
+    """A refusal inside the batch (here: the header's model is not the loaded one) comes back as
+    that file's outcome; it does not escape ``recover_files`` and stop the caller's batch."""
+    from PIL import Image
+
+    from faceveil.errors import UsageError
+    from faceveil.testing import tiny_pixel_model
+
+    key = Key.generate()
+    Image.fromarray(_photo(20, 32, 32)).save(tmp_path / "a.png")
+    (veiled,) = anonymize_files([(tmp_path / "a.png", None)], key, model=pixel_model, aligned=True)
+    (outcome,) = recover_files([(veiled.outputs[0], None)], key, model=tiny_pixel_model(32, seed=1))
+    assert isinstance(outcome, UsageError) and "weights differ" in str(outcome)
+    assert not (tmp_path / "a.recovered.png").exists()

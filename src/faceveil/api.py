@@ -197,14 +197,17 @@ def _write_anonymized(prepared: _Prepared, array: np.ndarray, record: dict, repo
 
 
 def _batched(items: list, run_batch) -> list:
-    """``run_batch(items)``; where it refuses (a ``FaceveilError``: one item's fault), each item alone."""
+    """``run_batch(items)``; where it refuses (a ``FaceveilError``: one item's fault), each item alone.
+
+    Never raises a ``FaceveilError``: a refused item gets it as its outcome.
+    """
     if not items:
         return []
     try:
         return run_batch(items)
-    except FaceveilError:
+    except FaceveilError as exc:
         if len(items) == 1:
-            raise
+            return [exc]
     out = []
     for item in items:
         try:
