@@ -246,26 +246,35 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), max(1, size))]
 
 
-def _encode(run: _Run, crops: list[np.ndarray], refine_iters: int = 0) -> torch.Tensor:
-    return run.model.encode(torch.cat([_to_tensor(c, run.model) for c in crops]), refine_iters=refine_iters)
+def _encode(model: DiffusionModel, crops: list[np.ndarray], refine_iters: int = 0) -> torch.Tensor:
+    return model.encode(torch.cat([_to_tensor(c, model) for c in crops]), refine_iters=refine_iters)
 
 
 def public_context(model: DiffusionModel, image: np.ndarray, geometry: FaceGeometry, nonce: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     """(context latent, context noise) of one face: the crop with the face filled in, and
     the public Gaussian noise of its nonce. Both directions (and anyone) compute the same."""
-    crop = warp_crop(image, geometry.transform)
-    context = model.encode(_to_tensor(fill_region(crop, geometry.context), model))
-    noise = torch.from_numpy(public_gaussian(nonce, tuple(context.shape))).to(context.device)
-    return context, noise
+    return _contexts(model, [_Face(image, geometry, nonce)])
 
 
-def _contexts(run: _Run, faces: list[_Face]) -> tuple[torch.Tensor, torch.Tensor]:
+def _contexts(model: DiffusionModel, faces: list[_Face]) -> tuple[torch.Tensor, torch.Tensor]:
     """``public_context`` of a batch of faces (the context latents encoded together)."""
     crops = [fill_region(warp_crop(f.image, f.geometry.transform), f.geometry.context) for f in faces]
-    context = _encode(run, crops)
+    context = _encode(model, crops)
     shape = (1, *context.shape[1:])
     noise = torch.cat([torch.from_numpy(public_gaussian(f.nonce, shape)) for f in faces]).to(context.device)
     return context, noise
+
+
+def _key_patterns(run: _Run, faces: list[_Face], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each face's secret sign pattern (B, ...) and, with ``pairs`` mixing, its pairing (B, N),
+    drawn for one latent of ``shape`` (1, C, h, w), as they always were."""
+    signs = torch.cat([torch.from_numpy(run.key.sign_pattern(f.nonce, shape)) for f in faces])
+    partner = None
+    if run.settings.engine.mixing == "pairs":
+        partner = torch.stack([
+            torch.from_numpy(run.key.pairing(f.nonce, shape, f.geometry.latent.expand(shape).numpy() > 0)) for f in faces
+        ])
+    return signs, partner
 
 
 def _masks(faces: list[_Face], device: torch.device) -> torch.Tensor:
@@ -274,16 +283,11 @@ def _masks(faces: list[_Face], device: torch.device) -> torch.Tensor:
 
 def _engine(run: _Run, z_start: torch.Tensor, faces: list[_Face]) -> tuple[torch.Tensor, list[FaceReport]]:
     """The keyed transform of a batch of latents (one per face), the context taken from each face's image."""
-    context, noise = _contexts(run, faces)
-    shape = (1, *z_start.shape[1:])  # each face's sign pattern is drawn for one latent, as it always was
-    signs = torch.cat([torch.from_numpy(run.key.sign_pattern(f.nonce, shape)) for f in faces]).to(z_start.device)
-    partner = None
-    if run.settings.engine.mixing == "pairs":
-        partner = torch.stack([
-            torch.from_numpy(run.key.pairing(f.nonce, shape, f.geometry.latent.expand(shape).numpy() > 0)) for f in faces
-        ])
+    context, noise = _contexts(run.model, faces)
+    signs, partner = _key_patterns(run, faces, (1, *z_start.shape[1:]))
     eps = run.eps(len(faces))
-    z_out, stats = veil(eps, run.schedule, z_start, _masks(faces, z_start.device), signs, run.settings.engine, context, noise, partner)
+    z_out, stats = veil(eps, run.schedule, z_start, _masks(faces, z_start.device), signs.to(z_start.device),
+                        run.settings.engine, context, noise, partner)
     return z_out, [FaceReport(f.geometry.transform, stats.unet_evals, stats.sample_residual(i)) for i, f in enumerate(faces)]
 
 
@@ -291,7 +295,7 @@ def _resample(run: _Run, faces: list[_Face]) -> tuple[torch.Tensor, list[FaceRep
     """``veil``'s sampling half alone: each face from its given keyed noise, its image's context outside the mask."""
     if run.settings.engine.context != "noised":
         raise UsageError("a track's noise can only be reused with the 'noised' context")
-    context, public = _contexts(run, faces)
+    context, public = _contexts(run.model, faces)
     evals = [0]
     mask = _masks(faces, context.device).expand_as(context)
     trajectory = noised_trajectory(run.schedule, context, public)
@@ -325,24 +329,20 @@ def keyed_noise(rgb: np.ndarray, key: Key, model: DiffusionModel, face: FaceJob,
     settings = settings or Settings()
     run = _Run.of(model, key, settings, None)
     image = np.ascontiguousarray(rgb, dtype=np.uint8)
-    outline = np.ascontiguousarray(face.outline, dtype=np.float32).reshape(-1, 2).astype(np.float64)
-    geometry = face_geometry(image.shape, face.transform, outline, model)
-    z0 = model.encode(_to_tensor(warp_crop(image, face.transform), model), refine_iters=settings.decoder_iters)
-    context, public = public_context(model, image, geometry, face.nonce)
+    geometry = face_geometry(image.shape, face.transform, _outline(face), model)
+    one = _Face(image, geometry, face.nonce)
+    z0 = _encode(model, [warp_crop(image, face.transform)], settings.decoder_iters)
+    context, public = _contexts(model, [one])
     zN, _ = masked_noise(run.eps(1), run.schedule, z0, geometry.latent.to(z0.device), settings.engine, context, public)
-    shape = tuple(zN.shape)
-    signs = torch.from_numpy(key.sign_pattern(face.nonce, shape)).to(zN.device)
-    partner = None
-    if settings.engine.mixing == "pairs":
-        partner = torch.from_numpy(key.pairing(face.nonce, shape, geometry.latent.expand(shape).numpy() > 0))
+    signs, partner = _key_patterns(run, [one], tuple(zN.shape))
     mask = geometry.latent.to(zN.device).expand_as(zN)
-    return mask * scramble(zN, signs, partner) + (1 - mask) * zN
+    return mask * scramble(zN, signs.to(zN.device), partner) + (1 - mask) * zN
 
 
 def _read_latents(run: _Run, faces: list[_Face], colours: list[Colour]) -> torch.Tensor:
     """The latents recovery reads from veiled faces (each face's colour map undone)."""
     crops = [c.inverse(warp_crop(f.image, f.geometry.transform).astype(np.float64)) for f, c in zip(faces, colours)]
-    return _encode(run, crops, run.settings.decoder_iters)
+    return _encode(run.model, crops, run.settings.decoder_iters)
 
 
 def _layer(run: _Run, face: np.ndarray, image: np.ndarray, geometry: FaceGeometry, colour: Colour, nonce: bytes) -> np.ndarray:
@@ -538,7 +538,7 @@ def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: boo
     model, settings = run.model, run.settings
     faces = [_Face(s.current, s.geometries[index], s.nonces[index], s.faces[index].noise) for s in states]
     crops = [warp_crop(f.image, f.geometry.transform) for f in faces]
-    z_out, reports = _generate(run, _encode(run, crops, settings.decoder_iters), faces)
+    z_out, reports = _generate(run, _encode(model, crops, settings.decoder_iters), faces)
     decoded = model.decode(z_out)
     colours, veiled_faces, privates = [], [], []
     for i, (state, face, crop) in enumerate(zip(states, faces, crops)):
