@@ -98,9 +98,7 @@ class FileWorker:
                 outputs = publish(result.outputs)
             return outcome(done_entry(key, outputs, len(result.faces), result.notes))
         except FaceveilError as exc:
-            if storage.exists(target):  # another attempt won the race to write it
-                return outcome(*self._adopt(key, source, target))
-            return outcome(failed_entry(key, str(exc)), exc.exit_code)
+            return outcome(*self._failed(key, source, target, exc))
         except Exception as exc:  # noqa: BLE001 - a worker reports, it never dies of one file
             return outcome(failed_entry(key, f"internal error ({type(exc).__name__}): {exc}"), 1)
 
@@ -126,7 +124,7 @@ class FileWorker:
                     try:
                         staged.append((i, key, *stack.enter_context(storage.staged(source, target))))
                     except FaceveilError as exc:
-                        outcomes[i] = {"record": failed_entry(key, str(exc)), "seconds": 0.0, "exit_code": exc.exit_code}
+                        outcomes[i] = _untimed(*self._failed(key, source, target, exc))
                 results = self._run_many([(local_source, local_target) for _, _, local_source, local_target, _ in staged])
                 for (i, key, _, _, publish), result in zip(staged, results):
                     outcomes[i] = self._outcome(key, tasks[i], result, publish)
@@ -138,17 +136,21 @@ class FileWorker:
         return [{**o, "seconds": o["seconds"] or share} for o in outcomes]
 
     def _outcome(self, key: str, task: tuple[str, str], result, publish) -> dict:
+        """One file's outcome in a batch (timed by the caller), as ``process`` would give it."""
         source, target = task
-        if isinstance(result, FaceveilError):
-            if storage.exists(target):  # another attempt won the race to write it
-                record, code = self._adopt(key, source, target)
-                return {"record": record, "seconds": 0.0, "exit_code": code}
-            return {"record": failed_entry(key, str(result)), "seconds": 0.0, "exit_code": result.exit_code}
         try:
+            if isinstance(result, FaceveilError):
+                raise result
             outputs = publish(result.outputs)
         except FaceveilError as exc:
-            return {"record": failed_entry(key, str(exc)), "seconds": 0.0, "exit_code": exc.exit_code}
-        return {"record": done_entry(key, outputs, len(result.faces), result.notes), "seconds": 0.0, "exit_code": 0}
+            return _untimed(*self._failed(key, source, target, exc))
+        return _untimed(done_entry(key, outputs, len(result.faces), result.notes))
+
+    def _failed(self, key: str, source: str, target: str, exc: FaceveilError) -> tuple[dict, int]:
+        """The record of a file that failed, unless another attempt won the race to write its output."""
+        if storage.exists(target):
+            return self._adopt(key, source, target)
+        return failed_entry(key, str(exc)), exc.exit_code
 
     @staticmethod
     def _is_video(source: str) -> bool:
@@ -208,6 +210,10 @@ class FileWorker:
         if not self._job.recovering and not target.lower().endswith(".png"):
             outputs.append(target + storage.SIDECAR_SUFFIX)
         return done_entry(key, outputs, len(public.get("faces", [])), [ADOPTED_NOTE]), 0
+
+
+def _untimed(record: dict, exit_code: int = 0) -> dict:
+    return {"record": record, "seconds": 0.0, "exit_code": exit_code}
 
 
 def _header_model(path) -> str | None:
