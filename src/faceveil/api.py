@@ -87,7 +87,7 @@ def _model(model: DiffusionModel | str | None) -> DiffusionModel:
 
 
 def find_faces(
-    rgb: np.ndarray, size: int, mask: str = "face", min_face: int = DEFAULT_MIN_SIZE
+    rgb: np.ndarray, size: int, mask: str = "face", min_face: int = DEFAULT_MIN_SIZE, framing: str = "ffhq"
 ) -> tuple[list[FaceJob], list[str]]:
     """Detect every face and make its job (alignment transform and crop mask); notes for the user.
 
@@ -97,7 +97,7 @@ def find_faces(
     faces = detect_faces(rgb, min_size=min_face)
     jobs = []
     for face in faces:
-        transform = alignment_transform(face, size)
+        transform = alignment_transform(face, size, framing)
         jobs.append(FaceJob(transform, face_outline(face, transform, include=mask)))
     small = [f for f in faces if f.too_small]
     notes = []
@@ -165,7 +165,9 @@ def _prepare_anonymize(source: Path, output, model: DiffusionModel, aligned: boo
     _check_output(target, [source], overwrite)
     prepared = _Prepared(source, target, loaded, [])
     if not aligned:
-        prepared.jobs, prepared.notes = find_faces(loaded.rgb, model.image_size, mask=mask, min_face=min_face)
+        prepared.jobs, prepared.notes = find_faces(
+            loaded.rgb, model.image_size, mask=mask, min_face=min_face, framing=model.framing
+        )
         if not prepared.jobs and not allow_no_face:
             raise NoFaceError(f"no face found in {source} (use --allow-no-face to pass it through, --aligned for a face crop)")
         if not prepared.jobs:

@@ -108,6 +108,7 @@ class DiffusionModel:
     autoencoder: VQModel | AutoencoderKL | None = None
     model_id: str = "in-memory"
     vq_quantize: bool = True
+    framing: str = "ffhq"  # the face crop the model was trained on (faces.align.FRAMINGS)
     _weights_hash: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,7 +123,23 @@ class DiffusionModel:
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return int(self.unet.config.out_channels)
+
+    @property
+    def conditional(self) -> bool:
+        """An inpainting model: its UNet also takes the mask and the masked image (4 channels)."""
+        return int(self.unet.config.in_channels) != int(self.unet.config.out_channels)
+
+    def condition(self, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """An inpainting model's extra inputs for latents with this ``context`` outside
+        ``mask`` (B, 1, h, w): the mask and the context with the masked part zeroed.
+        ``None`` for unconditional models. Pixel models only (the mask is on the model grid)."""
+        if not self.conditional:
+            return None
+        if self.autoencoder is not None:
+            raise ModelUnavailableError("conditional latent models are not supported yet")
+        mask = mask.to(context.device, context.dtype).expand(context.shape[0], 1, *context.shape[2:])
+        return torch.cat([mask, context * (1 - mask)], dim=1)
 
     @property
     def latent_size(self) -> int:
@@ -145,10 +162,17 @@ class DiffusionModel:
         return "pixel" if self.autoencoder is None else "latent"
 
     # ---- the three operations the engine needs ---------------------------------
-    def eps(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        """The model's noise estimate at latent ``z`` and timestep ``t``."""
+    def eps(self, z: torch.Tensor, t: int, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's noise estimate at latent ``z`` and timestep ``t`` (an inpainting
+        model also needs its ``condition``, from :meth:`condition`)."""
+        if self.conditional:
+            if condition is None or condition.shape[0] != z.shape[0]:
+                raise ValueError("an inpainting model needs one condition (mask, masked image) per latent")
+            z_in = torch.cat([z, condition.to(z.device, z.dtype)], dim=1)
+        else:
+            z_in = z
         with torch.no_grad(), full_precision(z.device):
-            out = self.unet(z, torch.tensor([t], device=z.device)).sample
+            out = self.unet(z_in, torch.tensor([t], device=z.device)).sample
         if out.shape[1] == 2 * z.shape[1]:  # learned variance: keep the mean part
             out = out[:, : z.shape[1]]
         alpha = float(self.scheduler.alphas_cumprod[t])
@@ -309,7 +333,23 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
                 break
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
-    return DiffusionModel(unet, scheduler, autoencoder, model_id=spec).to(device)
+    return DiffusionModel(unet, scheduler, autoencoder, model_id=spec, framing=_framing(folder)).to(device)
+
+
+def _framing(folder: Path) -> str:
+    """The crop framing a faceveil-trained folder records (``faceveil_train.json``); FFHQ's otherwise."""
+    from faceveil.faces.align import FRAMINGS
+
+    meta = folder / "faceveil_train.json"
+    if not meta.is_file():
+        return "ffhq"
+    try:
+        framing = json.loads(meta.read_text()).get("framing", "ffhq")
+    except (OSError, ValueError, AttributeError):
+        raise ModelUnavailableError(f"{meta} is not valid JSON") from None
+    if framing not in FRAMINGS:
+        raise ModelUnavailableError(f"{meta}: unknown crop framing {framing!r}")
+    return framing
 
 
 def model_available(spec: str) -> bool:

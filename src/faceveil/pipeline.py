@@ -219,15 +219,18 @@ class _Run:
     def of(cls, model: DiffusionModel, key: Key, settings: Settings, progress: Progress | None) -> _Run:
         return cls(model, Schedule.from_scheduler(model.scheduler, settings.engine.steps), key, settings, progress)
 
-    def eps(self, batch: int, evals: list[int] | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        """The model's noise estimate, counting evaluations and reporting ``batch`` face-evaluations each."""
+    def eps(
+        self, batch: int, evals: list[int] | None = None, condition: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """The model's noise estimate, counting evaluations and reporting ``batch`` face-evaluations
+        each; an inpainting model sees ``condition`` (``DiffusionModel.condition``) at every step."""
 
         def eps(z: torch.Tensor, t: int) -> torch.Tensor:
             if evals is not None:
                 evals[0] += 1
             if self.progress:
                 self.progress(batch)
-            return self.model.eps(z, t)
+            return self.model.eps(z, t, condition)
 
         return eps
 
@@ -285,8 +288,9 @@ def _engine(run: _Run, z_start: torch.Tensor, faces: list[_Face]) -> tuple[torch
     """The keyed transform of a batch of latents (one per face), the context taken from each face's image."""
     context, noise = _contexts(run.model, faces)
     signs, partner = _key_patterns(run, faces, (1, *z_start.shape[1:]))
-    eps = run.eps(len(faces))
-    z_out, stats = veil(eps, run.schedule, z_start, _masks(faces, z_start.device), signs.to(z_start.device),
+    masks = _masks(faces, z_start.device)
+    eps = run.eps(len(faces), condition=run.model.condition(context, masks))
+    z_out, stats = veil(eps, run.schedule, z_start, masks, signs.to(z_start.device),
                         run.settings.engine, context, noise, partner)
     return z_out, [FaceReport(f.geometry.transform, stats.unet_evals, stats.sample_residual(i)) for i, f in enumerate(faces)]
 
@@ -300,7 +304,8 @@ def _resample(run: _Run, faces: list[_Face]) -> tuple[torch.Tensor, list[FaceRep
     mask = _masks(faces, context.device).expand_as(context)
     trajectory = noised_trajectory(run.schedule, context, public)
     noise = torch.cat([f.noise.to(context.device) for f in faces])
-    z_out = masked_sample(run.eps(len(faces), evals), run.schedule, noise, mask, trajectory)
+    condition = run.model.condition(context, _masks(faces, context.device))
+    z_out = masked_sample(run.eps(len(faces), evals, condition), run.schedule, noise, mask, trajectory)
     return z_out, [FaceReport(f.geometry.transform, evals[0], 0.0) for f in faces]
 
 
@@ -333,7 +338,9 @@ def keyed_noise(rgb: np.ndarray, key: Key, model: DiffusionModel, face: FaceJob,
     one = _Face(image, geometry, face.nonce)
     z0 = _encode(model, [warp_crop(image, face.transform)], settings.decoder_iters)
     context, public = _contexts(model, [one])
-    zN, _ = masked_noise(run.eps(1), run.schedule, z0, geometry.latent.to(z0.device), settings.engine, context, public)
+    condition = model.condition(context, geometry.latent)
+    zN, _ = masked_noise(run.eps(1, condition=condition), run.schedule, z0, geometry.latent.to(z0.device),
+                         settings.engine, context, public)
     signs, partner = _key_patterns(run, [one], tuple(zN.shape))
     mask = geometry.latent.to(zN.device).expand_as(zN)
     return mask * scramble(zN, signs.to(zN.device), partner) + (1 - mask) * zN

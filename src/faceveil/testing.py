@@ -28,9 +28,9 @@ LDM_CELEBAHQ_256_SCHEDULER = dict(
 )
 
 
-def _tiny_unet(channels: int, size: int, output_scale: float) -> UNet2DModel:
+def _tiny_unet(channels: int, size: int, output_scale: float, condition_channels: int = 0) -> UNet2DModel:
     unet = UNet2DModel(
-        sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+        sample_size=size, in_channels=channels + condition_channels, out_channels=channels, layers_per_block=1,
         block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     )
@@ -46,6 +46,13 @@ def tiny_pixel_model(size: int = 32, seed: int = 0, output_scale: float = 0.1) -
     """A pixel-space UNet2DModel of about 0.1 M parameters on ``size``x``size`` RGB."""
     torch.manual_seed(seed)
     return DiffusionModel(_tiny_unet(3, size, output_scale), DDIMScheduler(**LDM_CELEBAHQ_256_SCHEDULER), model_id="tiny-pixel")
+
+
+def tiny_inpainting_model(size: int = 32, seed: int = 0, output_scale: float = 0.1) -> DiffusionModel:
+    """A pixel-space inpainting UNet: 3 noisy channels plus mask and masked image (4), 3 out."""
+    torch.manual_seed(seed)
+    unet = _tiny_unet(3, size, output_scale, condition_channels=4)
+    return DiffusionModel(unet, DDIMScheduler(**LDM_CELEBAHQ_256_SCHEDULER), model_id="tiny-inpainting", framing="face")
 
 
 def tiny_latent_model(

@@ -131,7 +131,7 @@ def _resize_longer(rgb: np.ndarray, resolution: int | None) -> np.ndarray:
 
 def make_samples(
     paths: Sequence[Path], size: int, detector: Any, resolution: int | None, mask: str, min_face: int,
-    log: Callable[[str], None],
+    log: Callable[[str], None], framing: str = "ffhq",
 ) -> tuple[list[Any], list[str]]:
     """Read each photo, find its faces (the anonymizer's detector) and its main face
     (the evaluation detector's largest face); photos lacking either are skipped."""
@@ -151,7 +151,7 @@ def make_samples(
         if landmarks is None:
             notes.append(f"{path.name}: skipped, no face found by the evaluation detector")
             continue
-        jobs, _ = find_faces(rgb, size, mask=mask, min_face=min_face)
+        jobs, _ = find_faces(rgb, size, mask=mask, min_face=min_face, framing=framing)
         if not jobs:
             notes.append(f"{path.name}: skipped, no face found by the anonymizer")
             continue
@@ -291,7 +291,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("no input images found")
     model = _load_model(args)
     methods = _methods([n.strip() for n in args.methods.split(",") if n.strip()], model, args.steps)
-    samples, notes = make_samples(paths, model.image_size, detector, args.resolution, args.mask, args.min_face, log)
+    samples, notes = make_samples(
+        paths, model.image_size, detector, args.resolution, args.mask, args.min_face, log, model.framing
+    )
     if not samples:
         raise UsageError("no evaluable face in the inputs: " + "; ".join(notes))
     calibration: dict[str, dict[str, Any]] = {}

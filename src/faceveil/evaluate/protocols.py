@@ -335,11 +335,12 @@ def noise_magnitudes(
     z0 = model.encode(_to_tensor(warp_crop(rgb, job.transform), model))
     context, noise = public_context(model, rgb, geometry, nonce)
     schedule = Schedule.from_scheduler(model.scheduler, engine.steps)
+    condition = model.condition(context, geometry.latent)
 
     def eps(z: torch.Tensor, t: int) -> torch.Tensor:
         if progress:
             progress(1)
-        return model.eps(z, t)
+        return model.eps(z, t, condition)
 
     z_n, _ = masked_noise(eps, schedule, z0, geometry.latent.to(z0.device), engine, context, noise)
     n, f = model.latent_size, model.downscale

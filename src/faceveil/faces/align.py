@@ -24,7 +24,7 @@ from faceveil.errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from faceveil.faces.detect import Face
 
-__all__ = ["AlignTransform", "align_face", "alignment_transform", "transform_points", "warp_crop"]
+__all__ = ["FRAMINGS", "AlignTransform", "align_face", "alignment_transform", "transform_points", "warp_crop"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,13 +118,25 @@ def _landmarks_of(face_or_landmarks5: Face | np.ndarray) -> np.ndarray:
     return lm
 
 
-def alignment_transform(face_or_landmarks5: Face | np.ndarray, size: int) -> AlignTransform:
-    """The FFHQ alignment of a face as an :class:`AlignTransform` onto a ``size`` crop.
+# Framings of the crop around the FFHQ quad's orientation: (centre below the eyes in
+# eye-to-mouth distances, side relative to FFHQ's). "ffhq" is FFHQ's own quad, whose
+# centre sits near the eyes, so the replaced region runs into the crop's bottom edge and
+# the chin and neck are cut. "face" is centred on the face oval (forehead 0.95 above the
+# eyes to chin 1.75 below, in eye-to-mouth distances): the region plus a context margin of
+# about a tenth of the crop on every side (measured on CelebA and LFW, TRAINING.md).
+FRAMINGS: dict[str, tuple[float, float]] = {"ffhq": (0.1, 1.0), "face": (0.4, 1.0)}
+
+
+def alignment_transform(face_or_landmarks5: Face | np.ndarray, size: int, framing: str = "ffhq") -> AlignTransform:
+    """The FFHQ-oriented alignment of a face as an :class:`AlignTransform` onto a ``size`` crop.
 
     ``face_or_landmarks5`` is a :class:`~faceveil.faces.detect.Face` or a 5x2 array in
     ArcFace order (image-left eye, image-right eye, nose tip, image-left mouth corner,
-    image-right mouth corner).
+    image-right mouth corner). ``framing`` is a key of :data:`FRAMINGS` (the model's own).
     """
+    if framing not in FRAMINGS:
+        raise UsageError(f"unknown crop framing {framing!r}; choose one of {', '.join(FRAMINGS)}")
+    shift, side = FRAMINGS[framing]
     lm = _landmarks_of(face_or_landmarks5)
     eye_left, eye_right = lm[0], lm[1]
     mouth_left, mouth_right = lm[3], lm[4]
@@ -139,10 +151,10 @@ def alignment_transform(face_or_landmarks5: Face | np.ndarray, size: int) -> Ali
     if norm == 0.0:
         raise UsageError("degenerate landmarks: cannot align face")
     x = x / norm
-    half = max(float(np.hypot(*eye_to_eye)) * 2.0, float(np.hypot(*eye_to_mouth)) * 1.8)
+    half = max(float(np.hypot(*eye_to_eye)) * 2.0, float(np.hypot(*eye_to_mouth)) * 1.8) * side
     if not half > 0.0:
         raise UsageError("degenerate landmarks: cannot align face")
-    c = eye_avg + eye_to_mouth * 0.1
+    c = eye_avg + eye_to_mouth * shift
     # quad = [c-x-y, c-x+y, c+x+y, c+x-y] with y = x rotated by +90 degrees (image axes);
     # its side 2*half maps onto the crop side ``size``.
     size = int(size)
@@ -158,7 +170,7 @@ def alignment_transform(face_or_landmarks5: Face | np.ndarray, size: int) -> Ali
 
 
 def align_face(
-    image: np.ndarray, face_or_landmarks5: Face | np.ndarray, size: int = 256
+    image: np.ndarray, face_or_landmarks5: Face | np.ndarray, size: int = 256, framing: str = "ffhq"
 ) -> tuple[np.ndarray, AlignTransform]:
     """Warp the FFHQ-aligned ``size`` x ``size`` crop of a face out of ``image``.
 
@@ -168,7 +180,7 @@ def align_face(
     img = np.asarray(image)
     if img.ndim not in (2, 3) or img.shape[0] < 1 or img.shape[1] < 1:
         raise UsageError("image must be an H x W or H x W x C array")
-    transform = alignment_transform(face_or_landmarks5, size)
+    transform = alignment_transform(face_or_landmarks5, size, framing)
     return warp_crop(img, transform), transform
 
 

@@ -65,6 +65,10 @@ def register(subparsers: Any) -> None:
                    help="chunked set: fine-detail similarity that confirms a duplicate candidate (default: 0.8)")
     p.add_argument("--max-filled", type=float, default=1.0,
                    help="chunked set: drop crops with a larger fraction filled beyond the source image (default: 1, keep all)")
+    p.add_argument("--framing", choices=("ffhq", "face"), default="ffhq",
+                   help="crop framing: FFHQ's quad or centred on the face oval (default: ffhq)")
+    p.add_argument("--masks", action="store_true",
+                   help="also store each crop's inference mask (for --conditional training; .npz output)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prepare_data)
 
@@ -108,6 +112,10 @@ def register(subparsers: Any) -> None:
     t.add_argument("--export-fp32", action="store_true", help="export fp32 weights (default fp16)")
     t.add_argument("--export-shard-size", default=None, metavar="SIZE",
                    help="split the exported weights into files of at most SIZE (e.g. 15MB)")
+    t.add_argument("--conditional", action="store_true",
+                   help="inpainting model: mask and masked image as extra inputs (data from prepare-data --masks)")
+    t.add_argument("--init-from", metavar="MODEL_DIR", default=None,
+                   help="start from a diffusers folder's UNet weights (e.g. the embedded draft)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
 
@@ -120,6 +128,8 @@ def run_prepare_data(args: argparse.Namespace) -> int:
     if not (shared / "data").is_dir():
         raise UsageError(f"shared folder not found or without data/: {shared}")
     if args.sources_root or Path(args.output).suffix != ".npz":
+        if args.framing != "ffhq" or args.masks:
+            raise UsageError("--framing and --masks are built for a single .npz output so far")
         return _run_prepare_set(args, shared)
     report = prepare_dataset(
         shared,
@@ -130,6 +140,8 @@ def run_prepare_data(args: argparse.Namespace) -> int:
         max_bytes=int(args.max_mb * 1e6),
         encoding=args.encoding,
         progress=not args.quiet,
+        framing=args.framing,
+        masks=args.masks,
     )
     print(report.summary())
     return 0
@@ -205,6 +217,8 @@ def run_train(args: argparse.Namespace) -> int:
         export_max_shard_size=args.export_shard_size,
         compile=args.compile,
         progress=not args.quiet,
+        conditional=args.conditional,
+        init_from=args.init_from,
     )
     result = train(cfg)
     mean = sum(result.losses[-100:]) / max(1, len(result.losses[-100:]))

@@ -156,6 +156,7 @@ class FaceData:
     identity_names: list[str]  # "celeba:<id>" / "lfw:<Name>"
     sources: list[str]  # per crop, e.g. "celeba/000093.jpg", "lfw/<Name>/<Name>_0001.jpg"
     manifest: dict[str, Any] = field(default_factory=dict)
+    masks: np.ndarray | None = None  # bool N x S x S: the cells inference would replace (inpainting training)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -239,6 +240,11 @@ def save_faces(
         "identity_names": np.array(list(data.identity_names), dtype=np.str_),
         "sources": np.array(list(data.sources), dtype=np.str_),
     }
+    if data.masks is not None:
+        masks = np.asarray(data.masks, dtype=bool)
+        if masks.shape != images.shape[:3]:
+            raise UsageError(f"masks must be N x S x S like the images, got {masks.shape}")
+        common["masks"] = np.packbits(masks.reshape(len(masks), -1), axis=1)
     limit = math.inf if max_bytes is None else int(max_bytes)
     auto = encoding == "auto"
     tried: list[str] = []
@@ -326,11 +332,17 @@ def load_faces(path: str | os.PathLike[str]) -> FaceData:
                 images = z["images"]
             else:
                 images = _decode(z["blob"], z["offsets"], int(manifest["size"]))
+            masks = None
+            if "masks" in z.files:
+                side = int(manifest["size"])
+                masks = np.unpackbits(z["masks"], axis=1, count=side * side).reshape(-1, side, side).astype(bool)
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"cannot read face data file {path}: {exc}") from None
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
         raise UsageError(f"{path}: malformed face data (images {images.shape} {images.dtype})")
-    return FaceData(images, labels, names, sources, manifest)
+    if masks is not None and len(masks) != len(images):
+        raise UsageError(f"{path}: {len(masks)} masks for {len(images)} crops")
+    return FaceData(images, labels, names, sources, manifest, masks)
 
 
 # --------------------------------------------------------------------------- torch dataset
@@ -454,6 +466,19 @@ def _pick_face(faces: Sequence[Any], shape: tuple[int, ...]) -> Any | None:
     return min(large, key=lambda f: float(np.linalg.norm(np.asarray(f.landmarks5).mean(axis=0) - centre)))
 
 
+def inference_mask(image_shape: tuple[int, ...], face: Any, transform: Any) -> np.ndarray:
+    """The crop cells anonymization would replace for ``face`` (bool S x S), as the
+    pipeline derives them for a pixel model: mesh outline, paste region, resampling reach."""
+    from types import SimpleNamespace
+
+    from faceveil.faces import face_outline
+    from faceveil.pipeline import face_geometry
+
+    pixel_model = SimpleNamespace(downscale=1, latent_size=transform.size)
+    geometry = face_geometry(image_shape, transform, face_outline(face, transform), pixel_model)  # type: ignore[arg-type]
+    return geometry.latent[0, 0].numpy() > 0
+
+
 def prepare_dataset(
     shared_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -466,6 +491,8 @@ def prepare_dataset(
     max_bytes: int | None = MAX_BYTES,
     encoding: str = "auto",
     progress: bool = True,
+    framing: str = "ffhq",
+    masks: bool = False,
 ) -> PrepareReport:
     """Detect, align and store the training faces of ``shared_dir`` in ``out_path``.
 
@@ -473,7 +500,9 @@ def prepare_dataset(
     Images with no usable face (none detected, or only too small ones) are skipped and
     counted. ``limit_per_source`` keeps an evenly spaced subset of each source's
     candidate images (for tests). The file is refused (:class:`UsageError`) when it
-    cannot be made to fit ``max_bytes``.
+    cannot be made to fit ``max_bytes``. ``framing`` is the crop's (``faces.align.FRAMINGS``);
+    ``masks`` also stores, per crop, the cells inference would replace (the mesh outline's
+    region as ``pipeline.face_geometry`` derives it), for inpainting models.
     """
     from tqdm.auto import tqdm
 
@@ -527,6 +556,7 @@ def prepare_dataset(
         for src, items in candidates.items()
     }
     crops: list[np.ndarray] = []
+    crop_masks: list[np.ndarray] = []
     keys: list[str] = []
     rel_paths: list[str] = []
     total = sum(len(v) for v in candidates.values())
@@ -544,8 +574,10 @@ def prepare_dataset(
                 if face is None:
                     c["too_small" if faces else "no_face"] += 1
                     continue
-                crop, _ = align_face(image, face, size)
+                crop, transform = align_face(image, face, size, framing)
                 crops.append(np.ascontiguousarray(crop[..., :3], dtype=np.uint8))
+                if masks:
+                    crop_masks.append(inference_mask(image.shape, face, transform))
                 keys.append(key)
                 rel_paths.append(rel)
                 c["used"] += 1
@@ -560,7 +592,10 @@ def prepare_dataset(
         "format": DATA_FORMAT,
         "size": size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "alignment": "faceveil.faces.align_face (FFHQ quad), detector faceveil.faces.detect_faces",
+        "alignment": f"faceveil.faces.align_face (FFHQ quad orientation, framing {framing!r}), "
+        "detector faceveil.faces.detect_faces",
+        "framing": framing,
+        "masks": "pipeline.face_geometry latent cells of the mesh outline" if masks else None,
         "sources": {
             "celeba": "data/celeba/images (identity.txt)" if "celeba" in candidates else None,
             "lfw": "data/lfw/images" if "lfw" in candidates else None,
@@ -577,7 +612,7 @@ def prepare_dataset(
         "images": len(crops),
         "identities": len(names),
     }
-    data = FaceData(np.stack(crops), labels, names, rel_paths, manifest)
+    data = FaceData(np.stack(crops), labels, names, rel_paths, manifest, np.stack(crop_masks) if masks else None)
     enc = save_faces(out_path, data, max_bytes=max_bytes, encoding=encoding)
     return PrepareReport(
         path=Path(out_path),

@@ -100,8 +100,14 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {
 }
 
 
-def model_config(preset: str, resolution: int) -> dict[str, Any]:
-    """The ``UNet2DModel`` config of a preset at a resolution.
+# Inpainting models see, besides the noisy image, the mask (1 channel) and the image with the
+# masked part zeroed (3 channels): the context anonymization keeps.
+CONDITION_CHANNELS = 4
+
+
+def model_config(preset: str, resolution: int, conditional: bool = False) -> dict[str, Any]:
+    """The ``UNet2DModel`` config of a preset at a resolution (``conditional``: an
+    inpainting model with :data:`CONDITION_CHANNELS` more input channels).
 
     At resolutions above 64 the "default" preset gains one level per doubling (so that
     attention stays at 16x16 and 8x8).
@@ -122,7 +128,7 @@ def model_config(preset: str, resolution: int) -> dict[str, Any]:
         cfg["up_block_types"] = tuple(cfg["up_block_types"]) + ("UpBlock2D",) * extra
     cfg.update(
         sample_size=resolution,
-        in_channels=3,
+        in_channels=3 + (CONDITION_CHANNELS if conditional else 0),
         out_channels=3,
         block_out_channels=tuple(cfg["block_out_channels"]),
         down_block_types=tuple(cfg["down_block_types"]),
@@ -203,6 +209,9 @@ class TrainConfig:
     export_max_shard_size: str | None = None  # e.g. "15MB" to split the weights file
     compile: bool = False  # torch.compile the UNet (CUDA; costs start-up time per run)
     progress: bool = True
+    conditional: bool = False  # inpainting: mask + masked image as extra inputs (data with masks)
+    init_from: str | None = None  # a diffusers model folder whose UNet weights start the run
+    outside_weight: float = 0.1  # conditional: loss weight of pixels outside the mask (the engine pins them)
 
     def resolved(self) -> TrainConfig:
         if self.preset not in PRESETS:
@@ -272,9 +281,11 @@ class _Batches:
     generator whose state (with the epoch permutation and position) is checkpointed.
     """
 
-    def __init__(self, images: np.ndarray, device: torch.device, seed: int) -> None:
+    def __init__(self, images: np.ndarray, device: torch.device, seed: int, masks: np.ndarray | None = None) -> None:
         t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         self.images = t.to(device)
+        self.masks = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks, dtype=bool))[:, None].to(device)
+        self.last_masks: torch.Tensor | None = None  # float B x 1 x S x S of the last batch (flipped with it)
         self.n = int(t.shape[0])
         self.device = device
         self.gen = torch.Generator().manual_seed(seed)
@@ -296,6 +307,9 @@ class _Batches:
         flip = torch.rand(batch_size, generator=self.gen) < 0.5
         x = self.images[idx.to(self.device)].float().div_(127.5).sub_(1.0)
         x = torch.where(flip.to(self.device)[:, None, None, None], x.flip(-1), x)
+        if self.masks is not None:
+            m = self.masks[idx.to(self.device)].float()
+            self.last_masks = torch.where(flip.to(self.device)[:, None, None, None], m.flip(-1), m)
         return x
 
     def state_dict(self) -> dict[str, Any]:
@@ -375,8 +389,11 @@ def sample_images(
     device: torch.device | str | None = None,
     scheduler: Any | None = None,
     autocast_dtype: torch.dtype | None = None,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) samples from ``unet``: N x 3 x S x S in [-1, 1]."""
+    """Deterministic DDIM (eta = 0) samples from ``unet``: N x 3 x S x S in [-1, 1].
+
+    An inpainting UNet needs ``condition`` (N x 4 x S x S: mask, masked image)."""
     from diffusers import DDIMScheduler
 
     dev = torch.device(device) if device is not None else next(unet.parameters()).device
@@ -385,7 +402,9 @@ def sample_images(
     size = unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_images, unet.config.in_channels, size, size, generator=gen).to(dev)
+    x = torch.randn(num_images, unet.config.out_channels, size, size, generator=gen).to(dev)
+    if unet.config.in_channels != unet.config.out_channels and condition is None:
+        raise UsageError("an inpainting UNet samples only with a condition (mask and masked image)")
     was_training = unet.training
     unet.eval()
     try:
@@ -396,7 +415,8 @@ def sample_images(
                 else contextlib.nullcontext()
             )
             with ctx:
-                eps = unet(x, t).sample
+                inp = x if condition is None else torch.cat([x, condition.to(dev)], dim=1)
+                eps = unet(inp, t).sample
             x = sched.step(eps.float(), t, x, eta=0.0).prev_sample
     finally:
         unet.train(was_training)
@@ -511,7 +531,10 @@ def _metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
         "resolution": ckpt["model_config"]["sample_size"],
         "preset": ckpt["config"].get("preset"),
         "input_range": [-1.0, 1.0],
-        "alignment": "faceveil.faces.align_face (FFHQ quad)",
+        "alignment": "faceveil.faces.align_face (FFHQ quad orientation)",
+        "framing": ckpt.get("data_summary", {}).get("framing", "ffhq"),
+        "conditioning": "mask+masked-image" if ckpt["config"].get("conditional") else None,
+        "init_from": ckpt["config"].get("init_from"),
         "data": ckpt.get("data_summary", {}),
     }
 
@@ -519,7 +542,9 @@ def _metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- training
 
 
-def _load_images(cfg: TrainConfig, images: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _load_images(
+    cfg: TrainConfig, images: np.ndarray | None, masks: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     if images is not None:
         arr = np.asarray(images)
         summary: dict[str, Any] = {"source": "in-memory array", "images": int(len(arr))}
@@ -529,7 +554,7 @@ def _load_images(cfg: TrainConfig, images: np.ndarray | None) -> tuple[np.ndarra
         from faceveil.train.chunks import SET_FORMAT, load_face_set, set_summary
 
         fd = load_face_set(cfg.data)
-        arr = fd.images
+        arr, masks = fd.images, fd.masks
         m = fd.manifest
         if m.get("format") == SET_FORMAT:
             summary = set_summary(cfg.data, m)
@@ -542,23 +567,55 @@ def _load_images(cfg: TrainConfig, images: np.ndarray | None) -> tuple[np.ndarra
                 "celeba_holdout_identities": (m.get("celeba_holdout") or {}).get("identities"),
                 "lfw_excluded_files": (m.get("lfw_excluded") or {}).get("files"),
                 "encoding": m.get("encoding"),
+                "framing": m.get("framing", "ffhq"),
+                "masks": m.get("masks"),
             }
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[1] != arr.shape[2]:
         raise UsageError(f"training images must be uint8 N x S x S x 3, got {arr.shape} {arr.dtype}")
     if len(arr) == 0:
         raise UsageError("training data is empty")
-    return arr, summary
+    if cfg.conditional and (masks is None or np.asarray(masks).shape != arr.shape[:3]):
+        raise UsageError("--conditional training needs data with masks (prepare-data --masks)")
+    return arr, masks, summary
+
+
+def _init_weights(unet: Any, folder: str) -> None:
+    """Start ``unet`` from a diffusers folder's UNet: same shapes copied; an inpainting
+    UNet's extra input channels start at zero, so it begins as the unconditional model."""
+    from diffusers import UNet2DModel
+
+    source = UNet2DModel.from_pretrained(Path(folder), subfolder="unet").state_dict()
+    own = unet.state_dict()
+    if set(source) != set(own):
+        raise UsageError(f"{folder}: its UNet has other layers than this preset's")
+    with torch.no_grad():
+        for name, value in source.items():
+            target = own[name]
+            if value.shape == target.shape:
+                target.copy_(value.to(target.dtype))
+            elif name == "conv_in.weight" and value.shape[1] < target.shape[1] and value.shape[0] == target.shape[0]:
+                target.zero_()
+                target[:, : value.shape[1]].copy_(value.to(target.dtype))
+            else:
+                raise UsageError(f"{folder}: {name} is {tuple(value.shape)}, this preset needs {tuple(target.shape)}")
+
+
+def _condition(x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inpainting inputs: the mask and the image with the masked part zeroed."""
+    return torch.cat([mask, x0 * (1 - mask)], dim=1)
 
 
 def train(
     config: TrainConfig,
     *,
     images: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train (or resume training) a face diffusion UNet; see :class:`TrainConfig`.
 
-    ``images`` (uint8 N x S x S x 3) replaces ``config.data`` (tests, synthetic data).
+    ``images`` (uint8 N x S x S x 3) replaces ``config.data`` (tests, synthetic data),
+    with ``masks`` (bool N x S x S) for a conditional run.
     ``callback(step, loss)`` is called after every optimizer step.
     """
     from diffusers.training_utils import EMAModel
@@ -583,7 +640,7 @@ def train(
         )
     ckpt = load_checkpoint(existing, map_location="cpu") if (cfg.resume and existing) else None
 
-    arr, data_summary = _load_images(cfg, images)
+    arr, masks, data_summary = _load_images(cfg, images, masks)
     resolution = int(arr.shape[1])
     if ckpt is not None:
         mcfg = dict(ckpt["model_config"])
@@ -595,13 +652,18 @@ def train(
         preset = ckpt["config"].get("preset", cfg.preset)
         if preset != cfg.preset:
             raise UsageError(f"checkpoint was trained with config {preset!r}, not {cfg.preset!r}")
+        if bool(ckpt["config"].get("conditional", False)) != cfg.conditional:
+            raise UsageError("the checkpoint's --conditional setting differs from this run's")
     else:
-        mcfg = model_config(cfg.preset, resolution)
+        mcfg = model_config(cfg.preset, resolution, cfg.conditional)
 
     from diffusers import UNet2DModel
 
     torch.manual_seed(cfg.seed)
-    unet = UNet2DModel(**mcfg).to(device)
+    unet = UNet2DModel(**mcfg)
+    if ckpt is None and cfg.init_from:
+        _init_weights(unet, cfg.init_from)
+    unet = unet.to(device)
     unet.train()
     n_params = sum(p.numel() for p in unet.parameters())
     optimizer = torch.optim.AdamW(
@@ -622,7 +684,11 @@ def train(
     )
     noise_sched = ddpm_scheduler()
     alphas_cumprod = noise_sched.alphas_cumprod.to(device=device, dtype=torch.float32)
-    batches = _Batches(arr, device, cfg.seed + 1)
+    batches = _Batches(arr, device, cfg.seed + 1, masks if cfg.conditional else None)
+    if cfg.conditional:  # fixed crops whose faces every sample grid redraws
+        shown = np.linspace(0, len(arr) - 1, max(1, cfg.num_samples)).round().astype(int)
+        shown_x = torch.from_numpy(arr[shown]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        shown_m = torch.from_numpy(np.asarray(masks)[shown])[:, None].float()
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
 
     step = 0
@@ -678,11 +744,17 @@ def train(
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
         try:
+            condition = _condition(shown_x, shown_m) if cfg.conditional else None
             imgs = sample_images(
-                unet, cfg.num_samples, cfg.sample_steps, seed=cfg.seed, device=device, autocast_dtype=amp_dtype
+                unet, cfg.num_samples, cfg.sample_steps, seed=cfg.seed, device=device, autocast_dtype=amp_dtype,
+                condition=condition,
             )
         finally:
             ema.restore(unet.parameters())
+        if cfg.conditional:  # a row of originals above a row of their redrawn faces, pasted in
+            pasted = shown_m * imgs.cpu() + (1 - shown_m) * shown_x
+            return save_image_grid(torch.cat([shown_x, pasted]), out_dir / "samples" / f"step_{step:08d}.png",
+                                   nrow=len(shown_x))
         return save_image_grid(imgs, out_dir / "samples" / f"step_{step:08d}.png")
 
     losses: list[float] = []
@@ -736,9 +808,16 @@ def train(
                 ab = alphas_cumprod[t].view(b, 1, 1, 1)
                 xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
                 ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                if cfg.conditional:
+                    m = batches.last_masks
+                    xt = torch.cat([xt, _condition(x0, m)], dim=1)
                 with ctx:
                     pred = model_fn(xt, t).sample
-                loss = torch.nn.functional.mse_loss(pred.float(), noise)
+                if cfg.conditional:
+                    w = m + cfg.outside_weight * (1 - m)
+                    loss = ((pred.float() - noise) ** 2 * w).mean() / w.mean()
+                else:
+                    loss = torch.nn.functional.mse_loss(pred.float(), noise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip and cfg.grad_clip > 0:

@@ -270,10 +270,16 @@ class TrackFace:
     radii: np.ndarray
     kind: str  # detected | interpolated | extended
 
-    def job_geometry(self, size: int) -> tuple[AlignTransform, np.ndarray]:
-        """The alignment transform and crop outline for a model of crop ``size``."""
-        transform = alignment_transform(self.landmarks5, size)
-        return transform, radii_outline(self.radii, size)
+    def job_geometry(self, size: int, framing: str = "ffhq") -> tuple[AlignTransform, np.ndarray]:
+        """The alignment transform and crop outline for a model of crop ``size`` and ``framing``
+        (the track's radii live in the FFHQ crop; another framing gets the same outline moved)."""
+        ffhq = alignment_transform(self.landmarks5, size)
+        outline = radii_outline(self.radii, size)
+        if framing == "ffhq":
+            return ffhq, outline
+        transform = alignment_transform(self.landmarks5, size, framing)
+        image_points = transform_points(outline, ffhq.inverse())
+        return transform, transform_points(image_points, transform)
 
 
 def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:

@@ -276,10 +276,10 @@ def plan_tracks(source: Path, detector: Detector, mask: str, max_pixels: int | N
     return tracker.tracks, times
 
 
-def _jobs(faces: list[TrackFace], size: int, per_frame_nonce: bool) -> list[FaceJob]:
+def _jobs(faces: list[TrackFace], size: int, per_frame_nonce: bool, framing: str = "ffhq") -> list[FaceJob]:
     jobs = []
     for face in faces:
-        transform, outline = face.job_geometry(size)
+        transform, outline = face.job_geometry(size, framing)
         jobs.append(FaceJob(transform, outline, new_nonce() if per_frame_nonce else face.nonce))
     return jobs
 
@@ -361,7 +361,7 @@ def anonymize_video(
 
     def frame_job(frame: Frame) -> PhotoJob:
         i = frame.index
-        jobs = _jobs(per_frame[i], model.image_size, per_frame_nonce)
+        jobs = _jobs(per_frame[i], model.image_size, per_frame_nonce, model.framing)
         if identity["reuse_noise"]:
             jobs = [replace(job, noise=track_noise(face, job, frame.rgb)) for face, job in zip(per_frame[i], jobs)]
         return PhotoJob(frame.rgb, jobs)
@@ -414,7 +414,7 @@ def _track_noises(work: WorkFolder, source: Path, tracks: list[Track], per_frame
     for frame in iter_frames(source, max_pixels):
         for track_id in first.pop(frame.index, []):
             (face,) = [f for f in per_frame[frame.index] if f.track == track_id]
-            (job,) = _jobs([face], model.image_size, False)
+            (job,) = _jobs([face], model.image_size, False, model.framing)
             noises[track_id] = keyed_noise(frame.rgb, key, model, job, settings)
             buffer = io.BytesIO()
             np.save(buffer, noises[track_id].cpu().numpy())

@@ -1,0 +1,257 @@
+"""Does the new face look like a face, of somebody else, in the photo's pose? Measured
+on held-out photos (LFW people named in pairs.txt, never trained on) for one or more models.
+
+    python benchmarks/face_quality.py --models faceveil-faces-64-draft path/to/model --faces 40 \
+        --out benchmarks/results/face-quality
+
+Per face, for each model (default anonymize settings, one fresh key per face):
+- **detail**: band-pass energy (difference of Gaussians, sigma 1 and 3) inside the replaced
+  region, with the face scaled to 256 px, relative to the original face's. A real face
+  scores near 1, a Gaussian blur of the face near 0.01.
+- **detected**: whether YuNet (``../shared/models``) and dlib's HOG detector find a face
+  overlapping the original box (IoU >= 0.3) in the anonymized photo.
+- **pose**: yaw and pitch from the 5 YuNet landmarks (``cv2.solvePnP`` on a generic head),
+  the new face's against the original's, in degrees.
+- **identity**: ArcFace (onnx in ``../shared/models``) cosine similarity between the original
+  and the anonymized face; a match is a similarity above the FAR 1e-3 threshold 0.325 that
+  ``../shared/README.md`` measured on LFW View 2 for this embedder.
+
+Blur (Gaussian, sigma a tenth of the face) and pixelation (8 blocks across) are measured the
+same way as references. With ``--out``: ``figures.json``, ``report.md`` and a picture grid (grid.png)
+(original, then each model) at 256 px per face.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from faceveil.api import find_faces
+from faceveil.keys import Key
+from faceveil.models import load_model
+from faceveil.pipeline import Settings, anonymize_array, face_geometry
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ARCFACE_FAR_1E3 = 0.325  # ../shared/README.md, LFW View 2, faces aligned from YuNet's 5 points
+# A generic head (mm, x right, y down, z away from the camera as in OpenCV's camera frame):
+# image-left eye, image-right eye, nose tip, image-left and image-right mouth corners.
+HEAD = np.array([[-32.0, -35.0, 25.0], [32.0, -35.0, 25.0], [0.0, 0.0, 0.0], [-24.0, 32.0, 20.0], [24.0, 32.0, 20.0]])
+
+
+def held_out_photos(count: int) -> list[Path]:
+    from faceveil.train.data import parse_lfw_pairs
+
+    names = sorted(parse_lfw_pairs(SHARED / "data" / "lfw" / "pairs.txt"))
+    photos = []
+    for name in names[:: max(1, len(names) // (3 * count))]:
+        first = SHARED / "data" / "lfw" / "images" / name / f"{name}_0001.jpg"
+        if first.is_file():
+            photos.append(first)
+    return photos
+
+
+def band_energy(grey: np.ndarray, inside: np.ndarray) -> float:
+    dog = cv2.GaussianBlur(grey, (0, 0), 1.0) - cv2.GaussianBlur(grey, (0, 0), 3.0)
+    return float(np.mean(dog[inside] ** 2))
+
+
+def detail_ratio(original: np.ndarray, new: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Band-pass energy of ``new`` over ``original`` where ``alpha`` > 0.9, the box scaled to 256 px."""
+    y0, y1, x0, x1 = box
+    scale = 256.0 / max(y1 - y0, x1 - x0)
+
+    def prep(img: np.ndarray) -> np.ndarray:
+        crop = img[y0:y1, x0:x1]
+        size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+        return cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32), size, interpolation=cv2.INTER_CUBIC)
+
+    a = prep(original)
+    inside = cv2.resize(alpha[y0:y1, x0:x1].astype(np.float32), (a.shape[1], a.shape[0])) > 0.9
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    if inside.sum() < 100:
+        return float("nan")
+    return band_energy(prep(new), inside) / max(band_energy(a, inside), 1e-9)
+
+
+def pose(landmarks5: np.ndarray, shape: tuple[int, ...]) -> tuple[float, float]:
+    """(yaw, pitch) in degrees of a generic head fitted to 5 landmarks."""
+    h, w = shape[:2]
+    f = float(max(h, w))
+    camera = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], dtype=np.float64)
+    ok, rvec, _ = cv2.solvePnP(HEAD, landmarks5.astype(np.float64), camera, None, flags=cv2.SOLVEPNP_EPNP)
+    if not ok:
+        return float("nan"), float("nan")
+    r, _ = cv2.Rodrigues(rvec)
+    angles, *_ = cv2.RQDecomp3x3(r)
+    return float(angles[1]), float(angles[0])
+
+
+class Judges:
+    """The independent detectors and the embedder (from ../shared and dlib)."""
+
+    def __init__(self) -> None:
+        from faceveil.evaluate.embedders import ArcFaceOnnxEmbedder, YuNetDetector
+
+        self.yunet = YuNetDetector(SHARED / "models" / "face_detection_yunet_2026may.onnx")
+        self.arcface = ArcFaceOnnxEmbedder(SHARED / "models" / "arcface_mobilefacenet_fr_feature.onnx")
+        import dlib
+
+        self.hog = dlib.get_frontal_face_detector()
+
+    def find(self, rgb: np.ndarray, box: np.ndarray):
+        """(YuNet detection overlapping ``box`` or None, whether dlib finds one)."""
+        best = None
+        for d in self.yunet.detect(rgb):
+            x, y, w, h = np.asarray(d.box, float)
+            if best is None and iou(np.array([x, y, x + w, y + h]), box) >= 0.3:
+                best = d
+        up = 2 if max(rgb.shape[:2]) < 400 else 1
+        dlib_hit = any(
+            iou(np.array([r.left(), r.top(), r.right(), r.bottom()], float) / 1.0, box) >= 0.3
+            for r in self.hog(rgb, up)
+        )
+        return best, dlib_hit
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def blur(rgb: np.ndarray, alpha: np.ndarray, side: float) -> np.ndarray:
+    out = cv2.GaussianBlur(rgb, (0, 0), max(1.0, side / 10))
+    return np.rint(alpha[..., None] * out + (1 - alpha[..., None]) * rgb).astype(np.uint8)
+
+
+def pixelate(rgb: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    crop = rgb[y0:y1, x0:x1]
+    small = cv2.resize(crop, (8, max(1, round(8 * (y1 - y0) / (x1 - x0)))), interpolation=cv2.INTER_AREA)
+    out = rgb.copy()
+    out[y0:y1, x0:x1] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    return np.rint(alpha[..., None] * out + (1 - alpha[..., None]) * rgb).astype(np.uint8)
+
+
+def summarise(rows: list[dict]) -> dict:
+    def arr(k: str) -> np.ndarray:
+        return np.array([r[k] for r in rows if r.get(k) is not None and np.isfinite(r[k])], float)
+
+    d, y, p, s = arr("detail"), arr("yaw_diff"), arr("pitch_diff"), arr("arcface")
+    n = len(rows)
+    return {
+        "faces": n,
+        "detail_median": float(np.median(d)) if len(d) else None,
+        "detail_min": float(d.min()) if len(d) else None,
+        "yunet_rate": sum(bool(r["yunet"]) for r in rows) / max(1, n),
+        "dlib_rate": sum(bool(r["dlib"]) for r in rows) / max(1, n),
+        "pose_diff_median": float(np.median(np.maximum(y, p))) if len(y) else None,
+        "arcface_similarity_median": float(np.median(s)) if len(s) else None,
+        "arcface_match_rate": float(np.mean(s > ARCFACE_FAR_1E3)) if len(s) else None,
+        "seconds_per_face": float(np.mean([r["seconds"] for r in rows])) if rows else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["default"])
+    ap.add_argument("--faces", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--grid", type=int, default=8, help="faces shown in the picture grid")
+    args = ap.parse_args()
+    if not (SHARED / "data" / "lfw").is_dir():
+        raise SystemExit(f"needs the LFW photos in {SHARED}")
+    judges = Judges()
+    models = {name: load_model(name) for name in args.models}
+    methods = list(models) + ["blur", "pixelate"]
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    tiles: list[list[np.ndarray]] = []
+    photos = held_out_photos(args.faces)
+    used = 0
+    for path in photos:
+        if used >= args.faces:
+            break
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        ref = judges.yunet.primary(rgb)
+        if ref is None:
+            continue
+        x, y, w, h = np.asarray(ref.box, float)
+        box = np.array([x, y, x + w, y + h])
+        ref_yaw, ref_pitch = pose(np.asarray(ref.landmarks5), rgb.shape)
+        ref_emb = judges.arcface.embed(rgb, np.asarray(ref.landmarks5))
+        row_tiles = [rgb]
+        outputs: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], float]] = {}
+        for name, model in models.items():
+            jobs, _ = find_faces(rgb, model.image_size, framing=model.framing)
+            if not jobs:
+                break
+            t0 = time.perf_counter()
+            out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=Settings())
+            seconds = (time.perf_counter() - t0) / len(jobs)
+            # the replaced region of the face the judges saw (largest overlap)
+            best = None
+            for job in jobs:
+                g = face_geometry(rgb.shape, job.transform, np.asarray(job.outline, np.float64), model)
+                alpha = np.zeros(rgb.shape[:2], np.float32)
+                y0, y1, x0, x1 = g.region.bounds
+                alpha[y0:y1, x0:x1] = g.region.alpha
+                ys, xs = np.nonzero(alpha > 0.5)
+                if len(ys) == 0:
+                    continue
+                rbox = np.array([xs.min(), ys.min(), xs.max(), ys.max()], float)
+                if best is None or iou(rbox, box) > best[0]:
+                    best = (iou(rbox, box), alpha, (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1))
+            if best is None:
+                break
+            outputs[name] = (out, best[1], best[2], seconds)
+        if len(outputs) != len(models):
+            continue
+        alpha, rbox = next(iter(outputs.values()))[1:3]
+        side = max(rbox[1] - rbox[0], rbox[3] - rbox[2])
+        outputs["blur"] = (blur(rgb, alpha, side), alpha, rbox, 0.0)
+        outputs["pixelate"] = (pixelate(rgb, alpha, rbox), alpha, rbox, 0.0)
+        for name, (out, alpha, rbox, seconds) in outputs.items():
+            found, dlib_hit = judges.find(out, box)
+            r = {"photo": path.name, "detail": detail_ratio(rgb, out, alpha, rbox), "yunet": found is not None,
+                 "dlib": dlib_hit, "seconds": seconds, "yaw_diff": None, "pitch_diff": None, "arcface": None}
+            if found is not None:
+                yaw, pitch = pose(np.asarray(found.landmarks5), out.shape)
+                r["yaw_diff"], r["pitch_diff"] = abs(yaw - ref_yaw), abs(pitch - ref_pitch)
+                r["arcface"] = float(np.dot(judges.arcface.embed(out, np.asarray(found.landmarks5)), ref_emb))
+            else:  # an undetected face: embed at the original's landmarks
+                r["arcface"] = float(np.dot(judges.arcface.embed(out, np.asarray(ref.landmarks5)), ref_emb))
+            rows[name].append(r)
+            row_tiles.append(out)
+        if len(tiles) < args.grid:
+            tiles.append(row_tiles)
+        used += 1
+        print(f"{used:3d} {path.name}: " + ", ".join(f"{m} {rows[m][-1]['detail']:.2f}" for m in methods), flush=True)
+
+    summary = {m: summarise(rows[m]) for m in methods}
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "figures.json").write_text(json.dumps({"summary": summary, "faces": rows}, indent=1) + "\n")
+        lines = ["| method | faces | detail median (min) | YuNet | dlib | pose diff median | ArcFace sim. median | ArcFace match rate | s/face |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for m, s in summary.items():
+            fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
+            lines.append(f"| {m} | {s['faces']} | {fmt(s['detail_median'])} ({fmt(s['detail_min'])}) | {s['yunet_rate']:.0%} | "
+                         f"{s['dlib_rate']:.0%} | {fmt(s['pose_diff_median'], '{:.1f}°')} | {fmt(s['arcface_similarity_median'])} | "
+                         f"{fmt(s['arcface_match_rate'], '{:.0%}')} | {fmt(s['seconds_per_face'], '{:.1f}')} |")
+        (args.out / "report.md").write_text("\n".join(lines) + "\n")
+        if tiles:
+            cells = [[cv2.resize(t, (256, 256), interpolation=cv2.INTER_CUBIC) for t in row] for row in tiles]
+            Image.fromarray(np.concatenate([np.concatenate(r, 1) for r in cells], 0)).save(args.out / "grid.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Inpainting (conditional) models and the face-centred crop: the engine stays exact, the
+trainer starts them from an unconditional model, the data carries the inference masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from faceveil.engine import EngineSettings
+from faceveil.errors import ModelUnavailableError, UsageError
+from faceveil.faces.align import alignment_transform, transform_points
+from faceveil.keys import Key
+from faceveil.models import load_model
+from faceveil.pipeline import Settings, anonymize_array, recover_array
+from faceveil.testing import tiny_inpainting_model, tiny_pixel_model
+
+LANDMARKS = np.array([[40.0, 50.0], [80.0, 50.0], [60.0, 70.0], [45.0, 90.0], [75.0, 90.0]])
+
+
+def _photo(size: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    rgb = np.stack([120 + 60 * np.sin(xx / 3.0), 140 + 50 * np.cos(yy / 2.5), 110 + 40 * np.sin((xx + yy) / 4.0)], -1)
+    return rgb.astype(np.uint8)
+
+
+def test_inpainting_model_veils_and_recovers_exactly():
+    model = tiny_inpainting_model(32)
+    assert model.conditional and model.latent_channels == 3
+    rgb, key = _photo(), Key.generate()
+    settings = Settings(EngineSettings(steps=6))
+    veiled, record, _ = anonymize_array(rgb, key, model, settings=settings)
+    assert np.abs(veiled.astype(int) - rgb).max() > 0
+    back, _ = recover_array(veiled, record, key, model)
+    assert np.array_equal(back, rgb)
+
+
+def test_the_condition_reaches_the_unet():
+    """Two contexts give two noise estimates: the model sees what surrounds the face."""
+    model = tiny_inpainting_model(16)
+    with torch.no_grad():  # a random conv_in would be fine too; make the condition's weight plain
+        model.unet.conv_in.weight[:, 3:].normal_()
+    z = torch.zeros(1, 3, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    a = model.eps(z, 500, model.condition(torch.zeros(1, 3, 16, 16), mask))
+    b = model.eps(z, 500, model.condition(torch.ones(1, 3, 16, 16), mask))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="condition"):
+        model.eps(z, 500)
+    assert tiny_pixel_model(16).condition(torch.zeros(1, 3, 16, 16), mask) is None
+
+
+def test_face_framing_centres_the_face_oval():
+    ffhq = alignment_transform(LANDMARKS, 96)
+    face = alignment_transform(LANDMARKS, 96, "face")
+    assert np.isclose(ffhq.scale, face.scale)
+    eyes, mouth = LANDMARKS[:2].mean(0), LANDMARKS[3:].mean(0)
+    centre = transform_points((eyes + 0.4 * (mouth - eyes))[None], face)[0]
+    assert np.allclose(centre, [47.5, 47.5])
+    with pytest.raises(UsageError, match="framing"):
+        alignment_transform(LANDMARKS, 96, "tight")
+
+
+def test_a_model_folder_names_its_framing(tmp_path):
+    model = tiny_inpainting_model(32)
+    model.unet.save_pretrained(tmp_path / "unet")
+    model.scheduler.save_pretrained(tmp_path / "scheduler")
+    assert load_model(str(tmp_path)).framing == "ffhq"  # no faceveil metadata: FFHQ's crop
+    (tmp_path / "faceveil_train.json").write_text(json.dumps({"framing": "face"}))
+    loaded = load_model(str(tmp_path))
+    assert loaded.framing == "face" and loaded.conditional
+    (tmp_path / "faceveil_train.json").write_text(json.dumps({"framing": "wide"}))
+    with pytest.raises(ModelUnavailableError, match="framing"):
+        load_model(str(tmp_path))
+
+
+def test_conditional_training_starts_from_an_unconditional_model(tmp_path):
+    from faceveil.train.trainer import TrainConfig, _init_weights, build_unet, model_config, train
+
+    base = build_unet("tiny", 16)
+    base.save_pretrained(tmp_path / "base" / "unet")
+    from diffusers import UNet2DModel
+
+    cond = UNet2DModel(**model_config("tiny", 16, conditional=True))
+    _init_weights(cond, str(tmp_path / "base"))
+    assert torch.equal(cond.conv_in.weight[:, :3], base.conv_in.weight)
+    assert not cond.conv_in.weight[:, 3:].any()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([300])
+    extra = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():  # zero extra weights: the inpainting model starts as the unconditional one
+        assert torch.allclose(cond(torch.cat([x, extra], 1), t).sample, base(x, t).sample, atol=1e-5)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((6, 16, 16), bool)
+    masks[:, 4:12, 5:11] = True
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), preset="tiny", steps=2, num_samples=2, sample_steps=2,
+                      conditional=True, init_from=str(tmp_path / "base"), progress=False, export_dir=str(tmp_path / "out"))
+    result = train(cfg, images=images, masks=masks)
+    assert result.step == 2 and all(np.isfinite(result.losses)) and result.samples
+    meta = json.loads((tmp_path / "out" / "faceveil_train.json").read_text())
+    assert meta["conditioning"] == "mask+masked-image"
+    assert load_model(str(tmp_path / "out")).conditional
+    with pytest.raises(UsageError, match="masks"):
+        train(TrainConfig(out_dir=str(tmp_path / "run2"), preset="tiny", steps=1, conditional=True, progress=False),
+              images=images)
+
+
+def test_face_data_keeps_its_masks(tmp_path):
+    from faceveil.train.data import FaceData, load_faces, save_faces
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (3, 24, 24, 3), dtype=np.uint8)
+    masks = rng.random((3, 24, 24)) > 0.5
+    save_faces(tmp_path / "f.npz", FaceData(images, np.zeros(3, np.int32), ["a"], ["x", "y", "z"], {}, masks))
+    back = load_faces(tmp_path / "f.npz")
+    assert np.array_equal(back.masks, masks) and np.array_equal(back.images, images)
