@@ -377,6 +377,29 @@ def test_tiny_training_on_the_chunked_set(world, tmp_path):
 
 
 @needs_photos
+def test_face_framed_set_with_masks_trains_an_inpainting_model(world, tmp_path):
+    """The chunked set also carries each crop's inference mask, in the face-centred framing."""
+    from faceveil.train.trainer import TrainConfig, load_checkpoint, train
+
+    out = tmp_path / "face32"
+    report = prepare_face_set(
+        world["shared"], out, RES, sources_root=world["sources"], cache_dir=tmp_path / "cache",
+        max_chunk_bytes=12000, progress=False, framing="face", masks=True,
+    )
+    fd = tchunks.load_face_set(out)
+    assert report.provenance["framing"] == "face" and len(fd) == report.images
+    assert fd.masks is not None and fd.masks.shape == fd.images.shape[:3]
+    share = fd.masks.mean(axis=(1, 2))
+    assert (share > 0.2).all() and (share < 0.8).all()  # the face, with context around it
+    cfg = TrainConfig(
+        data=str(out), out_dir=str(tmp_path / "run"), preset="tiny", steps=1, batch_size=2, conditional=True,
+        checkpoint_every=1, sample_every=0, num_samples=0, progress=False, device="cpu",
+    )
+    result = train(cfg)
+    assert result.step == 1 and load_checkpoint(result.checkpoint)["data_summary"]["framing"] == "face"
+
+
+@needs_photos
 def test_cli_prepare_data_writes_a_chunked_set(world, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="faceveil")
     register(parser.add_subparsers(dest="command", required=True))

@@ -183,7 +183,7 @@ def load_face_set(path: str | os.PathLike[str], *, verify: bool = True) -> FaceD
         )
     if not chunks:
         raise UsageError(f"{folder}: the face set lists no chunks")
-    images, keys, sources = [], [], []
+    images, keys, sources, masks = [], [], [], []
     for c in chunks:
         f = folder / c["file"]
         if verify and file_sha256(f) != c["sha256"]:
@@ -192,12 +192,14 @@ def load_face_set(path: str | os.PathLike[str], *, verify: bool = True) -> FaceD
         if len(part) != c["images"]:
             raise UsageError(f"{f}: {len(part)} crops, the manifest says {c['images']}")
         images.append(part.images)
+        masks.append(part.masks)
         keys += [part.identity_names[i] for i in part.labels]
         sources += part.sources
     names = sorted(set(keys))
     index = {k: i for i, k in enumerate(names)}
     labels = np.array([index[k] for k in keys], dtype=np.int64)
-    return FaceData(np.concatenate(images), labels, names, sources, prov)
+    all_masks = np.concatenate(masks) if all(m is not None for m in masks) else None
+    return FaceData(np.concatenate(images), labels, names, sources, prov, all_masks)
 
 
 def set_summary(path: str | os.PathLike[str], prov: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +212,8 @@ def set_summary(path: str | os.PathLike[str], prov: dict[str, Any]) -> dict[str,
         "images": prov.get("images"),
         "identities_known": prov.get("identities_known"),
         "encoding": prov.get("encoding"),
+        "framing": prov.get("framing", "ffhq"),
+        "masks": prov.get("masks"),
         "licence": prov.get("licence"),
         "sources": {
             name: {k: s.get(k) for k in ("repository", "commit", "folders", "files", "sha256", "counts", "licence")}

@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--framing", choices=("ffhq", "face"), default="ffhq",
                    help="crop framing: FFHQ's quad or centred on the face oval (default: ffhq)")
     p.add_argument("--masks", action="store_true",
-                   help="also store each crop's inference mask (for --conditional training; .npz output)")
+                   help="also store each crop's inference mask (for --conditional training)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prepare_data)
 
@@ -128,8 +128,6 @@ def run_prepare_data(args: argparse.Namespace) -> int:
     if not (shared / "data").is_dir():
         raise UsageError(f"shared folder not found or without data/: {shared}")
     if args.sources_root or Path(args.output).suffix != ".npz":
-        if args.framing != "ffhq" or args.masks:
-            raise UsageError("--framing and --masks are built for a single .npz output so far")
         return _run_prepare_set(args, shared)
     report = prepare_dataset(
         shared,
@@ -176,6 +174,8 @@ def _run_prepare_set(args: argparse.Namespace, shared: Path) -> int:
         max_filled=args.max_filled,
         limit_per_source=args.limit,
         progress=not args.quiet,
+        framing=args.framing,
+        masks=args.masks,
     )
     print(report.summary())
     return 0

@@ -65,7 +65,7 @@ def _ffhq_pad(image: np.ndarray, pads: tuple[int, int, int, int], qsize: float) 
 
 
 def align_filled(
-    image: np.ndarray, face_or_landmarks5: object, size: int
+    image: np.ndarray, face_or_landmarks5: object, size: int, framing: str = "ffhq"
 ) -> tuple[np.ndarray, AlignTransform, float]:
     """The FFHQ-aligned ``size`` crop of a face, filled FFHQ-style beyond the image.
 
@@ -73,7 +73,7 @@ def align_filled(
     the face in ``image`` coordinates and ``filled`` the :func:`filled_fraction`.
     """
     img = np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)
-    transform = alignment_transform(face_or_landmarks5, size)  # type: ignore[arg-type]
+    transform = alignment_transform(face_or_landmarks5, size, framing)  # type: ignore[arg-type]
     filled = filled_fraction(img.shape, transform)
     if filled == 0.0:
         return warp_crop(img, transform), transform, 0.0

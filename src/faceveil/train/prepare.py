@@ -173,12 +173,18 @@ def _label(sources: list[_Source], celeba_ids: dict[str, str], exclude: set[str]
 # --------------------------------------------------------------------------- crops
 
 
-def _align_all(s: _Source, size: int, cache_dir: Path | None, progress: bool) -> dict[str, np.ndarray]:
-    """Detect and align every selected file of a source (cached)."""
+def _align_all(
+    s: _Source, size: int, cache_dir: Path | None, progress: bool, framing: str = "ffhq", masks: bool = False
+) -> dict[str, np.ndarray]:
+    """Detect and align every selected file of a source (cached); with ``masks``, also each
+    crop's inference mask (:func:`faceveil.train.data.inference_mask`)."""
     from tqdm.auto import tqdm
 
+    from faceveil.train.data import inference_mask
+
+    options = [] if (framing, masks) == ("ffhq", False) else [framing, masks]  # older caches keep their keys
     key = hashlib.sha256(
-        json.dumps([ALIGN_VERSION, size, s.info["sha256"], s.selected]).encode()
+        json.dumps([ALIGN_VERSION, size, s.info["sha256"], s.selected, *options]).encode()
     ).hexdigest()[:16]
     cache = cache_dir / f"{s.name}-{size}px-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
@@ -195,6 +201,7 @@ def _align_all(s: _Source, size: int, cache_dir: Path | None, progress: bool) ->
         "shape": np.zeros((n, 2), dtype=np.int32),
         "landmarks": np.zeros((n, 5, 2), dtype=np.float32),
         "score": np.zeros(n, dtype=np.float32),
+        **({"masks": np.zeros((n, size, size), dtype=bool)} if masks else {}),
     }
     from faceveil.train.crops import align_filled
 
@@ -208,7 +215,9 @@ def _align_all(s: _Source, size: int, cache_dir: Path | None, progress: bool) ->
         if face is None:
             res["status"][i] = _TOO_SMALL if faces else _NO_FACE
             continue
-        crop, transform, filled = align_filled(image, face, size)
+        crop, transform, filled = align_filled(image, face, size, framing)
+        if masks:
+            res["masks"][i] = inference_mask(image.shape, face, transform)
         res["crops"][i] = crop
         res["filled"][i] = filled
         res["matrix"][i] = transform.matrix
@@ -358,6 +367,8 @@ def prepare_face_set(
     max_filled: float = 1.0,
     limit_per_source: int | None = None,
     progress: bool = True,
+    framing: str = "ffhq",
+    masks: bool = False,
 ) -> SetReport:
     """Build the chunked training set in ``out_dir``; see the module docstring.
 
@@ -365,7 +376,8 @@ def prepare_face_set(
     ``source_names`` picks among :data:`~faceveil.train.sources.KNOWN_SOURCES` (default:
     all of them when ``sources_root`` is given). Crops filled beyond ``max_filled`` are
     dropped (and counted). ``limit_per_source`` keeps an evenly spaced subset of each
-    source (tests).
+    source (tests). ``framing`` and ``masks`` as for :func:`faceveil.train.data.prepare_dataset`
+    (the masks travel packed, one bit per pixel, as the chunks' ``masks`` array).
     """
     t0 = time.perf_counter()
     size = int(size)
@@ -422,7 +434,7 @@ def prepare_face_set(
         s.info["files"] = len(s.files)
         s.info["sha256"] = srcmod.source_digest(s.root, s.files)
         s.info["selected"] = len(s.selected)
-        aligned[s.name] = _align_all(s, size, Path(cache_dir) if cache_dir else None, progress)
+        aligned[s.name] = _align_all(s, size, Path(cache_dir) if cache_dir else None, progress, framing, masks)
 
     # Flatten in priority order (shared first, then KNOWN_SOURCES order).
     order = {n: i for i, n in enumerate(["shared-celeba", "shared-lfw"] + [k.name for k in srcmod.KNOWN_SOURCES])}
@@ -500,6 +512,9 @@ def prepare_face_set(
         "align_matrix": matrix,
         "source_shape": shape.astype(np.int32),
     }
+    if masks:
+        crop_masks = np.stack([aligned[sources[src_idx[i]].name]["masks"][pos[i]] for i in keep])
+        extras["masks"] = np.packbits(crop_masks.reshape(len(keep), -1), axis=1)
     ids_keep = [sources[src_idx[i]].identities[pos[i]] for i in keep]
     entries = write_chunks(out, images, ids_keep, [rels[i] for i in keep], extras,
                            encoding=encoding, max_bytes=max_chunk_bytes)
@@ -546,6 +561,8 @@ def prepare_face_set(
         "format": SET_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "size": size,
+        "framing": framing,
+        "masks": "pipeline.face_geometry latent cells of the mesh outline" if masks else None,
         "images": int(len(keep)),
         "identities_known": len(kept_names),
         "encoding": {"kind": encoding["kind"], **({"quality": int(encoding.get("quality", 95)), "subsampling": "4:4:4"}
@@ -553,7 +570,8 @@ def prepare_face_set(
         "alignment": {
             "version": ALIGN_VERSION,
             "detector": "faceveil.faces.detect_faces (largest central face, faceveil.train.data._pick_face)",
-            "crop": "faceveil.faces.alignment_transform (FFHQ quad) + faceveil.faces.align.warp_crop",
+            "crop": f"faceveil.faces.alignment_transform (FFHQ quad orientation, framing {framing!r}) "
+                    "+ faceveil.faces.align.warp_crop",
             "fill": "FFHQ recreate_aligned_images: reflect pad, blur sigma 0.02*quad fading in, median fade outwards",
             "canonical_landmarks5": CANONICAL_LANDMARKS5.round(4).tolist(),
         },
