@@ -118,3 +118,17 @@ def test_face_data_keeps_its_masks(tmp_path):
     save_faces(tmp_path / "f.npz", FaceData(images, np.zeros(3, np.int32), ["a"], ["x", "y", "z"], {}, masks))
     back = load_faces(tmp_path / "f.npz")
     assert np.array_equal(back.masks, masks) and np.array_equal(back.images, images)
+
+
+def test_a_video_track_keeps_its_outline_in_another_framing():
+    """Tracks keep outlines in the FFHQ crop; a face-framed model gets the same image outline."""
+    from faceveil.video.track import TrackFace
+
+    from faceveil.video.track import ANGLES
+
+    radii = np.full(ANGLES, 20.0)
+    face = TrackFace(0, b"\0" * 16, LANDMARKS, radii, "detected")
+    ffhq, outline_ffhq = face.job_geometry(96)
+    framed, outline_face = face.job_geometry(96, "face")
+    assert not np.allclose(outline_ffhq, outline_face)
+    assert np.allclose(transform_points(outline_ffhq, ffhq.inverse()), transform_points(outline_face, framed.inverse()))
