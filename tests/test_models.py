@@ -82,12 +82,14 @@ def test_embedded_draft_model_veils_and_recovers_a_real_face():
 def test_default_model_is_the_best_embedded_one(tmp_path):
     from faceveil.models import EMBEDDED_MODELS, default_model
 
-    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-64-draft")
+    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-96", "faceveil-faces-64-draft")
     assert default_model(tmp_path) == DRAFT  # nothing shipped: the draft is named (its loading explains)
     (tmp_path / DRAFT / "unet").mkdir(parents=True)
     assert default_model(tmp_path) == DRAFT
     (tmp_path / "faceveil-faces-64").mkdir()
     assert default_model(tmp_path) == DRAFT  # a folder without weights does not count
+    (tmp_path / "faceveil-faces-96" / "unet").mkdir(parents=True)
+    assert default_model(tmp_path) == "faceveil-faces-96"  # the CPU-trained inpainting model beats the draft
     (tmp_path / "faceveil-faces-64" / "unet").mkdir()
     assert default_model(tmp_path) == "faceveil-faces-64"  # the day the GPU model ships
 

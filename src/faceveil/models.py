@@ -52,6 +52,12 @@ PRESETS: dict[str, Preset] = {
             "weights ship in weights/faceveil-faces-64 (see TRAINING.md)",
         ),
         Preset(
+            "faceveil-faces-96",
+            str(WEIGHTS_DIR / "faceveil-faces-96"),
+            "faceveil's inpainting pixel model, 96x96 crops centred on the face, 4.3 M parameters, trained on a "
+            "2-core CPU from the draft (embedded, offline); it sees the photo around the face (MODEL_CARD.md)",
+        ),
+        Preset(
             "faceveil-faces-64-draft",
             str(WEIGHTS_DIR / "faceveil-faces-64-draft"),
             "faceveil's draft pixel model, 64x64, 4.3 M parameters, trained 64 min on a 2-core CPU "
@@ -61,15 +67,16 @@ PRESETS: dict[str, Preset] = {
 }
 # Embedded models, best first: the default is the first whose weights ship in this installation,
 # so the GPU-trained model becomes the default the day its folder is added, with no code change.
-EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-64-draft")
+EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96", "faceveil-faces-64-draft")
 DEFAULT_ALIAS = "default"
 
 
 def default_model(weights_dir: Path | None = None) -> str:
     """The preset name of the best model embedded in the package (runs offline).
 
-    ``faceveil-faces-64`` when its weights folder is present, else the CPU-trained
-    ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
+    The first of :data:`EMBEDDED_MODELS` whose weights folder is present: ``faceveil-faces-64``
+    (GPU-trained), ``faceveil-faces-96`` (the CPU-trained inpainting model), else the
+    CPU-trained ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
     """
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     for name in EMBEDDED_MODELS:
