@@ -276,3 +276,46 @@ def test_blair_profile_cut_by_the_left_border_given_explicitly(key, pixel_model)
     out, record, _ = anonymize_array(image, key, pixel_model, faces=[job])
     _assert_veiled_and_exact(image, out, recover_array(out, record, key, pixel_model)[0],
                              outline_region(image.shape, job.transform, job.outline).full(image.shape), box)
+
+
+def test_video_style_pixelate_is_exact_and_runs_no_model(pixel_model, tmp_path):
+    from faceveil.video import anonymize_video, recover_video
+    from faceveil.video.header import Sidecar
+    from test_video import _clip_with_audio, _frames, _moving_clip, _stand_in_detector
+
+    frames, centres = _moving_clip(3, step=4.0)
+    source = _clip_with_audio(tmp_path / "walk.mp4", frames)
+    key = Key.generate()
+    result = anonymize_video(source, key, model=pixel_model, steps=1, detector=_stand_in_detector(centres), style="pixelate")
+    assert result.faces and all(r.treatment == "pixelate" and r.unet_evals == 0 for r in result.faces)
+    veiled = result.outputs[0]
+    with Sidecar(result.outputs[1], 96, 96) as sidecar:
+        sidecar.open(key)
+        assert {f["treatment"] for record in sidecar.frames() for f in record["public"]["faces"]} == {"pixelate"}
+    original = _frames(source)
+    assert all((a != b).any() for a, b in zip(original, _frames(veiled)))
+    recovered = recover_video(veiled, key, model=pixel_model)
+    assert all(np.array_equal(a, b) for a, b in zip(original, _frames(recovered.outputs[0]), strict=True))
+
+
+def test_cli_style_on_a_folder_is_exact(pixel_model_dir, tmp_path, capsys):
+    from faceveil.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = _astronaut()
+    Image.fromarray(image).save(folder / "a.png")
+    Image.fromarray(np.ascontiguousarray(image[:, ::-1])).save(folder / "b.png")
+    key = tmp_path / "k.key"
+    assert main(["keygen", str(key)]) == 0
+    model = ["--model", str(pixel_model_dir)]
+    assert main(["anonymize", str(folder), "--key", str(key), "-o", str(tmp_path / "out"), "--style", "blur", *model]) == 0
+    veiled = sorted((tmp_path / "out").glob("*.veiled.png"))
+    assert len(veiled) == 2
+    for path in veiled:
+        assert _union(path, Key.load(key), image.shape)[1] == ["blur"]
+    assert main(["recover", str(tmp_path / "out"), "--key", str(key), "-o", str(tmp_path / "back"), *model]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "back" / "a.recovered.png")), image)
+    with pytest.raises(SystemExit) as exit_:
+        main(["anonymize", str(folder / "a.png"), "--key", str(key), "--style", "mosaic", *model])
+    assert exit_.value.code == 2

@@ -59,7 +59,7 @@ from faceveil.faces.paste import (
     sample_crop,
     sampled_cells,
 )
-from faceveil.faces.visible import VISIBLE, apply_visible
+from faceveil.faces.visible import MODEL, VISIBLE, apply_visible
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
 from faceveil.residual import (
@@ -80,7 +80,6 @@ from faceveil.schema import check_public
 Progress = Callable[[int], None]
 
 HINT_STEP = 1.0 / 2048  # latent units per stored hint step (int16)
-MODEL = "model"  # a face's treatment when the diffusion model replaces it; others: ``faces.visible.VISIBLE``
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,10 @@ import numpy as np
 from faceveil.errors import FaceveilError, UsageError
 from faceveil.faces import Face, alignment_transform, face_outline, outline_region
 from faceveil.faces.align import AlignTransform
-from faceveil.faces.visible import VISIBLE
-from faceveil.pipeline import MODEL, FaceJob
+from faceveil.faces.visible import DEFAULT_FALLBACK, FALLBACKS, MODEL, STYLES
+from faceveil.pipeline import FaceJob
 
 __all__ = ["STYLES", "FALLBACKS", "DEFAULT_FALLBACK", "treatment_of", "model_problem", "box_geometry", "plan_face"]
-
-STYLES = ("face", *VISIBLE)  # --style: "face" is the diffusion model
-FALLBACKS = (MODEL, *VISIBLE)  # --fallback: what a face the model path cannot take gets
-DEFAULT_FALLBACK = "pixelate"
 
 TINY = 12.0  # px: below this box side there is no face to align
 MIN_COVER = 0.5  # the outline's region must cover this share of the detector's box (the part inside the image)

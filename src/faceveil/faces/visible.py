@@ -16,9 +16,13 @@ import numpy as np
 from faceveil.errors import UsageError
 from faceveil.faces.paste import FaceRegion
 
-__all__ = ["VISIBLE", "PIXEL_BLOCKS", "BLUR_BLOCKS", "SOLID_RGB", "visible_layer", "apply_visible"]
+__all__ = ["MODEL", "VISIBLE", "STYLES", "FALLBACKS", "DEFAULT_FALLBACK", "visible_layer", "apply_visible"]
 
+MODEL = "model"  # a face's treatment when the diffusion model replaces it (the header's word)
 VISIBLE = ("pixelate", "blur", "solid")
+STYLES = ("face", *VISIBLE)  # --style: "face" is the model
+FALLBACKS = (MODEL, *VISIBLE)  # --fallback: what a face the model path cannot take gets
+DEFAULT_FALLBACK = "pixelate"
 PIXEL_BLOCKS = 8  # pixelation blocks across the region's longer side (deface's mosaic is coarser than 10)
 BLUR_BLOCKS = 6  # Gaussian blur sigma = the region's longer side / this: features merge into a smear
 SOLID_RGB = (0, 0, 0)  # solid fill colour: black, as deface's "solid"
