@@ -319,3 +319,26 @@ def test_cli_style_on_a_folder_is_exact(pixel_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["anonymize", str(folder / "a.png"), "--key", str(key), "--style", "mosaic", *model])
     assert exit_.value.code == 2
+
+
+def test_web_service_style_round_trip_and_page_dropdown(pixel_model, tmp_path):
+    import io
+
+    from faceveil.web import service
+
+    image = _astronaut()
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    key = Key.generate()
+    veiled = service.anonymize_upload(service.Upload("a.png", buffer.getvalue()), key, pixel_model, tmp_path, style="solid")
+    out = np.asarray(Image.open(io.BytesIO(veiled.png)).convert("RGB"))
+    assert veiled.faces == 1 and (out == 0).all(axis=2).sum() > 2000  # a black face
+    back = service.recover_upload(service.Upload(veiled.name, veiled.png), key, tmp_path, model=pixel_model)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(back.png)).convert("RGB")), image)
+
+    pytest.importorskip("gradio", reason="the web page needs gradio")
+    from faceveil.web.app import STYLE_CHOICES, build_app
+
+    page = build_app(pixel_model, tmp_path / "work", tmp_path / "uploads")
+    dropdowns = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "style"]
+    assert len(dropdowns) == 1 and [v for _, v in STYLE_CHOICES] == ["face", "pixelate", "blur", "solid"]
