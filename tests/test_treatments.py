@@ -128,6 +128,8 @@ def test_unknown_style_is_a_usage_error(key, pixel_model, tmp_path):
     Image.fromarray(_astronaut()).save(tmp_path / "a.png")
     with pytest.raises(UsageError, match="style"):
         api.anonymize(tmp_path / "a.png", key, model=pixel_model, style="mosaic")
+    with pytest.raises(UsageError, match="fallback"):
+        api.anonymize(tmp_path / "a.png", key, model=pixel_model, fallback="ignore")
     assert not (tmp_path / "a.veiled.png").exists()
 
 

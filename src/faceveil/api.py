@@ -39,7 +39,7 @@ from faceveil.pipeline import (
     recover_arrays,
     whole_image_transform,
 )
-from faceveil.treatments import DEFAULT_FALLBACK, fallback_note, plan_face, treatment_of
+from faceveil.treatments import DEFAULT_FALLBACK, check_fallback, fallback_note, plan_face, treatment_of
 
 VEILED_TAG = ".veiled"
 RECOVERED_TAG = ".recovered"
@@ -260,7 +260,8 @@ def anonymize_files(
     settings = settings or Settings()
     if steps is not None:
         settings = replace(settings, engine=replace(settings.engine, steps=steps))
-    treatment_of(style)  # an unknown style is a usage error before any file is read
+    treatment_of(style)  # an unknown style or fallback is a usage error before any file is read
+    check_fallback(fallback)
     key, model = _key(key), _model(model)
     slots: list = []
     for source, output in files:

@@ -26,7 +26,7 @@ from faceveil.faces.align import AlignTransform
 from faceveil.faces.visible import DEFAULT_FALLBACK, FALLBACKS, MODEL, STYLES
 from faceveil.pipeline import FaceJob
 
-__all__ = ["STYLES", "FALLBACKS", "DEFAULT_FALLBACK", "treatment_of", "model_problem", "box_geometry", "plan_face"]
+__all__ = ["STYLES", "FALLBACKS", "DEFAULT_FALLBACK", "treatment_of", "check_fallback", "model_problem", "box_geometry", "plan_face"]
 
 TINY = 12.0  # px: below this box side there is no face to align
 MIN_COVER = 0.5  # the outline's region must cover this share of the detector's box (the part inside the image)
@@ -43,7 +43,8 @@ def treatment_of(style: str) -> str:
     return MODEL if style == "face" else style
 
 
-def _check_fallback(fallback: str) -> None:
+def check_fallback(fallback: str) -> None:
+    """``UsageError`` for an unknown ``--fallback``."""
     if fallback not in FALLBACKS:
         raise UsageError(f"unknown fallback {fallback!r}; choose one of {', '.join(FALLBACKS)}")
 
@@ -103,7 +104,7 @@ def plan_face(face: Face, shape: tuple[int, ...], size: int, mask: str = "face",
               fallback: str = DEFAULT_FALLBACK) -> tuple[FaceJob, str | None]:
     """The job for one detected face and, when its model geometry was unsound, the reason (a fallback)."""
     treatment = treatment_of(style)
-    _check_fallback(fallback)
+    check_fallback(fallback)
     try:
         transform = alignment_transform(face, size)
         outline = face_outline(face, transform, include=mask)
