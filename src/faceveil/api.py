@@ -16,12 +16,7 @@ import numpy as np
 
 from faceveil.container import open_header, read_record, write_image, write_veiled
 from faceveil.errors import FaceveilError, NoFaceError, UsageError
-from faceveil.faces import (
-    DEFAULT_MIN_SIZE,
-    alignment_transform,
-    detect_faces,
-    face_outline,
-)
+from faceveil.faces import DEFAULT_MIN_SIZE, default_outline, detect_faces
 from faceveil.imageio import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -42,7 +37,9 @@ from faceveil.pipeline import (
     VeiledPhoto,
     anonymize_arrays,
     recover_arrays,
+    whole_image_transform,
 )
+from faceveil.treatments import DEFAULT_FALLBACK, check_fallback, fallback_note, plan_face, treatment_of
 
 VEILED_TAG = ".veiled"
 RECOVERED_TAG = ".recovered"
@@ -87,24 +84,29 @@ def _model(model: DiffusionModel | str | None) -> DiffusionModel:
 
 
 def find_faces(
-    rgb: np.ndarray, size: int, mask: str = "face", min_face: int = DEFAULT_MIN_SIZE, framing: str = "ffhq"
+    rgb: np.ndarray, size: int, mask: str = "face", min_face: int = DEFAULT_MIN_SIZE, style: str = "face",
+    fallback: str = DEFAULT_FALLBACK, framing: str = "ffhq",
 ) -> tuple[list[FaceJob], list[str]]:
     """Detect every face and make its job (alignment transform and crop mask); notes for the user.
 
     Faces below ``min_face`` pixels are anonymized too (a privacy tool never passes a
     face through), but reported, since detection and landmarks get unreliable there.
+    ``style`` is the treatment of every face (``treatments.STYLES``); a face whose model
+    geometry is unsound gets its box's geometry and ``fallback`` (``treatments.plan_face``), with a note.
     """
     faces = detect_faces(rgb, min_size=min_face)
-    jobs = []
-    for face in faces:
-        transform = alignment_transform(face, size, framing)
-        jobs.append(FaceJob(transform, face_outline(face, transform, include=mask)))
+    jobs, fallbacks = [], []
+    for index, face in enumerate(faces):
+        job, problem = plan_face(face, rgb.shape, size, mask, style, fallback, framing)
+        jobs.append(job)
+        if problem is not None:
+            fallbacks.append(fallback_note(index, face, problem, job.treatment))
     small = [f for f in faces if f.too_small]
     notes = []
     if small:
         sizes = ", ".join(f"{f.side:.0f} px" for f in small)
         notes.append(f"{len(small)} face(s) below {min_face} px ({sizes}) anonymized; check them: detection is unreliable at that size")
-    return jobs, notes
+    return jobs, notes + fallbacks
 
 
 def anonymize(
@@ -122,6 +124,8 @@ def anonymize(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     progress: Progress | None = None,
+    style: str = "face",
+    fallback: str = DEFAULT_FALLBACK,
 ) -> Result:
     """Anonymize every face of an image file and write the result with its faceveil header.
 
@@ -132,10 +136,15 @@ def anonymize(
     ``aligned=True`` treats the whole image as one already aligned face (default mask).
     An image with no face raises ``NoFaceError`` unless ``allow_no_face`` is set, in
     which case it is written unchanged (with a header, so ``recover`` accepts it).
+    ``style`` (``"face"``, ``"pixelate"``, ``"blur"``, ``"solid"``): ``"face"`` is the
+    diffusion model; the others replace each face visibly, seal its original region and
+    run no model (recovery is exact and runs none either). A face the model path cannot
+    take gets ``fallback`` (a visible treatment, or ``"model"`` on its box), with a note.
     """
     return _one(anonymize_files(
         [(input, output)], key, model=model, steps=steps, settings=settings, aligned=aligned, mask=mask, min_face=min_face,
         allow_no_face=allow_no_face, residual=residual, max_pixels=max_pixels, overwrite=overwrite, progress=progress,
+        style=style, fallback=fallback,
     ))
 
 
@@ -159,19 +168,24 @@ class _Prepared:
 
 
 def _prepare_anonymize(source: Path, output, model: DiffusionModel, aligned: bool, mask: str, min_face: int,
-                       allow_no_face: bool, max_pixels: int | None, overwrite: bool) -> _Prepared:
+                       allow_no_face: bool, max_pixels: int | None, overwrite: bool, style: str = "face",
+                       fallback: str = DEFAULT_FALLBACK) -> _Prepared:
     loaded = read_image(source, max_pixels=max_pixels)
     target = Path(output) if output is not None else default_output(source, VEILED_TAG)
     _check_output(target, [source], overwrite)
     prepared = _Prepared(source, target, loaded, [])
     if not aligned:
         prepared.jobs, prepared.notes = find_faces(
-            loaded.rgb, model.image_size, mask=mask, min_face=min_face, framing=model.framing
+            loaded.rgb, model.image_size, mask, min_face, style, fallback, framing=model.framing
         )
         if not prepared.jobs and not allow_no_face:
             raise NoFaceError(f"no face found in {source} (use --allow-no-face to pass it through, --aligned for a face crop)")
         if not prepared.jobs:
             prepared.notes.append("no face found: written unchanged (--allow-no-face)")
+    elif treatment_of(style) != "model":  # the whole image is one aligned face, treated visibly
+        size = model.image_size
+        h, w = loaded.rgb.shape[:2]
+        prepared.jobs = [FaceJob(whole_image_transform(h, w, size), default_outline(size, mask), treatment=style)]
     return prepared
 
 
@@ -235,6 +249,8 @@ def anonymize_files(
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH,
     on_result: Callable[[int, Result | FaceveilError], None] | None = None,
+    style: str = "face",
+    fallback: str = DEFAULT_FALLBACK,
 ) -> list[Result | FaceveilError]:
     """``anonymize`` for several ``(input, output or None)`` files, their faces batched through the model.
 
@@ -246,11 +262,14 @@ def anonymize_files(
     settings = settings or Settings()
     if steps is not None:
         settings = replace(settings, engine=replace(settings.engine, steps=steps))
+    treatment_of(style)  # an unknown style or fallback is a usage error before any file is read
+    check_fallback(fallback)
     key, model = _key(key), _model(model)
     slots: list = []
     for source, output in files:
         try:
-            slots.append(_prepare_anonymize(Path(source), output, model, aligned, mask, min_face, allow_no_face, max_pixels, overwrite))
+            slots.append(_prepare_anonymize(Path(source), output, model, aligned, mask, min_face, allow_no_face, max_pixels,
+                                            overwrite, style, fallback))
         except FaceveilError as exc:
             slots.append(exc)
     ready = [p for p in slots if isinstance(p, _Prepared)]

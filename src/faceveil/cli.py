@@ -176,7 +176,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
                 report(0, _outcome(lambda: anonymize_video(
                     source, key, target, model=model, settings=settings, mask=args.mask, min_face=args.min_face,
                     allow_no_face=args.allow_no_face, residual=not args.no_residual, max_pixels=args.max_pixels,
-                    overwrite=args.overwrite, progress=bars.update,
+                    overwrite=args.overwrite, progress=bars.update, style=args.style,
                 )))
             return
         bar, update = _progress_bar(_bar_name("anonymize", pairs), show)
@@ -185,7 +185,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
                 pairs, key, model=model, settings=settings, aligned=args.aligned, mask=args.mask,
                 min_face=args.min_face, allow_no_face=args.allow_no_face, residual=not args.no_residual,
                 max_pixels=args.max_pixels, overwrite=args.overwrite, progress=update, batch_size=args.batch,
-                on_result=report,
+                on_result=report, style=args.style, fallback=args.fallback,
             )
 
     return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show)
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     from faceveil.engine import CONTEXTS, MIXINGS, EngineSettings
     from faceveil.faces.detect import DEFAULT_MIN_SIZE
     from faceveil.faces.mask import INCLUDE_OPTIONS
+    from faceveil.faces.visible import DEFAULT_FALLBACK, FALLBACKS, STYLES
     from faceveil.models import default_model
 
     defaults = EngineSettings()
@@ -326,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_SIZE,
                    help="faces smaller than this (pixels) are anonymized but reported")
     p.add_argument("--allow-no-face", action="store_true", help="write images without faces unchanged instead of failing")
+    p.add_argument("--style", choices=STYLES, default="face",
+                   help="face: a new face from the model; pixelate, blur, solid: a visible replacement, the original "
+                        "sealed in the header (exact recovery, no model run)")
+    p.add_argument("--fallback", choices=FALLBACKS, default=DEFAULT_FALLBACK,
+                   help="for a face the model cannot align (no mesh, cut by the border, tiny): a visible treatment "
+                        "of its box, or the model on its box; each such face is reported")
     _batch_options(p)
     p.set_defaults(func=_cmd_anonymize)
 

@@ -59,6 +59,7 @@ from faceveil.faces.paste import (
     sample_crop,
     sampled_cells,
 )
+from faceveil.faces.visible import MODEL, VISIBLE, apply_visible
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
 from faceveil.residual import (
@@ -108,6 +109,7 @@ class FaceReport:
     transform: AlignTransform
     unet_evals: int
     max_inversion_residual: float
+    treatment: str = MODEL  # "model", or the visible treatment the face got (``faceveil.faces.visible``)
 
 
 @dataclass
@@ -122,6 +124,7 @@ class FaceJob:
     outline: np.ndarray
     nonce: bytes | None = None
     noise: torch.Tensor | None = None  # keyed noise to sample this face from (a video track's: ``keyed_noise``)
+    treatment: str = MODEL  # or a visible one ("pixelate", "blur", "solid"): no model, the original sealed
 
     @property
     def mask(self) -> np.ndarray:
@@ -177,6 +180,15 @@ def face_geometry(image_shape: tuple[int, ...], transform: AlignTransform, outli
     return FaceGeometry(
         transform, region, torch.from_numpy(cells.astype(np.float32))[None, None], influence | cells_px, interior, edge
     )
+
+
+def _geometry(image_shape: tuple[int, ...], transform: AlignTransform, outline: np.ndarray, model: DiffusionModel,
+              treatment: str) -> FaceGeometry:
+    """``face_geometry`` for a model face; a visibly treated face needs only its region (no model grid)."""
+    if treatment == MODEL:
+        return face_geometry(image_shape, transform, outline, model)
+    none = np.zeros((0, 0), bool)
+    return FaceGeometry(transform, outline_region(image_shape, transform, outline), torch.zeros(1, 1, 0, 0), none, none, none)
 
 
 def fill_region(crop: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -444,9 +456,11 @@ def plan_faces(photo: PhotoJob, model: DiffusionModel, residual: bool = True) ->
         faces = [FaceJob(whole_image_transform(shape[0], shape[1], size), default_outline(size))]
     geometries = []
     for face in faces:
-        geometry = face_geometry(shape, face.transform, _outline(face), model)
+        if face.treatment != MODEL and face.treatment not in VISIBLE:
+            raise UsageError(f"unknown face treatment {face.treatment!r}; choose {MODEL} or one of {', '.join(VISIBLE)}")
+        geometry = _geometry(shape, face.transform, _outline(face), model, face.treatment)
         y0, y1, x0, x1 = geometry.region.bounds
-        if residual and max(y1 - y0, x1 - x0) > MAX_SIDE:
+        if (residual or face.treatment != MODEL) and max(y1 - y0, x1 - x0) > MAX_SIDE:
             raise UsageError(
                 f"a face region of {x1 - x0}x{y1 - y0} px is larger than the {MAX_SIDE} px the sealed residual can "
                 "hold; downscale the image"
@@ -522,7 +536,11 @@ def anonymize_arrays(
         current = _read_back_rgb(like(np.ascontiguousarray(photo.rgb, dtype=np.uint8)))
         states.append(_Anonymizing(like, current, faces, geometries, [f.nonce or new_nonce() for f in faces]))
     for round_ in range(max((len(s.faces) for s in states), default=0)):
-        for chunk in _chunks([s for s in states if len(s.faces) > round_], batch_size):
+        active = [s for s in states if len(s.faces) > round_]
+        for state in active:
+            if state.faces[round_].treatment != MODEL:
+                _veil_visible(state, round_)
+        for chunk in _chunks([s for s in active if s.faces[round_].treatment == MODEL], batch_size):
             _veil_round(run, chunk, round_, residual)
     results = []
     for photo, state in zip(photos, states):
@@ -531,13 +549,27 @@ def anonymize_arrays(
             "model": {"id": model.model_id, "weights_sha256": model.weights_hash, "kind": model.kind},
             "settings": {**settings.to_json(), "residual_codec": CODEC},
             "image": {"height": int(written.shape[0]), "width": int(written.shape[1]), "pixels_sha256": pixels_sha256(written)},
-            "faces": [{"nonce": n.hex(), "transform": f.transform.to_json()} for f, n in zip(state.faces, state.nonces)],
+            "faces": [{"nonce": n.hex(), "transform": f.transform.to_json(), "treatment": f.treatment}
+                      for f, n in zip(state.faces, state.nonces)],
         }
         private_part: dict = {"faces": state.private_faces}
         if photo.metadata:
             private_part["metadata"] = photo.metadata
         results.append((written, seal_header(key, public, private_part), state.reports))
     return results
+
+
+def _veil_visible(state: _Anonymizing, index: int) -> None:
+    """Face ``index`` of one photo by its visible treatment: no model; its original region sealed as it was."""
+    face, g = state.faces[index], state.geometries[index]
+    y0, y1, x0, x1 = g.region.bounds
+    veiled = _read_back_rgb(state.like(apply_visible(state.current, g.region, face.treatment)))
+    state.private_faces.append({
+        "outline": _outline(face).astype("<f4").tobytes(), "sha256": _region_digest(state.current, g.region),
+        "original": encode_region(state.current[y0:y1, x0:x1], g.region.inside),
+    })
+    state.reports.append(FaceReport(g.transform, 0, 0.0, face.treatment))
+    state.current = veiled
 
 
 def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: bool) -> None:
@@ -664,6 +696,7 @@ class _Recovering:
     used_residual: bool = True
     inexact: list[int] = field(default_factory=list)
     verified: bool = True
+    treatments: list[str] = field(default_factory=list)  # per face: "model" or a visible treatment
 
 
 def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
@@ -674,6 +707,9 @@ def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
     try:
         settings = Settings.from_json(public["settings"])
         faces = [(AlignTransform.from_json(f["transform"]), bytes.fromhex(f["nonce"])) for f in public["faces"]]
+        treatments = [f.get("treatment", MODEL) for f in public["faces"]]  # headers before treatments: all model
+        if any(t != MODEL and "original" not in p for t, p in zip(treatments, private["faces"])):
+            raise ValueError("a visibly treated face lacks its sealed original")
         privates = private["faces"]
         outlines = [np.frombuffer(f["outline"], dtype="<f4").reshape(-1, 2).astype(np.float64) for f in privates]
         colours = [Colour.from_json(f["colour"], f.get("shading", b"")) if "colour" in f else Colour() for f in privates]
@@ -687,19 +723,20 @@ def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
             raise ValueError(f"unknown residual codec {public['settings'].get('residual_codec')!r}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise HeaderError(f"the faceveil header is incomplete ({exc})") from None
-    if public["model"]["weights_sha256"] != model.weights_hash:
+    if any(t == MODEL for t in treatments) and public["model"]["weights_sha256"] != model.weights_hash:
         raise UsageError(
             f"this file was anonymized with model {public['model']['id']!r} "
             f"(weights sha256 {public['model']['weights_sha256'][:16]}…); the loaded model's weights differ"
         )
     shape = array.shape[:2] + (3,)
     planned = [
-        (face_geometry(shape, transform, outline, model), nonce, colour, priv)
-        for (transform, nonce), outline, colour, priv in zip(faces, outlines, colours, privates)
+        (_geometry(shape, transform, outline, model, treatment), nonce, colour, priv)
+        for (transform, nonce), outline, colour, priv, treatment in zip(faces, outlines, colours, privates, treatments)
     ]
     return _Recovering(
         photo, settings, _read_back_rgb(np.asarray(array, dtype=np.uint8)), planned,
         pixels_sha256(array) != expected["pixels_sha256"], [None] * len(planned), _sealed_metadata(private),
+        treatments=treatments,
     )
 
 
@@ -763,9 +800,10 @@ def _restore_round(run: _Run, items: list[tuple[_Recovering, int]], use_residual
     modelled = []
     for state, index in items:
         geometry, _, _, priv = state.faces[index]
-        if use_residual and "original" in priv:  # stored as it was: no model needed for this face
+        treatment = state.treatments[index] if state.treatments else MODEL
+        if (use_residual or treatment != MODEL) and "original" in priv:  # stored as it was: no model needed
             box = _decoded(priv["original"], geometry.region, "face data")
-            _restore(state, index, box[geometry.region.inside], FaceReport(geometry.transform, 0, 0.0))
+            _restore(state, index, box[geometry.region.inside], FaceReport(geometry.transform, 0, 0.0, treatment))
             continue
         try:
             latent_shape = (1, run.model.latent_channels, run.model.latent_size, run.model.latent_size)

@@ -32,7 +32,8 @@ MODEL_FIELDS = {"id", "weights_sha256", "kind"}
 SETTINGS_FIELDS = {"engine", "decoder_iters", "hint", "colour", "grain", "residual_codec"}
 ENGINE_FIELDS = {"steps", "refine_iters", "refine_tol", "context", "mixing"}
 IMAGE_FIELDS = {"height", "width", "pixels_sha256"}
-FACE_FIELDS = {"nonce", "transform"}
+FACE_FIELDS = {"nonce", "transform", "treatment"}  # treatment: absent in files made before it ("model")
+TREATMENTS = ("model", "pixelate", "blur", "solid")
 TRANSFORM_FIELDS = {"matrix", "size"}
 
 
@@ -127,7 +128,9 @@ def check_public(public: Any, height: int | None = None, width: int | None = Non
     if not isinstance(faces, list) or len(faces) > limit:
         raise _fail("faces", f"must be a list of at most {limit} faces for a {w}x{h} image")
     for i, face in enumerate(faces):
-        _dict(face, f"faces[{i}]", FACE_FIELDS)
+        _dict(face, f"faces[{i}]", FACE_FIELDS, optional=frozenset({"treatment"}))
+        if "treatment" in face:
+            _text(face["treatment"], f"faces[{i}].treatment", choices=TREATMENTS)
         _text(face["nonce"], f"faces[{i}].nonce", _HEX32)
         _check_transform(face["transform"], f"faces[{i}].transform", h, w)
     return public

@@ -91,6 +91,7 @@ def run_from_args(args: argparse.Namespace, key: Key, recovering: bool, settings
         options = dict(
             settings=settings, aligned=args.aligned, mask=args.mask, min_face=args.min_face,
             allow_no_face=args.allow_no_face, residual=not args.no_residual, max_pixels=args.max_pixels,
+            style=getattr(args, "style", "face"), fallback=getattr(args, "fallback", "pixelate"),
         )
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")

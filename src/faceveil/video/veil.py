@@ -59,6 +59,7 @@ from faceveil.pipeline import (
     keyed_noise,
     recover_arrays,
 )
+from faceveil.treatments import treatment_of
 from faceveil.video.header import Sidecar, digest, video_record, write_sidecar
 from faceveil.video.io import LOSSLESS, Frame, VideoWriter, iter_frames, probe
 from faceveil.video.track import (
@@ -306,6 +307,7 @@ def anonymize_video(
     per_frame_nonce: bool = False,
     reuse_noise: bool = True,
     batch: int = DEFAULT_BATCH,
+    style: str = "face",
 ) -> VideoResult:
     """Anonymize every face of every frame of a video; write the veiled video and its sidecar header.
 
@@ -319,7 +321,8 @@ def anonymize_video(
     photos would do). ``reuse_noise`` (default) inverts each track once, at its first
     detection, and samples every frame's face from that keyed noise with the frame's own
     context: the face is the track's, not each frame's (exactness is the residual's).
-    ``batch`` frames at a time send their faces through the UNet together.
+    ``batch`` frames at a time send their faces through the UNet together. ``style``
+    ``pixelate``, ``blur`` or ``solid`` replaces every face visibly instead, its original sealed (no model run).
     """
     source = Path(input)
     info = probe(source)
@@ -330,12 +333,14 @@ def anonymize_video(
     settings = settings or Settings()
     if steps is not None:
         settings = replace(settings, engine=replace(settings.engine, steps=steps))
+    treatment = treatment_of(style)
     key, model = _key(key), _model(model)
     work = WorkFolder(target)
     identity = _identity("anonymize", source, settings=settings.to_json(), model=model.weights_hash, codec=codec,
                          chunk_frames=chunk_frames, mask=mask, min_face=min_face, residual=residual,
                          smoothing=smoothing, extend=extend, per_frame_nonce=per_frame_nonce,
-                         reuse_noise=reuse_noise and not per_frame_nonce)
+                         reuse_noise=reuse_noise and not per_frame_nonce and treatment == "model",
+                         **({"style": style} if treatment != "model" else {}))
     plan = _resumable(work, identity, key)
     notes: list[str] = []
     if plan is None:
@@ -362,7 +367,9 @@ def anonymize_video(
     def frame_job(frame: Frame) -> PhotoJob:
         i = frame.index
         jobs = _jobs(per_frame[i], model.image_size, per_frame_nonce, model.framing)
-        if identity["reuse_noise"]:
+        if treatment != "model":
+            jobs = [replace(job, treatment=treatment) for job in jobs]
+        elif identity["reuse_noise"]:
             jobs = [replace(job, noise=track_noise(face, job, frame.rgb)) for face, job in zip(per_frame[i], jobs)]
         return PhotoJob(frame.rgb, jobs)
 

@@ -38,6 +38,8 @@ NO_FACE_OFFER = (
     "To keep such a photo unchanged (with a header, so it recovers), tick "
     "“Continue with photos that have no face” and press Anonymize again."
 )
+#: The page's style choices (label, value): the model, or a visible replacement with the original sealed.
+STYLE_CHOICES = [("New face (model)", "face"), ("Pixelate", "pixelate"), ("Blur", "blur"), ("Solid fill", "solid")]
 
 CSS = """
 .fv-error { color: #b00020; background: #fdecee; border: 1px solid #f3b7bf; border-radius: 6px; padding: 8px 12px; margin: 6px 0; }
@@ -166,7 +168,7 @@ def build_app(
         pending = _box("fv-warn fv-pending", "Key file chosen: press “Use this key”.") if value else ""
         return pending + _key_status(current, origin), ""
 
-    def anonymize(key: Key | None, photos: dict[str, Upload] | None, allow_no_face: bool,
+    def anonymize(key: Key | None, photos: dict[str, Upload] | None, allow_no_face: bool, style: str = "face",
                   progress=gr.Progress()) -> str:
         if key is None:
             return _box("fv-error", "No key: create one or upload your key file first.")
@@ -180,7 +182,8 @@ def build_app(
                 (index, len(uploads)), desc=f"{name}: {n} UNet evaluations", unit="photos"))
             try:
                 veiled = service.anonymize_upload(Upload(name, upload.data), key, model, work_root,
-                                                  allow_no_face=allow_no_face, max_pixels=max_pixels, progress=tick)
+                                                  allow_no_face=allow_no_face, max_pixels=max_pixels, progress=tick,
+                                                  style=style or "face")
             except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a trace
                 offer = _box("fv-warn", NO_FACE_OFFER) if isinstance(exc, NoFaceError) else ""
                 parts.append(f'<div class="fv-photo">{_box("fv-error", _failure(exc, "anonymize"))}{offer}</div>')
@@ -255,6 +258,8 @@ def build_app(
                 photos_ready = gr.HTML("", elem_id="photos-ready")
                 allow_no_face = gr.Checkbox(label="Continue with photos that have no face (written unchanged)",
                                             elem_id="allow-no-face")
+                style = gr.Dropdown(STYLE_CHOICES, value="face", label="How faces are replaced (all recover exactly with the key)",
+                                    elem_id="style")
                 anonymize_button = gr.Button("Anonymize", variant="primary", elem_id="anonymize")
                 results = gr.HTML("", elem_id="results")
             with gr.Tab("3. Recover", id="recover-tab"):
@@ -278,7 +283,7 @@ def build_app(
         create_button.click(create_key, new_passphrase, [key_state, key_origin, key_status, key_notice])
         use_button.click(use_key, [key_files, key_passphrase, key_state, key_origin],
                          [key_state, key_origin, key_status, key_notice])
-        anonymize_button.click(anonymize, [key_state, photo_files, allow_no_face], results)
+        anonymize_button.click(anonymize, [key_state, photo_files, allow_no_face, style], results)
         recover_button.click(recover, [key_state, veiled_files, sidecar_files], recovered)
     return page
 

@@ -120,15 +120,19 @@ def anonymize_upload(
     allow_no_face: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
+    style: str = "face",
 ) -> Veiled:
-    """Anonymize one uploaded photo with ``faceveil.api.anonymize``; the veiled PNG comes back in memory."""
+    """Anonymize one uploaded photo with ``faceveil.api.anonymize``; the veiled PNG comes back in memory.
+
+    ``style``: ``face`` (the model) or a visible sealed treatment (``pixelate``, ``blur``, ``solid``)."""
     name = safe_name(upload.name)
     with private_dir(work_root) as work:
         source = _place(work, name, upload.data)
         target = work / "out" / api.default_output(source, api.VEILED_TAG).name
         try:
             result = api.anonymize(
-                source, key, target, model=model, allow_no_face=allow_no_face, max_pixels=max_pixels, progress=progress
+                source, key, target, model=model, allow_no_face=allow_no_face, max_pixels=max_pixels, progress=progress,
+                style=style,
             )
             before = read_image(source, max_pixels=None).rgb
             after = read_image(target, max_pixels=None).rgb
