@@ -32,7 +32,7 @@ from faceveil.cluster.worker import ADOPTED_NOTE, FileWorker, Job
 from faceveil.errors import KeyFileError
 from faceveil.keys import Key
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import SHARED  # ../shared, or $FACEVEIL_SHARED
 LFW = SHARED / "data" / "lfw" / "images"
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray is not installed (pip install -e '.[ray]')")

@@ -24,7 +24,7 @@ from faceveil.faces.mask import default_outline
 from faceveil.keys import Key
 from faceveil.pipeline import FaceJob, whole_image_transform
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import SHARED  # ../shared, or $FACEVEIL_SHARED
 LFW = SHARED / "data" / "lfw"
 FRONTAL = np.array([[40.0, 50.0], [72.0, 50.0], [56.0, 66.0], [44.0, 84.0], [68.0, 84.0]])
 
