@@ -124,3 +124,32 @@ def large_group(width: int = 4000) -> np.ndarray:
         canvas.paste(Image.fromarray(face).resize((tile, tile), Image.LANCZOS), (x, y))
     noise = np.random.default_rng(6).normal(0.0, 1.5, (height, width, 3))
     return np.clip(np.rint(np.asarray(canvas, dtype=np.float64) + noise), 0, 255).astype(np.uint8)
+
+
+def free_face_files(folder: Path, count: int) -> list[Path]:
+    """``count`` JPEG photos of the free faces, each framed differently (scale, mirror), in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        name = ("astronaut", "hopper", "cameraman")[i % 3]
+        path = folder / f"{name}_{i:04d}.jpg"
+        Image.fromarray(free_face(name, 150, 2.1 + 0.05 * (i // 6), flip=bool(i // 3 % 2))).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def demo_clip(path: Path, frames: int) -> Path:
+    """faceveil.video.demo's clip of two people from ../shared's CelebA; without it, the same clip
+    drawn from a stand-in folder in ../shared's layout whose two photos are free ones."""
+    from faceveil.video.demo import PERSON_A, PERSON_B, write_demo_clip
+
+    shared = SHARED
+    if not all((CELEBA_IMAGES / f"{name}.jpg").is_file() for name in (PERSON_A, PERSON_B)):
+        shared = path.parent / "stand-in-shared"
+        images = shared / "data" / "celeba" / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        for name, free in ((PERSON_A, "astronaut"), (PERSON_B, "hopper")):  # demo crops (0, 20, 178, 198)
+            canvas = Image.new("RGB", (178, 218), (118, 124, 131))
+            canvas.paste(Image.fromarray(free_face(free, 178, 2.3)), (0, 20))
+            canvas.save(images / f"{name}.jpg", quality=95)
+    return write_demo_clip(path, shared, frames=frames)
