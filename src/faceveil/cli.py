@@ -261,6 +261,9 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="images whose faces go through the UNet together (default 8; 1: one file at a time); with --ray, "
                         "files per worker call; recovery is exact whatever the batch")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the model (default: chosen from the CPUs this process may use and the load "
+                        "average; OMP_NUM_THREADS, if set, is taken as N)")
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.
@@ -347,11 +350,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fit_threads(args: argparse.Namespace):
+    """Commands with ``--threads``: set torch's threads for this run (faceveil.threads); returns what to restore."""
+    if not hasattr(args, "threads"):
+        return None
+    import torch
+
+    from faceveil.threads import configure
+
+    if args.threads is not None and args.threads < 1:
+        from faceveil.errors import UsageError
+
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
+    before = torch.get_num_threads()
+    configure(args.threads)
+    return before
+
+
 def main(argv: list[str] | None = None) -> int:
+    from faceveil.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch loads: OpenMP threads sleep, not spin, while they wait
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    threads_before = None
     try:
+        threads_before = _fit_threads(args)
         return int(args.func(args) or 0)
     except FaceveilError as exc:
         print(f"faceveil: {exc}", file=sys.stderr)
@@ -359,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("faceveil: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threads_before is not None:  # main() called in-process (tests, notebooks): leave torch as it was
+            import torch
+
+            torch.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":
