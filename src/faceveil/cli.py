@@ -77,11 +77,11 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def _progress_bar(desc: str, enabled: bool):
-    """A bar counting face-evaluations of the UNet (a batch of 8 faces counts 8; no total: refinement stops early)."""
-    from tqdm import tqdm
+    """A bar of the UNet's face-evaluations with the face count and, once the faces are found, the time left."""
+    from faceveil.progress import FaceBar
 
-    bar = tqdm(desc=desc, unit=" face-evals", leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
-    return bar, bar.update
+    bar = FaceBar(desc, enabled)
+    return bar, bar
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -266,6 +266,31 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
                         "average; OMP_NUM_THREADS, if set, is taken as N)")
 
 
+def version_text() -> str:
+    """faceveil's version, the embedded default model with its weights' SHA-256 (as headers record it), torch's."""
+    import torch
+
+    from faceveil.errors import FaceveilError
+    from faceveil.models import default_model, load_model
+
+    name = default_model()
+    try:
+        model = f"{name}, weights sha256 {load_model(name).weights_hash}"
+    except FaceveilError as exc:
+        model = f"{name} (not loadable: {exc})"
+    return f"faceveil {__version__}\ndefault model: {model}\ntorch {torch.__version__}"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: loads the default model only when asked (its hash names the exact weights)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(0, version_text() + "\n")
+
+
 # Modules that add their own subcommands: each has ``register(subparsers)``.
 COMMAND_MODULES = ["faceveil.evaluate.command", "faceveil.train.command", "faceveil.web.command"]
 
@@ -283,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = EngineSettings()
     embedded = default_model()
     parser = _Parser(prog="faceveil", description="Secure, key-reversible face anonymization with diffusion models.")
-    parser.add_argument("--version", action="version", version=f"faceveil {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print faceveil's version and the default model's, then exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="create a new secret key file (mode 0600, never overwrites)")
