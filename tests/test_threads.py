@@ -58,13 +58,16 @@ def test_configure_takes_the_explicit_count_then_omp_num_threads(monkeypatch):
 
 def test_the_command_sets_passive_waiting_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = ("import sys, os; from faceveil.cli import main; rc = main(['models']); "
+    code = ("import sys, os; from faceveil.cli import main; rc = main(sys.argv[1:]); "
             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-2:] == ["PASSIVE", "True"]
+    run = lambda *argv: subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,  # noqa: E731
+                                       env=env, timeout=300)
+    out = run("recover", "/nonexistent.veiled.png", "--key", "/nonexistent.key")
+    assert out.stdout.split()[-2:] == ["PASSIVE", "True"], out.stderr[-2000:]
+    out = run("models")  # other commands (training) keep OpenMP's default
+    assert out.returncode == 0 and out.stdout.split()[-2:] == ["None", "True"], out.stderr[-2000:]
     env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice stays
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    out = run("anonymize", "/nonexistent.png", "--key", "/nonexistent.key")
     assert out.stdout.split()[-2:] == ["ACTIVE", "True"]
 
 

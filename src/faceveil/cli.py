@@ -396,7 +396,8 @@ def _fit_threads(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     from faceveil.threads import prefer_passive_waiting
 
-    prefer_passive_waiting()  # before torch loads: OpenMP threads sleep, not spin, while they wait
+    if (sys.argv[1:] if argv is None else list(argv))[:1] in (["anonymize"], ["recover"]):
+        prefer_passive_waiting()  # before torch loads: OpenMP threads sleep, not spin, while they wait (not train's)
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)

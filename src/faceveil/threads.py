@@ -2,8 +2,8 @@
 
 torch's default is one thread per physical core, with OpenMP threads that spin while they
 wait. On a machine shared with other busy processes, spinning threads fight them for the
-same cores, and a run can take several times longer than with one thread. The command
-(``faceveil.cli.main``) therefore
+same cores, and a run can take several times longer than with one thread. ``faceveil
+anonymize`` and ``recover`` (``faceveil.cli.main``) therefore
 
 1. asks OpenMP to sleep rather than spin while waiting (``OMP_WAIT_POLICY=PASSIVE``), which
    only works before torch is imported, and only where the user has not set it;
