@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The large shared data sets (LFW, CelebA, reference models): ../shared beside the clone, or
+# $FACEVEIL_SHARED (FACEVEIL_SHARED=/nonexistent shows what a clone without them runs).
+SHARED = Path(os.environ.get("FACEVEIL_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 torch.set_num_threads(2)
 
@@ -33,3 +38,118 @@ def pixel_model_dir(tmp_path_factory, pixel_model):
     pixel_model.unet.save_pretrained(folder / "unet")
     pixel_model.scheduler.save_pretrained(folder / "scheduler")
     return folder
+
+
+# ---- freely licensed photos, shipped by dependencies: real faces for a clone without ../shared ----
+# astronaut: Eileen Collins, NASA, public domain (scikit-image, skimage.data.astronaut);
+# hopper: Grace Hopper, U.S. Navy, public domain (matplotlib's sample data; mediapipe needs matplotlib);
+# cameraman: CC0 by Lav Varshney (scikit-image, skimage.data.camera; grey).
+# Face boxes (x0, y0, x1, y1) are where faceveil's detector finds each face.
+FREE_FACES = {"astronaut": (178, 83, 273, 178), "hopper": (171, 147, 366, 341), "cameraman": (200, 123, 276, 199)}
+# The LFW people the tests name, and the free face that stands in for each without ../shared.
+STAND_INS = {"Abel_Pacheco": "astronaut", "Angela_Bassett": "hopper", "Ann_Veneman": "cameraman", "AJ_Cook": "hopper"}
+LFW_IMAGES = SHARED / "data" / "lfw" / "images"
+CELEBA_IMAGES = SHARED / "data" / "celeba" / "images"
+
+
+def free_photo(name: str) -> np.ndarray:
+    """The whole freely licensed photo ``name`` (a key of FREE_FACES), RGB uint8."""
+    if name == "hopper":
+        import matplotlib.cbook
+
+        with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as im:
+            return np.asarray(im.convert("RGB"))
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is not installed (pip install -e '.[test]')")
+    if name == "astronaut":
+        return skimage_data.astronaut()
+    return np.repeat(skimage_data.camera()[..., None], 3, axis=-1)
+
+
+def free_face(name: str, size: int = 150, scale: float = 2.3, flip: bool = False) -> np.ndarray:
+    """A square ``size`` px crop of a free photo around its face, ``scale`` times the face box wide
+    (2.3 frames like ../shared's 150 px LFW photos, 2.5 like its 256 px CelebA crops)."""
+    photo = free_photo(name)
+    x0, y0, x1, y1 = FREE_FACES[name]
+    side = min(int(round(scale * (x1 - x0))), *photo.shape[:2])
+    left = min(max(int(round((x0 + x1 - side) / 2)), 0), photo.shape[1] - side)
+    top = min(max(int(round((y0 + y1 - side) / 2)), 0), photo.shape[0] - side)
+    crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size), Image.LANCZOS)
+    return np.asarray(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop)
+
+
+def lfw_face(name: str) -> np.ndarray:
+    """LFW's ``<name>_0001.jpg`` from ../shared, or, without it, its free stand-in framed the same way."""
+    path = LFW_IMAGES / name / f"{name}_0001.jpg"
+    if path.is_file():
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    return free_face(STAND_INS[name])
+
+
+def lfw_face_file(name: str, folder: Path) -> Path:
+    """A JPEG file of :func:`lfw_face`: LFW's own file, or the stand-in written into ``folder``."""
+    path = LFW_IMAGES / name / f"{name}_0001.jpg"
+    if path.is_file():
+        return path
+    out = folder / f"{STAND_INS[name]}.jpg"
+    Image.fromarray(free_face(STAND_INS[name])).save(out, quality=95)
+    return out
+
+
+def large_portrait() -> np.ndarray:
+    """faceveil.testing's 1024 px portrait (a face of about 600 px) from ../shared's CelebA, or,
+    without it, the same kind of picture from the free Grace Hopper photo."""
+    from faceveil.testing import portrait_photo
+
+    if (CELEBA_IMAGES / "000176.jpg").is_file():
+        return portrait_photo(SHARED)
+    big = Image.fromarray(free_face("hopper", 1024, 1.75)).resize((1024, 1024))
+    noise = np.random.default_rng(176).normal(0.0, 1.5, (1024, 1024, 3))
+    return np.clip(np.rint(np.asarray(big, dtype=np.float64) + noise), 0, 255).astype(np.uint8)
+
+
+def large_group(width: int = 4000) -> np.ndarray:
+    """faceveil.testing's group photo of six people from ../shared's CelebA, or, without it, six
+    tiles of the three free faces (each also mirrored), laid out the same way."""
+    from faceveil.testing import GROUP_FACES, group_photo
+
+    if all((CELEBA_IMAGES / f"{name}.jpg").is_file() for name in GROUP_FACES):
+        return group_photo(SHARED, width)
+    height = int(round(width * 0.6))
+    canvas = Image.new("RGB", (width, height), (118, 124, 131))
+    tile = int(width * 0.24)
+    for i in range(6):
+        face = free_face(("astronaut", "hopper", "cameraman")[i % 3], 256, 2.5, flip=i >= 3)
+        x, y = int(width * (0.04 + 0.32 * (i % 3))), int(height * (0.06 + 0.48 * (i // 3)))
+        canvas.paste(Image.fromarray(face).resize((tile, tile), Image.LANCZOS), (x, y))
+    noise = np.random.default_rng(6).normal(0.0, 1.5, (height, width, 3))
+    return np.clip(np.rint(np.asarray(canvas, dtype=np.float64) + noise), 0, 255).astype(np.uint8)
+
+
+def free_face_files(folder: Path, count: int) -> list[Path]:
+    """``count`` JPEG photos of the free faces, each framed differently (scale, mirror), in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        name = ("astronaut", "hopper", "cameraman")[i % 3]
+        path = folder / f"{name}_{i:04d}.jpg"
+        Image.fromarray(free_face(name, 150, 2.1 + 0.05 * (i // 6), flip=bool(i // 3 % 2))).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def demo_clip(path: Path, frames: int) -> Path:
+    """faceveil.video.demo's clip of two people from ../shared's CelebA; without it, the same clip
+    drawn from a stand-in folder in ../shared's layout whose two photos are free ones."""
+    from faceveil.video.demo import PERSON_A, PERSON_B, write_demo_clip
+
+    shared = SHARED
+    if not all((CELEBA_IMAGES / f"{name}.jpg").is_file() for name in (PERSON_A, PERSON_B)):
+        shared = path.parent / "stand-in-shared"
+        images = shared / "data" / "celeba" / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        for name, free in ((PERSON_A, "astronaut"), (PERSON_B, "hopper")):  # demo crops (0, 20, 178, 198)
+            canvas = Image.new("RGB", (178, 218), (118, 124, 131))
+            canvas.paste(Image.fromarray(free_face(free, 178, 2.3)), (0, 20))
+            canvas.save(images / f"{name}.jpg", quality=95)
+    return write_demo_clip(path, shared, frames=frames)

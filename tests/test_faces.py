@@ -26,13 +26,7 @@ from faceveil.faces import (
 )
 from faceveil.faces.mask import FACE_OVAL
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-LFW = SHARED / "data" / "lfw" / "images"
-CELEBA = SHARED / "data" / "celeba" / "images"
-needs_shared = pytest.mark.skipif(
-    not LFW.is_dir() or not CELEBA.is_dir(),
-    reason=f"shared data not found at {SHARED} (real-photo tests need ../shared/data)",
-)
+from conftest import CELEBA_IMAGES as CELEBA, free_face, lfw_face
 
 # A frontal face: eyes 40 px apart, mouth 40 px below the eyes.
 LM = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 120.0], [105.0, 140.0], [135.0, 140.0]])
@@ -44,10 +38,8 @@ def _rotate(points: np.ndarray, deg: float, centre=(120.0, 120.0)) -> np.ndarray
     return (points - centre) @ r.T + centre
 
 
-def _lfw(name: str, n: int = 1) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(LFW / name / f"{name}_{n:04d}.jpg").convert("RGB"))
+def _lfw(name: str) -> np.ndarray:
+    return lfw_face(name)  # LFW's photo from ../shared, or a free stand-in framed alike
 
 
 # ------------------------------------------------------------------ transforms
@@ -210,7 +202,6 @@ def test_no_face_in_flat_image():
         detect_faces(np.zeros((10, 10), np.uint8))
 
 
-@needs_shared
 def test_detect_single_face_with_mesh_and_landmarks():
     img = _lfw("Angela_Bassett")
     faces = detect_faces(img)
@@ -229,7 +220,6 @@ def test_detect_single_face_with_mesh_and_landmarks():
         f.landmarks5[0, 0] = 0.0  # results are read-only
 
 
-@needs_shared
 def test_detect_several_faces_sorted_and_deterministic():
     imgs = [_lfw(n) for n in ("Abel_Pacheco", "Angela_Bassett", "Ann_Veneman")]
     tiled = np.concatenate(imgs, axis=1)
@@ -247,7 +237,6 @@ def test_detect_several_faces_sorted_and_deterministic():
         np.testing.assert_array_equal(a.mesh, b.mesh)
 
 
-@needs_shared
 def test_small_faces_are_flagged_not_dropped():
     import cv2
 
@@ -265,12 +254,11 @@ def test_small_faces_are_flagged_not_dropped():
     assert 300 <= (f.box[0] + f.box[2]) / 2 <= 390 and 1100 <= (f.box[1] + f.box[3]) / 2 <= 1190
 
 
-@needs_shared
 def test_alignment_of_real_face_matches_canonical_landmarks():
     from PIL import Image
 
-    path = sorted(CELEBA.glob("*.jpg"))[0]
-    img = np.asarray(Image.open(path).convert("RGB"))
+    paths = sorted(CELEBA.glob("*.jpg"))[:1]  # a 256 px CelebA crop, or a free photo framed alike
+    img = np.asarray(Image.open(paths[0]).convert("RGB")) if paths else free_face("hopper", 256, 2.5)
     faces = detect_faces(img)
     assert faces
     f = max(faces, key=lambda f: f.score)
@@ -284,7 +272,6 @@ def test_alignment_of_real_face_matches_canonical_landmarks():
     np.testing.assert_allclose(transform_points(f.landmarks5, t)[:2], g.landmarks5[:2], atol=0.03 * 256)
 
 
-@needs_shared
 def test_mesh_mask_and_paste_back_on_real_photo():
     img = np.concatenate([_lfw("Abel_Pacheco"), _lfw("Angela_Bassett")], axis=1)
     faces = detect_faces(img)

@@ -11,7 +11,7 @@ from PIL import Image
 from faceveil.errors import UsageError
 from faceveil.imageio import MAX_PIXELS_OPTION, read_image, to_output_array
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import SHARED, lfw_face_file  # ../shared, or $FACEVEIL_SHARED
 LFW_IMAGE = SHARED / "data" / "lfw" / "images" / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"
 
 
@@ -153,9 +153,8 @@ def test_output_size_mismatch(tmp_path):
         to_output_array(im, np.zeros((10, 10, 3), np.uint8))
 
 
-@pytest.mark.skipif(not LFW_IMAGE.is_file(), reason=f"shared data not found at {SHARED}")
-def test_real_jpeg():
-    im = read_image(LFW_IMAGE)
+def test_real_jpeg(tmp_path):
+    im = read_image(LFW_IMAGE if LFW_IMAGE.is_file() else lfw_face_file("Abel_Pacheco", tmp_path))
     assert im.format == "JPEG" and im.mode == "RGB"
     assert im.rgb.dtype == np.uint8 and im.rgb.ndim == 3 and im.rgb.shape[2] == 3
     assert not im.rgb.flags.writeable  # shared, read-only result

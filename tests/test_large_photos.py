@@ -18,13 +18,8 @@ from faceveil.faces.align import AlignTransform
 from faceveil.keys import Key
 from faceveil.models import load_model
 from faceveil.pipeline import FaceJob, Settings
-from faceveil.testing import group_photo, portrait_photo
 
-from conftest import SHARED
-
-needs_celeba = pytest.mark.skipif(
-    not (SHARED / "data" / "celeba" / "images").is_dir(), reason="../shared/data/celeba is absent (real photos needed)"
-)
+from conftest import large_group, large_portrait  # from ../shared's CelebA, or from free photos without it
 
 
 def _jobs(path, key):
@@ -40,9 +35,8 @@ def draft_model():
     return load_model("faceveil-faces-64-draft")
 
 
-@needs_celeba
 def test_portrait_1024_exact_small_header_and_seamless(draft_model, tmp_path):
-    rgb = portrait_photo(SHARED)
+    rgb = large_portrait()
     src = tmp_path / "portrait.png"
     Image.fromarray(rgb).save(src)
     key = Key.generate()
@@ -73,9 +67,8 @@ def test_portrait_1024_exact_small_header_and_seamless(draft_model, tmp_path):
     assert seam.ratio < 1.35, seam
 
 
-@needs_celeba
 def test_group_4000_several_faces_exact_in_any_order(pixel_model, tmp_path):
-    rgb = group_photo(SHARED)
+    rgb = large_group()
     assert rgb.shape[1] == 4000
     src = tmp_path / "group.png"
     Image.fromarray(rgb).save(src)

@@ -29,7 +29,7 @@ import pytest
 
 from faceveil.evaluate import lfw as L
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import SHARED  # ../shared, or $FACEVEIL_SHARED
 LFW_DIR = SHARED / "data" / "lfw"
 MODELS = SHARED / "models"
 FULL = os.environ.get("FACEVEIL_FULL_LFW") == "1"

@@ -16,15 +16,13 @@ from faceveil.container import open_header, read_record
 from faceveil.faces.align import AlignTransform
 from faceveil.pipeline import Settings, face_geometry
 
-from conftest import SHARED
+from conftest import lfw_face
 
-LFW = SHARED / "data" / "lfw" / "images"
-needs_lfw = pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data/lfw is absent (real photos needed)")
 FAST = Settings(EngineSettings(steps=4, refine_iters=4))
 
 
 def _lfw(name):
-    return np.asarray(Image.open(LFW / name / f"{name}_0001.jpg").convert("RGB"))
+    return lfw_face(name)  # LFW's 150 px photo from ../shared, or a free stand-in framed alike
 
 
 @pytest.fixture()
@@ -45,7 +43,6 @@ def _regions(veiled_path, key, model, shape):
     return len(public["faces"]), union
 
 
-@needs_lfw
 def test_group_photo_face_by_face_exact_recovery(group_photo, pixel_model, tmp_path):
     path, original = group_photo
     key = Key.generate()
@@ -70,7 +67,6 @@ def test_group_photo_face_by_face_exact_recovery(group_photo, pixel_model, tmp_p
     assert psnr(model_only, original) > psnr(veiled, original) + 3
 
 
-@needs_lfw
 def test_exif_rotated_jpeg_stays_upright_and_recovers(pixel_model, tmp_path):
     upright = _lfw("Angela_Bassett")
     stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_270)  # orientation 6 shows it upright
@@ -87,7 +83,6 @@ def test_exif_rotated_jpeg_stays_upright_and_recovers(pixel_model, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), seen)
 
 
-@needs_lfw
 @pytest.mark.parametrize("mode", ["L", "RGBA"])
 def test_gray_and_alpha_inputs_keep_their_kind(mode, pixel_model, tmp_path):
     image = Image.fromarray(_lfw("Ann_Veneman"))
@@ -106,7 +101,6 @@ def test_gray_and_alpha_inputs_keep_their_kind(mode, pixel_model, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), np.asarray(image))
 
 
-@needs_lfw
 def test_jpeg_output_gets_a_sidecar_and_recover_finds_it(pixel_model, tmp_path):
     path = tmp_path / "in.png"
     Image.fromarray(_lfw("Abel_Pacheco")).save(path)
@@ -144,7 +138,6 @@ def test_pixel_limit_and_truncated_input_exit_2(pixel_model_dir, tmp_path, capsy
     assert list(tmp_path.glob("*.veiled.*")) == []
 
 
-@needs_lfw
 def test_batch_folder_with_a_corrupt_file_resume_and_manifest(pixel_model_dir, tmp_path, capsys):
     key = tmp_path / "k.key"
     main(["keygen", str(key)])

@@ -22,7 +22,7 @@ from faceveil.train.command import register
 from faceveil.train.data import FaceCropDataset, FaceData, load_faces, save_faces
 from faceveil.train.trainer import TrainConfig, train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import SHARED  # ../shared, or $FACEVEIL_SHARED
 RES = 16
 
 

@@ -27,7 +27,7 @@ from faceveil.train.crops import align_filled, filled_fraction, hamming, percept
 from faceveil.train.data import celeba_holdout_identities, load_faces
 from faceveil.train.prepare import _close_pairs, _distance, prepare_face_set
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import SHARED  # ../shared, or $FACEVEIL_SHARED
 CELEBA = SHARED / "data" / "celeba"
 LFW = SHARED / "data" / "lfw"
 RES = 32

@@ -5,7 +5,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import SHARED, demo_clip
 
 from faceveil.cli import main
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
@@ -318,11 +318,8 @@ def test_real_clip_every_face_anonymized_one_identity_per_track_exact(tmp_path):
     assert audio_packets(result.outputs[0]) == audio_packets(clip) != []
 
 
-@needs_celeba
 def test_cli_dispatches_videos(tmp_path, pixel_model_dir, capsys):
-    from faceveil.video.demo import write_demo_clip
-
-    clip = write_demo_clip(tmp_path / "clip.mp4", SHARED, frames=4)
+    clip = demo_clip(tmp_path / "clip.mp4", frames=4)  # CelebA's people, or free photos without ../shared
     keyfile, other = tmp_path / "k.key", tmp_path / "other.key"
     assert main(["keygen", str(keyfile)]) == 0 and main(["keygen", str(other)]) == 0
     assert main(["anonymize", str(clip), "--key", str(keyfile), "--model", str(pixel_model_dir), "--steps", "1"]) == 0

@@ -2,7 +2,7 @@
 
 One server (a subprocess, embedded default model, a free port, its own TMPDIR and cwd) and
 one browser serve the module. The browser tests skip with a reason where Playwright or a
-Chromium executable is missing; the LFW round trip skips without ../shared. With
+Chromium executable is missing; the round trip uses an LFW photo, or a free one without ../shared. With
 FACEVEIL_SCREENSHOTS=DIR the tests write DIR/web-*.png (the README's pictures).
 """
 
@@ -29,13 +29,11 @@ from PIL import Image
 
 from faceveil.keys import Key
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-LFW_PHOTO = SHARED / "data" / "lfw" / "images" / "AJ_Cook" / "AJ_Cook_0001.jpg"
+from conftest import lfw_face_file  # ../shared, or $FACEVEIL_SHARED
 SCREENSHOTS = os.environ.get("FACEVEIL_SCREENSHOTS")
 SLOW_MS = 240_000  # one anonymization on a busy 2-core CPU, with margin
 KEY_SECRETS: list[str] = []  # every key made in the page (base64 secret or sealed secret): never in the server's output
 
-needs_lfw = pytest.mark.skipif(not LFW_PHOTO.is_file(), reason=f"LFW photo not found at {LFW_PHOTO} (needs ../shared)")
 
 
 def _chromium() -> str | None:
@@ -285,23 +283,23 @@ def _tamper(png: bytes) -> bytes:
     raise AssertionError("no veIL chunk")
 
 
-@needs_lfw
 def test_anonymize_download_recover_bit_exact(server, page, tmp_path):
     """Create a key, anonymize an LFW photo, download it and the key, recover it in a fresh page: same pixels."""
     started = time.monotonic()
+    photo = lfw_face_file("AJ_Cook", tmp_path)  # LFW's file from ../shared, or a free stand-in
     key_file = tmp_path / "page.key"
     key_file.write_bytes(_create_key(page))
     key = Key.from_file_bytes(key_file.read_bytes())
     status = page.inner_text("#key-status") + page.inner_text("#key-notice")
     assert key.fingerprint in status and "without it nothing can be recovered" in status
-    text = _anonymize(page, LFW_PHOTO, shot="progress" if SCREENSHOTS else None)
-    assert "AJ_Cook_0001.jpg: 1 face(s) anonymized" in text
+    text = _anonymize(page, photo, shot="progress" if SCREENSHOTS else None)
+    assert f"{photo.name}: 1 face(s) anonymized" in text
     assert page.locator("#results img[alt=before]").count() == 1 and page.locator("#results img[alt=after]").count() == 1
     _shot(page, "anonymize")
     veiled = _download(page, page.locator("#results .fv-photo a.fv-download"))
     archive = zipfile.ZipFile(io.BytesIO(_download(page, page.locator("#results a.fv-zip"))))
-    assert archive.namelist() == ["AJ_Cook_0001.veiled.png"] and archive.read("AJ_Cook_0001.veiled.png") == veiled
-    original = np.asarray(Image.open(LFW_PHOTO).convert("RGB"))
+    assert archive.namelist() == [f"{photo.stem}.veiled.png"] and archive.read(f"{photo.stem}.veiled.png") == veiled
+    original = np.asarray(Image.open(photo).convert("RGB"))
     anonymized = np.asarray(Image.open(io.BytesIO(veiled)).convert("RGB"))
     assert anonymized.shape == original.shape and (anonymized != original).any(axis=2).mean() > 0.05
     assert server.lasting_files() == []

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _quiet_native_logs() -> None:

@@ -77,11 +77,11 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def _progress_bar(desc: str, enabled: bool):
-    """A bar counting face-evaluations of the UNet (a batch of 8 faces counts 8; no total: refinement stops early)."""
-    from tqdm import tqdm
+    """A bar of the UNet's face-evaluations with the face count and, once the faces are found, the time left."""
+    from faceveil.progress import FaceBar
 
-    bar = tqdm(desc=desc, unit=" face-evals", leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr)
-    return bar, bar.update
+    bar = FaceBar(desc, enabled)
+    return bar, bar
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -261,6 +261,35 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="images whose faces go through the UNet together (default 8; 1: one file at a time); with --ray, "
                         "files per worker call; recovery is exact whatever the batch")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the model (default: chosen from the CPUs this process may use and the load "
+                        "average; OMP_NUM_THREADS, if set, is taken as N)")
+
+
+def version_text() -> str:
+    """faceveil's version, the embedded default model with its weights' SHA-256 (as headers record it), torch's."""
+    import torch
+
+    from faceveil.errors import FaceveilError
+    from faceveil.models import default_model, load_model
+
+    name = default_model()
+    try:
+        model = f"{name}, weights sha256 {load_model(name).weights_hash}"
+    except FaceveilError as exc:
+        model = f"{name} (not loadable: {exc})"
+    return f"faceveil {__version__}\ndefault model: {model}\ntorch {torch.__version__}"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: loads the default model only when asked (its hash names the exact weights)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.
@@ -281,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = EngineSettings()
     embedded = default_model()
     parser = _Parser(prog="faceveil", description="Secure, key-reversible face anonymization with diffusion models.")
-    parser.add_argument("--version", action="version", version=f"faceveil {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print faceveil's version and the default model's, then exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="create a new secret key file (mode 0600, never overwrites)")
@@ -354,11 +383,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fit_threads(args: argparse.Namespace):
+    """Commands with ``--threads``: set torch's threads for this run (faceveil.threads); returns what to restore."""
+    if not hasattr(args, "threads"):
+        return None
+    import torch
+
+    from faceveil.threads import configure
+
+    if args.threads is not None and args.threads < 1:
+        from faceveil.errors import UsageError
+
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
+    before = torch.get_num_threads()
+    configure(args.threads)
+    return before
+
+
 def main(argv: list[str] | None = None) -> int:
+    from faceveil.threads import prefer_passive_waiting
+
+    if (sys.argv[1:] if argv is None else list(argv))[:1] in (["anonymize"], ["recover"]):
+        prefer_passive_waiting()  # before torch loads: OpenMP threads sleep, not spin, while they wait (not train's)
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    threads_before = None
     try:
+        threads_before = _fit_threads(args)
         return int(args.func(args) or 0)
     except FaceveilError as exc:
         print(f"faceveil: {exc}", file=sys.stderr)
@@ -366,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("faceveil: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threads_before is not None:  # main() called in-process (tests, notebooks): leave torch as it was
+            import torch
+
+            torch.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":

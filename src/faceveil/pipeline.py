@@ -62,6 +62,7 @@ from faceveil.faces.paste import (
 from faceveil.faces.visible import MODEL, VISIBLE, apply_visible
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
+from faceveil.progress import announce
 from faceveil.residual import (
     CODEC,
     MAX_SIDE,
@@ -535,6 +536,8 @@ def anonymize_arrays(
         like = photo.output_like or (lambda a: a)
         current = _read_back_rgb(like(np.ascontiguousarray(photo.rgb, dtype=np.uint8)))
         states.append(_Anonymizing(like, current, faces, geometries, [f.nonce or new_nonce() for f in faces]))
+    n_faces = sum(len(s.faces) for s in states)  # a bar's total: about 4 evaluations per step (invert, sample, replay)
+    announce(progress, n_faces, n_faces * 4 * settings.engine.steps)
     for round_ in range(max((len(s.faces) for s in states), default=0)):
         active = [s for s in states if len(s.faces) > round_]
         for state in active:
@@ -774,6 +777,8 @@ def recover_arrays(
     (``RecoverInfo.inexact_faces``).
     """
     states = [prepare_recovery(photo, model) for photo in photos]
+    announce(progress, sum(len(s.faces) for s in states), sum(  # a stored region needs no model; else 2 per step
+        2 * s.settings.engine.steps for s in states for f in s.faces if not (use_residual and "original" in f[3])))
     for round_ in range(max((len(s.faces) for s in states), default=0)):
         active = [(s, len(s.faces) - 1 - round_) for s in states if len(s.faces) > round_]
         by_settings: dict[Settings, list] = {}
