@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faceveil import __version__
+from faceveil.atomic import check_regular
 from faceveil.errors import FaceveilError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -49,6 +50,7 @@ def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recoverin
                     continue
                 pairs.append((path, path.relative_to(item)))
         else:
+            check_regular(item, "input")  # a FIFO or device named on the command line would hang the reader
             pairs.append((item, Path(item.name)))
     if output is None:
         return [Task(path, None) for path, _ in pairs]

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from faceveil.atomic import write_file
+from faceveil.atomic import PRIVATE, open_regular, write_file
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
 from faceveil.imageio import metadata_save_options
 from faceveil.keys import NONCE_BYTES, InvalidTag, Key, canonical_json, new_nonce
@@ -288,9 +288,13 @@ def encode_image(array: np.ndarray, suffix: str, record: dict | None = None, met
     return buffer.getvalue()
 
 
-def write_image(path: Path, array: np.ndarray, overwrite: bool = False, metadata: dict | None = None) -> Path:
-    """Write a plain image (no header) atomically, with ``metadata`` (a recovered photo's own) if given."""
-    return write_file(Path(path), encode_image(array, Path(path).suffix, metadata=metadata), overwrite=overwrite)
+def write_image(path: Path, array: np.ndarray, overwrite: bool = False, metadata: dict | None = None,
+                mode: int = PRIVATE) -> Path:
+    """Write a plain image (no header) atomically, with ``metadata`` (a recovered photo's own) if given.
+
+    A recovered photo holds the original faces: it is written owner-only (``mode`` 0600, less if the umask says so).
+    """
+    return write_file(Path(path), encode_image(array, Path(path).suffix, metadata=metadata), overwrite=overwrite, mode=mode)
 
 
 def write_veiled(path: Path, array: np.ndarray, record: dict, overwrite: bool = False) -> list[Path]:
@@ -382,14 +386,14 @@ def read_record(path: Path) -> dict:
     path = Path(path)
     data, shape = None, None
     try:
-        with open(path, "rb") as stream:
+        with open_regular(path, "input") as stream:  # a FIFO or device is refused, never waited on
             if stream.read(8) == _PNG_SIGNATURE:
                 data, shape = _png_header_chunk(stream, str(path))
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     if data is None:
         sidecar = sidecar_path(path)
-        if not sidecar.is_file():
+        if not sidecar.exists():
             legacy = path.with_name(path.name + ".veil.json")
             if legacy.is_file():
                 raise HeaderError(f"{legacy.name} is a faceveil 0.1 sidecar (format 1); recover it with faceveil 0.1")
@@ -397,7 +401,7 @@ def read_record(path: Path) -> dict:
         shape = shape or _image_shape(path)
         limit = header_bound(*shape)
         try:
-            with open(sidecar, "rb") as stream:
+            with open_regular(sidecar, "sidecar") as stream:
                 data = stream.read(limit + 1)
         except OSError as exc:
             raise UsageError(f"cannot read {sidecar}: {exc.strerror or exc}") from None

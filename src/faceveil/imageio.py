@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from faceveil.atomic import open_regular
 from faceveil.errors import UsageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MAX_PIXELS_OPTION", "LoadedImage", "read_image", "to_output_array"]
@@ -107,7 +108,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with open_regular(p, "input") as handle, Image.open(handle) as img:  # a FIFO is refused, not waited on
                 fmt = img.format
                 mode = img.mode
                 w, h = img.size

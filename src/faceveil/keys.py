@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from faceveil.atomic import write_new_file
+from faceveil.atomic import PRIVATE, open_regular, write_new_file
 from faceveil.errors import KeyFileError
 
 SECRET_BYTES = 32
@@ -166,7 +166,7 @@ class Key:
 
     def save(self, path: str | os.PathLike, passphrase: str | None = None, argon2: dict | None = None) -> Path:
         """Write a new key file with mode 0600; refuses to overwrite an existing file."""
-        return write_new_file(Path(path), self.to_file_bytes(passphrase, argon2), mode=0o600)
+        return write_new_file(Path(path), self.to_file_bytes(passphrase, argon2), mode=PRIVATE)
 
     @classmethod
     def from_file_bytes(cls, data: bytes, passphrase: str | None = None, source: str = "key file") -> "Key":
@@ -296,7 +296,7 @@ class Key:
 def _read_key_file(path: Path) -> bytes:
     """A key file's bytes, at most ``MAX_KEY_FILE_BYTES`` (a larger file is not a key file)."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "key file", KeyFileError) as handle:  # a FIFO would hang: refused
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist (create one with: faceveil keygen {path})") from None

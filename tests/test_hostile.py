@@ -1,0 +1,146 @@
+"""Hostile files, round two (issue 21): file modes, leftovers, FIFOs, --resume, key info, lossy inputs, grafts."""
+
+import os
+import signal
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceveil import atomic
+from faceveil.cli import main
+
+FAST = ["--steps", "2", "--refine-iters", "1", "--aligned"]
+
+
+@pytest.fixture()
+def face_png(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    base = np.stack([yy * 6, xx * 6, (yy + xx) * 3], axis=2).astype(np.float64)
+    image = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+    path = tmp_path / "face.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture()
+def keyfile(tmp_path):
+    path = tmp_path / "secret.key"
+    assert main(["keygen", str(path)]) == 0
+    return path
+
+
+@contextmanager
+def umask(value: int):
+    old = os.umask(value)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging (a FIFO read blocks forever)."""
+
+    def expire(signum, frame):
+        raise AssertionError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ---- medium 3: modes ------------------------------------------------------------------
+@pytest.mark.parametrize("mask, veiled_mode", [(0o077, 0o600), (0o022, 0o644)])
+def test_recovered_is_owner_only_and_veiled_follows_the_umask(face_png, keyfile, pixel_model_dir, tmp_path, mask, veiled_mode):
+    veiled, recovered = tmp_path / "v.png", tmp_path / "r.png"
+    model = ["--model", str(pixel_model_dir)]
+    with umask(mask):
+        assert main(["anonymize", str(face_png), "--key", str(keyfile), "-o", str(veiled), *model, *FAST]) == 0
+        assert main(["recover", str(veiled), "--key", str(keyfile), "-o", str(recovered), *model]) == 0
+    assert _mode(veiled) == veiled_mode
+    assert _mode(recovered) == 0o600
+
+
+def test_effective_mode_follows_the_umask():
+    with umask(0o027):
+        assert atomic.effective_mode(atomic.PUBLIC) == 0o640
+        assert atomic.effective_mode(atomic.PRIVATE) == 0o600
+    with umask(0o077):
+        assert atomic.effective_mode(atomic.PUBLIC) == 0o600
+
+
+# ---- low 7: temporary files ------------------------------------------------------------
+def test_temporary_file_is_owner_only_while_it_holds_data(tmp_path, monkeypatch):
+    seen = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    with umask(0o022):
+        atomic.write_new_file(tmp_path / "photo.png", b"original face")
+        atomic.write_file(tmp_path / "photo.png", b"again", overwrite=True)
+    assert seen == [0o600, 0o600]  # written and synced while owner-only; the final mode comes just before the link
+    assert _mode(tmp_path / "photo.png") == 0o644
+
+
+def test_leftovers_of_a_killed_run_are_swept_at_the_next_write(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    stale, fresh, other = folder / ".faceveil-k1ll3d.tmp", folder / ".faceveil-inflight.tmp", folder / ".notes.tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"recovered photo")
+    old = stale.stat().st_mtime - 3600
+    os.utime(stale, (old, old))
+    atomic.write_new_file(folder / "a.png", b"x")
+    assert not stale.exists()
+    assert fresh.exists() and other.exists()  # another process's write in flight, and files not ours, stay
+
+
+# ---- low 11: FIFOs ---------------------------------------------------------------------
+def test_fifo_as_key_or_input_is_refused(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    model = ["--model", str(pixel_model_dir)]
+    with deadline(60):
+        assert main(["anonymize", str(face_png), "--key", str(fifo), "-o", str(tmp_path / "o.png"), *model, *FAST]) == 2
+        assert "FIFO" in capsys.readouterr().err
+        assert main(["anonymize", str(fifo), "--key", str(keyfile), *model, *FAST]) == 2
+        assert "FIFO" in capsys.readouterr().err
+        assert main(["recover", str(fifo), "--key", str(keyfile), *model]) == 2
+        assert "FIFO" in capsys.readouterr().err
+        assert main(["key", "info", str(fifo)]) == 2
+        assert "FIFO" in capsys.readouterr().err
+
+
+def test_fifo_refused_by_the_readers(tmp_path):
+    from faceveil.container import read_record
+    from faceveil.errors import KeyFileError, UsageError
+    from faceveil.imageio import read_image
+    from faceveil.keys import Key
+
+    fifo = tmp_path / "p.png"
+    os.mkfifo(fifo)
+    with deadline(30):
+        with pytest.raises(UsageError, match="FIFO"):
+            read_image(fifo)
+        with pytest.raises(UsageError, match="FIFO"):
+            read_record(fifo)
+        with pytest.raises(KeyFileError, match="FIFO"):
+            Key.load(fifo)
