@@ -144,3 +144,49 @@ def test_fifo_refused_by_the_readers(tmp_path):
             read_record(fifo)
         with pytest.raises(KeyFileError, match="FIFO"):
             Key.load(fifo)
+
+
+# ---- low 8: --resume checks what it skips -----------------------------------------------
+def test_resume_checks_an_existing_output_with_the_key(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    import json
+
+    model = ["--model", str(pixel_model_dir)]
+    out, back = tmp_path / "out", tmp_path / "back"
+    out.mkdir(), back.mkdir()
+    assert main(["anonymize", str(face_png), "-o", str(out), "--key", str(keyfile), *model, *FAST]) == 0
+    veiled = out / "face.veiled.png"
+    assert main(["anonymize", str(face_png), "-o", str(out), "--resume", "--key", str(keyfile), *model, *FAST]) == 0
+    good = veiled.read_bytes()
+    veiled.write_bytes(b"")  # an empty "output": the old --resume skipped it as done
+    capsys.readouterr()
+    assert main(["anonymize", str(face_png), "-o", str(out), "--resume", "--key", str(keyfile), *model, *FAST]) == 3
+    assert "not a complete output of this key" in capsys.readouterr().err
+    assert veiled.read_bytes() == b""  # left as it is, never overwritten
+    record = json.loads((out / "manifest.json").read_text())["files"][0]
+    assert record["status"] == "failed"
+    other = tmp_path / "other.key"
+    assert main(["keygen", str(other)]) == 0
+    veiled.write_bytes(good)
+    assert main(["anonymize", str(face_png), "-o", str(out), "--resume", "--key", str(other), *model, *FAST]) == 3
+    assert "wrong key" in capsys.readouterr().err
+    # recovery: an empty recovered file is not skipped either
+    assert main(["recover", str(out), "-o", str(back), "--key", str(keyfile), *model]) == 0
+    (back / "face.recovered.png").write_bytes(b"")
+    assert main(["recover", str(out), "-o", str(back), "--resume", "--key", str(keyfile), *model]) == 2
+    assert "not a complete output" in capsys.readouterr().err
+
+
+# ---- low 10: key info opens the sealed part ------------------------------------------------
+def test_key_info_says_intact_or_damaged(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    veiled = tmp_path / "face.veiled.jpg"
+    assert main(["anonymize", str(face_png), "-o", str(veiled), "--key", str(keyfile), "--model", str(pixel_model_dir), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["key", "info", str(keyfile), str(veiled)]) == 0
+    assert "made with this key, intact" in capsys.readouterr().out
+    sidecar = tmp_path / "face.veiled.jpg.veil"
+    data = bytearray(sidecar.read_bytes())
+    data[-5] ^= 0x40  # one bit of the sealed part
+    sidecar.write_bytes(bytes(data))
+    assert main(["key", "info", str(keyfile), str(veiled)]) == 3
+    out = capsys.readouterr().out
+    assert "made with this key, damaged" in out and "tampered" in out

@@ -123,13 +123,31 @@ def _cmd_key_info(args: argparse.Namespace) -> int:
     status = 0
     for name in args.files:
         try:
-            made = key.made(read_record(Path(name)))
+            record = read_record(Path(name))
+            made = key.made(record)
         except HeaderError as exc:
             print(f"{name}: {exc}")
             status = status or exc.exit_code
             continue
-        print(f"{name}: {'made with this key' if made else 'NOT made with this key'}")
+        if not made:
+            print(f"{name}: NOT made with this key")
+            continue
+        damage = _sealed_damage(key, record)
+        print(f"{name}: made with this key, {'intact' if damage is None else f'damaged ({damage})'}")
+        status = status or (damage.exit_code if damage else 0)
     return status
+
+
+def _sealed_damage(key, record: dict):
+    """``None`` when the header's sealed part opens with ``key`` (authenticated, decrypted, unpacked), else the error."""
+    from faceveil.container import open_header
+    from faceveil.errors import HeaderError
+
+    try:
+        open_header(key, record)
+    except HeaderError as exc:
+        return exc
+    return None
 
 
 def _outcome(run):
@@ -188,7 +206,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
                 on_result=report,
             )
 
-    return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show)
+    return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show, key=key)
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -223,7 +241,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite, progress=update, batch_size=args.batch, models=models, on_result=report,
             )
 
-    return run_batch(args, action, recovering=True, tag=RECOVERED_TAG, show=show)
+    return run_batch(args, action, recovering=True, tag=RECOVERED_TAG, show=show, key=key)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
