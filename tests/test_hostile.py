@@ -190,3 +190,59 @@ def test_key_info_says_intact_or_damaged(face_png, keyfile, pixel_model_dir, tmp
     assert main(["key", "info", str(keyfile), str(veiled)]) == 3
     out = capsys.readouterr().out
     assert "made with this key, damaged" in out and "tampered" in out
+
+
+# ---- medium 2: inputs faceveil cannot give back exactly -----------------------------------
+def _png16(array: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG written by hand (Pillow writes 16-bit grey only)."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    raw = b"".join(b"\0" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _inexact_inputs(folder: Path) -> dict[str, str]:
+    rng = np.random.default_rng(1)
+    rgb16 = rng.integers(0, 65536, (32, 32, 3), dtype=np.uint16)
+    (folder / "rgb16.png").write_bytes(_png16(rgb16, 2))
+    (folder / "rgba16.png").write_bytes(_png16(rng.integers(0, 65536, (32, 32, 4), dtype=np.uint16), 6))
+    Image.fromarray(rgb16[:, :, 0]).save(folder / "grey16.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    frames = [Image.fromarray(np.full((32, 32, 3), c, np.uint8)) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(folder / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+    return {"rgb16.png": "8 bits", "rgba16.png": "8 bits", "grey16.png": "8 bits", "cmyk.jpg": "CMYK",
+            "anim.gif": "2 frames", "anim.png": "2 frames"}
+
+
+def test_16_bit_cmyk_and_animations_are_refused_before_any_work(keyfile, tmp_path, capsys, monkeypatch):
+    import faceveil.api as api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for an input that must be refused")
+
+    monkeypatch.setattr(api, "detect_faces", no_model)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, why in _inexact_inputs(folder).items():
+        capsys.readouterr()
+        assert main(["anonymize", str(folder / name), "--key", str(keyfile), "--model", "faceveil-faces-64-draft"]) == 2, name
+        err = capsys.readouterr().err
+        assert "refused" in err and why in err, err
+        assert sorted(p.name for p in tmp_path.rglob("*.veiled*")) == []
+
+
+def test_plain_8_bit_inputs_are_still_read(tmp_path):
+    from faceveil.imageio import read_image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.gif")
+    assert read_image(tmp_path / "a.png").shape == (8, 8)
+    assert read_image(tmp_path / "a.gif").shape == (8, 8)
