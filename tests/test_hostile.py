@@ -246,3 +246,39 @@ def test_plain_8_bit_inputs_are_still_read(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.gif")
     assert read_image(tmp_path / "a.png").shape == (8, 8)
     assert read_image(tmp_path / "a.gif").shape == (8, 8)
+
+
+# ---- low 9: the exact JSON bytes are authenticated ---------------------------------------------
+@pytest.mark.parametrize("reshape", ["indent", "reorder", "escape"])
+def test_rewritten_header_json_is_refused(tmp_path, reshape):
+    import json
+    import struct
+
+    from faceveil.container import MAGIC, FORMAT_VERSION, open_header, pack_record, read_record, seal_header, write_veiled
+    from faceveil.errors import HeaderError
+    from faceveil.keys import Key
+
+    key = Key.generate()
+    image = np.zeros((16, 16, 3), np.uint8)
+    public = {
+        "model": {"id": "m", "weights_sha256": "0" * 64, "kind": "pixel"},
+        "settings": {"engine": {"steps": 2, "refine_iters": 0, "refine_tol": 1e-5, "context": "noised", "mixing": "pairs"},
+                     "decoder_iters": 0, "hint": False, "colour": True, "grain": True, "residual_codec": "webp-lossless"},
+        "image": {"height": 16, "width": 16, "pixels_sha256": "0" * 64},
+        "faces": [{"nonce": "00" * 16, "transform": {"matrix": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "size": 8}}],
+    }
+    record = seal_header(key, public, {"faces": []})
+    path = tmp_path / "v.jpg"
+    write_veiled(path, image, record)
+    open_header(key, read_record(path))  # as written: fine
+    fields = {k: record[k] for k in ("faceveil", "file_nonce", "check", "public", "seal_nonce")}
+    text = {
+        "indent": json.dumps(fields, sort_keys=True, indent=2),
+        "reorder": json.dumps(dict(reversed(list(fields.items()))), separators=(",", ":")),
+        "escape": json.dumps(fields, sort_keys=True, separators=(",", ":")).replace('"faces"', '"\\u0066aces"'),
+    }[reshape].encode()
+    assert json.loads(text) == json.loads(pack_record(record)[len(MAGIC) + 5 : -len(record["sealed"])])  # same content
+    sidecar = tmp_path / "v.jpg.veil"
+    sidecar.write_bytes(MAGIC + struct.pack(">BI", FORMAT_VERSION, len(text)) + text + record["sealed"])
+    with pytest.raises(HeaderError, match="byte for byte"):
+        read_record(path)

@@ -8,7 +8,9 @@ Record (in memory)::
 ``public`` holds what anyone may read (model, engine settings, per-face nonces and
 geometry, a hash of the anonymized pixels); ``sealed`` is ChaCha20-Poly1305 over the
 private part (face outlines, colour fits, recovery hints, residuals) with everything
-else as associated data, so changing any byte of the header is detected. ``check`` is
+else as associated data, so changing any byte of the header is detected (the public JSON
+must be stored in the canonical form that was authenticated: re-indented or reordered
+JSON is refused). ``check`` is
 an HMAC of ``file_nonce`` under the key: it tells "wrong key" apart from "tampered".
 
 On disk the record is binary (``pack_record``): ``faceveil`` magic, version byte, the
@@ -223,11 +225,19 @@ def unpack_record(data: bytes, where: str = "the file", shape: tuple[int, int] |
     start = len(MAGIC) + 5
     if head_len > min(MAX_PUBLIC_BYTES, len(data) - start):
         raise HeaderError(f"the faceveil header of {where} is malformed (public part too large or truncated)")
+    raw = bytes(data[start : start + head_len])
     try:
-        head = json.loads(data[start : start + head_len])
+        head = json.loads(raw)
     except (ValueError, RecursionError):
         raise HeaderError(f"the faceveil header of {where} is not valid JSON") from None
     check_record(head, where)
+    try:
+        canonical = canonical_json(head)
+    except (ValueError, RecursionError):
+        canonical = None
+    if canonical != raw:
+        # the seal authenticates the canonical bytes; requiring them here makes it cover the exact bytes stored
+        raise HeaderError(f"the faceveil header of {where} has been altered (its JSON is not byte for byte what was sealed)")
     check_public(head["public"], *(shape or (None, None)))
     head["sealed"] = bytes(data[start + head_len :])
     return head
