@@ -239,6 +239,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
             recover_files(
                 pairs, key, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
                 overwrite=args.overwrite, progress=update, batch_size=args.batch, models=models, on_result=report,
+                force=args.force,
             )
 
     return run_batch(args, action, recovering=True, tag=RECOVERED_TAG, show=show, key=key)
@@ -354,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, metavar="M",
                    help="override the model named in the header, e.g. a local copy of it (default: the header's model)")
     p.add_argument("--no-residual", action="store_true", help="ignore the stored residual (show the model's reconstruction)")
+    p.add_argument("--force", action="store_true",
+                   help="recover even when the header's sealed fingerprint says it was made for another image")
     _batch_options(p)
     p.set_defaults(func=_cmd_recover)
 

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from faceveil.binding import fingerprint
 from faceveil.container import (
     decode_array,
     encode_array,
@@ -526,7 +527,7 @@ def anonymize_arrays(
             "image": {"height": int(written.shape[0]), "width": int(written.shape[1]), "pixels_sha256": pixels_sha256(written)},
             "faces": [{"nonce": n.hex(), "transform": f.transform.to_json()} for f, n in zip(state.faces, state.nonces)],
         }
-        private_part: dict = {"faces": state.private_faces}
+        private_part: dict = {"faces": state.private_faces, "fingerprint": fingerprint(written, public)}  # binds header to image
         if photo.metadata:
             private_part["metadata"] = photo.metadata
         results.append((written, seal_header(key, public, private_part), state.reports))
