@@ -282,3 +282,95 @@ def test_rewritten_header_json_is_refused(tmp_path, reshape):
     sidecar.write_bytes(MAGIC + struct.pack(">BI", FORMAT_VERSION, len(text)) + text + record["sealed"])
     with pytest.raises(HeaderError, match="byte for byte"):
         read_record(path)
+
+
+# ---- medium 1: a header binds to its image --------------------------------------------------
+def _two_photos(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:32, 0:32]
+    a = np.stack([yy * 6, xx * 6, (yy + xx) * 3], axis=2).astype(np.float64)
+    b = np.stack([255 - xx * 7, 90 + yy * 3, 200 - yy * 5], axis=2).astype(np.float64)
+    paths = []
+    for name, base in (("a.png", a), ("b.png", b)):
+        Image.fromarray(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    return paths[0], paths[1]
+
+
+def test_grafted_sidecar_is_refused_unless_forced(keyfile, pixel_model_dir, tmp_path, capsys):
+    a, b = _two_photos(tmp_path)
+    model = ["--model", str(pixel_model_dir)]
+    for photo in (a, b):
+        assert main(["anonymize", str(photo), "-o", str(photo.with_suffix(".veiled.jpg")), "--key", str(keyfile), *model, *FAST]) == 0
+    va, vb = tmp_path / "a.veiled.jpg", tmp_path / "b.veiled.jpg"
+    # the normal JPEG sidecar path still recovers (JPEG at quality 95 moves the fingerprint by a fraction of a level)
+    assert main(["recover", str(va), "-o", str(tmp_path / "a.rec.png"), "--key", str(keyfile), *model]) == 0
+    (tmp_path / "a.veiled.jpg.veil").write_bytes((tmp_path / "b.veiled.jpg.veil").read_bytes())
+    capsys.readouterr()
+    assert main(["recover", str(va), "-o", str(tmp_path / "graft.png"), "--key", str(keyfile), *model]) == 3
+    assert "belongs to another image" in capsys.readouterr().err
+    assert not (tmp_path / "graft.png").exists()
+    assert main(["recover", str(va), "-o", str(tmp_path / "graft.png"), "--key", str(keyfile), "--force", *model]) == 0
+    assert vb.exists()
+
+
+def test_grafted_png_chunk_is_refused(keyfile, pixel_model_dir, tmp_path, capsys):
+    from faceveil.container import encode_png, read_record
+
+    a, b = _two_photos(tmp_path)
+    model = ["--model", str(pixel_model_dir)]
+    for photo in (a, b):
+        assert main(["anonymize", str(photo), "--key", str(keyfile), *model, *FAST]) == 0
+    va, vb = tmp_path / "a.veiled.png", tmp_path / "b.veiled.png"
+    graft = tmp_path / "graft.veiled.png"
+    graft.write_bytes(encode_png(np.asarray(Image.open(va)), read_record(vb)))  # a's pixels, b's veIL chunk
+    capsys.readouterr()
+    assert main(["recover", str(graft), "--key", str(keyfile), *model]) == 3
+    assert "belongs to another image" in capsys.readouterr().err
+    assert main(["recover", str(va), "--key", str(keyfile), *model]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.recovered.png")), np.asarray(Image.open(a)))
+
+
+def test_fingerprint_tolerates_reencoding_and_tells_photos_apart():
+    from faceveil.binding import TOLERANCE, distances, fingerprint
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:120, 0:100]
+    a = np.clip(np.stack([yy * 2, xx * 2, yy + xx], axis=2) + rng.normal(0, 12, (120, 100, 3)), 0, 255).astype(np.uint8)
+    public = {"faces": [{"transform": {"matrix": [[1.0, 0.0, -30.0], [0.0, 1.0, -40.0]], "size": 48}}]}
+    sealed = fingerprint(a, public)
+    import io
+
+    for fmt in ("JPEG", "WEBP"):
+        buffer = io.BytesIO()
+        Image.fromarray(a).save(buffer, fmt, quality=95)
+        assert max(distances(np.asarray(Image.open(buffer).convert("RGB")), public, sealed)) < TOLERANCE / 3
+    b = a.copy()
+    b[40:88, 30:78] = 255 - b[40:88, 30:78]  # the same photo with another face: only the face box differs
+    found = distances(b, public, sealed)
+    assert found[0] > TOLERANCE and found[1] > 10 * TOLERANCE
+
+
+# ---- low 5: a refused video recovery leaves no original frames behind -------------------------------
+def test_refused_video_recovery_removes_its_work_folder(pixel_model, tmp_path):
+    pytest.importorskip("av")
+    from test_video import _clip_with_audio, _moving_clip, _stand_in_detector
+
+    from faceveil.errors import HeaderError
+    from faceveil.video import anonymize_video, recover_video
+
+    frames, centres = _moving_clip(3, step=4.0)
+    source = _clip_with_audio(tmp_path / "walk.mp4", frames)
+    key = __import__("faceveil.keys", fromlist=["Key"]).Key.generate()
+    video, sidecar = anonymize_video(source, key, tmp_path / "v.mkv", model=pixel_model, steps=1,
+                                     detector=_stand_in_detector(centres)).outputs
+    data = bytearray(sidecar.read_bytes())
+    data[-40] ^= 1  # a byte of the last frame's sealed part: refused after the first chunks were recovered
+    sidecar.write_bytes(bytes(data))
+    chunks = []
+    with pytest.raises(HeaderError, match="tampered"):
+        recover_video(video, key, tmp_path / "r.mkv", model=pixel_model, chunk_frames=1,
+                      progress=lambda phase, done, total: chunks.extend((tmp_path / ".r.mkv.faceveil-work").glob("chunk-*.mkv")))
+    assert chunks  # original frames were on disk while it ran...
+    assert not (tmp_path / ".r.mkv.faceveil-work").exists()  # ...and are gone after the refusal
+    assert not (tmp_path / "r.mkv").exists()
