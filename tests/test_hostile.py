@@ -374,3 +374,48 @@ def test_refused_video_recovery_removes_its_work_folder(pixel_model, tmp_path):
     assert chunks  # original frames were on disk while it ran...
     assert not (tmp_path / ".r.mkv.faceveil-work").exists()  # ...and are gone after the refusal
     assert not (tmp_path / "r.mkv").exists()
+
+
+# ---- low 6: a full disk fails the files it hits, not the batch -------------------------------------------
+@contextmanager
+def small_disk(folder: Path, size: str, monkeypatch):
+    """``folder`` on a tmpfs of ``size`` when this runs as root and may mount one; else writes over 100 kB fail with ENOSPC."""
+    import errno
+    import subprocess
+
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        real = atomic._write_temp
+
+        def write_temp(directory, data, mode):
+            if len(data) > 100_000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(directory, data, mode)
+
+        monkeypatch.setattr(atomic, "_write_temp", write_temp)
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_full_disk_fails_one_file_and_the_batch_goes_on(keyfile, pixel_model_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(3)
+    for name, side in (("a.png", 32), ("b.png", 240), ("c.png", 32)):  # b's output (noise) cannot fit
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(inputs / name)
+    out = tmp_path / "out"
+    with small_disk(out, "160k", monkeypatch):
+        code = main(["anonymize", str(inputs), "-o", str(out), "--key", str(keyfile), "--model", str(pixel_model_dir), *FAST])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err
+        assert "No space left on device" in err and "b.png" in err
+        assert sorted(p.name for p in out.iterdir()) == ["a.veiled.png", "c.veiled.png", "manifest.json"]  # no leftover
+        records = {Path(r["input"]).name: r["status"] for r in json.loads((out / "manifest.json").read_text())["files"]}
+        assert records == {"a.png": "done", "b.png": "failed", "c.png": "done"}

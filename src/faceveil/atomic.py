@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from faceveil.errors import UsageError
+from faceveil.errors import OutputError, UsageError
 
 #: The mode of an ordinary output: what the umask allows of rw-rw-rw-.
 PUBLIC = 0o666
@@ -96,17 +96,29 @@ def atomic_output(path: Path, mode: int = PUBLIC) -> Iterator[BinaryIO]:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     _sweep_once(directory)
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)  # created 0600
+    try:
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)  # created 0600
+    except OSError as exc:
+        raise _output_error(path, exc) from None
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.fchmod(handle.fileno(), effective_mode(mode))
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+                os.fchmod(handle.fileno(), effective_mode(mode))
+            except OSError as exc:
+                raise _output_error(path, exc) from None
         os.replace(tmp, path)
+    except OSError as exc:  # the last buffered bytes, flushed on close, or the replace
+        raise _output_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write {path}: {exc.strerror or exc} (nothing partial was left)")
 
 
 def _write_temp(directory: Path, data: bytes, mode: int) -> Path:
@@ -135,11 +147,16 @@ def write_new_file(path: Path, data: bytes, mode: int = PUBLIC) -> Path:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise UsageError(f"folder {directory} does not exist")
-    tmp = _write_temp(directory, data, mode)
+    try:
+        tmp = _write_temp(directory, data, mode)
+    except OSError as exc:  # a full disk, a read-only folder: the temporary file is already gone
+        raise _output_error(path, exc) from None
     try:
         os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
     except FileExistsError:
         raise UsageError(f"{path} already exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise _output_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -160,7 +160,18 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
                     print(f"{source} -> {', '.join(str(p) for p in outcome.outputs)}")
                     manifest.append(done_entry(source_key, outcome.outputs, len(outcome.faces), outcome.notes))
 
-                action(group, report)
+                reported: set[int] = set()
+
+                def noted(index: int, outcome, report=report, reported=reported) -> None:
+                    reported.add(index)
+                    report(index, outcome)
+
+                try:
+                    action(group, noted)
+                except OSError as exc:  # not one file's refusal: the group's unreported files fail, the batch goes on
+                    for index in range(len(group)):
+                        if index not in reported:
+                            noted(index, FaceveilError(f"{exc.strerror or exc}"))
     except Interrupted as stop:
         # the files in flight wrote nothing (atomic writes); what finished is kept and recorded
         print(f"faceveil: {stop.name}: stopped after {done} of {len(tasks)} (nothing partial was written); "
@@ -174,7 +185,11 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
         for source, reason in refused:
             print(f"  refused: {source}: {reason}", file=sys.stderr)
     if args.output and Path(args.output).is_dir():
-        write_manifest(Path(args.output) / "manifest.json", manifest)
+        try:
+            write_manifest(Path(args.output) / "manifest.json", manifest)
+        except FaceveilError as exc:  # a full disk: say so in one line, keep the exit code of the batch
+            print(f"faceveil: manifest not written: {exc}", file=sys.stderr)
+            first_failure = first_failure or exc.exit_code
     return first_failure
 
 
