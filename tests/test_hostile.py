@@ -419,3 +419,84 @@ def test_full_disk_fails_one_file_and_the_batch_goes_on(keyfile, pixel_model_dir
         assert sorted(p.name for p in out.iterdir()) == ["a.veiled.png", "c.veiled.png", "manifest.json"]  # no leftover
         records = {Path(r["input"]).name: r["status"] for r in json.loads((out / "manifest.json").read_text())["files"]}
         assert records == {"a.png": "done", "b.png": "failed", "c.png": "done"}
+
+
+# ---- medium 4: web upload limits --------------------------------------------------------------
+def test_upload_limit_follows_the_pixel_limit():
+    from faceveil.imageio import DEFAULT_MAX_PIXELS
+    from faceveil.web.app import session_limit, upload_limit
+
+    limit = upload_limit(DEFAULT_MAX_PIXELS)
+    assert 3 * DEFAULT_MAX_PIXELS < limit < 400 * 10**6  # an uncompressed RGB photo at the limit fits; 400 MB does not
+    assert upload_limit(1_000_000) < upload_limit(2_000_000) and upload_limit(None) == upload_limit(0)
+    assert session_limit(DEFAULT_MAX_PIXELS) < 2 * limit  # two uploads of the largest size are not both kept
+
+
+def test_session_keeps_uploads_within_its_cap(tmp_path):
+    from faceveil.web.app import keep_uploads
+    from faceveil.web.service import Upload
+
+    uploads = tmp_path / "uploads"
+    paths = []
+    for name, size in (("a.png", 300), ("b.png", 500), ("c.png", 100)):
+        (uploads / name[0]).mkdir(parents=True)
+        (uploads / name[0] / name).write_bytes(b"x" * size)
+        paths.append(str(uploads / name[0] / name))
+    kept, refused = keep_uploads(paths, {}, 200, uploads, limit=700)  # 200 bytes held by the session's other boxes
+    assert [u.name for u in kept.values()] == ["a.png", "c.png"] and refused == ["b.png (0 MiB)"]
+    assert not any(uploads.rglob("*.png"))  # the kept ones read into memory, the refused one deleted unread
+    again, refused = keep_uploads(paths[:1], kept, 200, uploads, limit=700)
+    assert list(again) == paths[:1] and refused == []  # kept files stay without being read again
+
+
+def test_unclaimed_uploads_expire(tmp_path):
+    import time
+
+    from faceveil.web.app import UPLOAD_SECONDS, expire_uploads
+
+    old, fresh = tmp_path / "1f2e" / "photo.jpg", tmp_path / "9a8b" / "new.jpg"
+    for path in (old, fresh):
+        path.parent.mkdir()
+        path.write_bytes(b"face")
+    stale = time.time() - UPLOAD_SECONDS - 10
+    os.utime(old, (stale, stale))
+    assert expire_uploads(tmp_path) == 1
+    assert not old.exists() and fresh.exists()
+    assert UPLOAD_SECONDS <= 600  # "within minutes"
+
+
+def test_a_400_mb_upload_is_refused_with_a_message(tmp_path):
+    """A real server, a 400 MB upload streamed to Gradio's upload route: refused (413) while it arrives."""
+    pytest.importorskip("gradio", reason="Gradio is not installed (pip install -e '.[web]')")
+    import http.client
+
+    from test_web import Server
+
+    server = Server(tmp_path)
+    try:
+        boundary = "faceveilboundary"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"huge.png\"\r\n"
+                "Content-Type: image/png\r\n\r\n").encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        size = 400 * 10**6
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        connection.putrequest("POST", "/gradio_api/upload")
+        connection.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+        connection.putheader("Content-Length", str(len(head) + size + len(tail)))
+        connection.endheaders()
+        block, sent = bytes(1 << 20), 0
+        try:
+            connection.send(head)
+            while sent < size:
+                connection.send(block[: min(len(block), size - sent)])
+                sent += min(len(block), size - sent)
+            connection.send(tail)
+        except OSError:
+            pass  # the server answered and closed before the end: what it said is read below
+        response = connection.getresponse()
+        message = response.read().decode("utf-8", "replace")
+        assert response.status == 413, (response.status, message)
+        assert "maximum allowed size" in message
+        assert server.process.poll() is None  # still serving
+    finally:
+        server.stop()
