@@ -500,3 +500,19 @@ def test_a_400_mb_upload_is_refused_with_a_message(tmp_path):
         assert server.process.poll() is None  # still serving
     finally:
         server.stop()
+
+
+# ---- low 12: passphrases --------------------------------------------------------------------------
+def test_weak_passphrase_warns_and_empty_is_refused(tmp_path, monkeypatch, capsys):
+    from faceveil.keys import WEAK_PASSPHRASE_BITS, passphrase_bits
+
+    monkeypatch.setenv("FACEVEIL_PASSPHRASE", "x")
+    assert main(["keygen", str(tmp_path / "weak.key"), "--passphrase"]) == 0
+    assert "weak passphrase" in capsys.readouterr().err
+    monkeypatch.setenv("FACEVEIL_PASSPHRASE", "correct horse battery staple")
+    assert main(["keygen", str(tmp_path / "ok.key"), "--passphrase"]) == 0
+    assert "weak" not in capsys.readouterr().err
+    monkeypatch.setenv("FACEVEIL_PASSPHRASE", "")
+    assert main(["keygen", str(tmp_path / "empty.key"), "--passphrase"]) == 2
+    assert "empty" in capsys.readouterr().err and not (tmp_path / "empty.key").exists()
+    assert passphrase_bits("aaaaaaaaaaaaaaaaaaaa") < WEAK_PASSPHRASE_BITS <= passphrase_bits("Tr0ub4dor&3-xyzzy")

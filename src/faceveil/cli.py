@@ -88,11 +88,21 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from faceveil.keys import Key, prompt_passphrase
 
     passphrase = prompt_passphrase(confirm=True) if args.passphrase else None
+    if passphrase is not None:
+        _warn_weak_passphrase(passphrase)  # an empty one is refused by Key.save
     key = Key.generate()
     path = key.save(args.keyfile, passphrase=passphrase)
     print(f"wrote key {path} (fingerprint {key.fingerprint}{', passphrase protected' if passphrase else ''}); "
           "keep it secret and backed up: without it anonymized faces cannot be recovered")
     return 0
+
+
+def _warn_weak_passphrase(passphrase: str) -> None:
+    from faceveil.keys import passphrase_warning
+
+    warning = passphrase_warning(passphrase)
+    if warning:
+        print(f"faceveil: warning: {warning}", file=sys.stderr)
 
 
 def _load_key(path: str):

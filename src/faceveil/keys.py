@@ -327,6 +327,36 @@ def generate_key() -> Key:
     return Key.generate()
 
 
+#: Below this rough estimate a passphrase gets a warning (Argon2id slows each guess, it does not make up for few bits).
+WEAK_PASSPHRASE_BITS = 50
+
+
+def passphrase_bits(passphrase: str) -> float:
+    """A rough, deliberately generous upper estimate of a passphrase's strength in bits.
+
+    Length times log2 of the character classes used (lower, upper, digits, other ASCII,
+    non-ASCII), with the length cut to twice the distinct characters (``aaaaaaaa`` is weak).
+    """
+    import math
+
+    if not passphrase:
+        return 0.0
+    pool = (26 * any(c.islower() and c.isascii() for c in passphrase) + 26 * any(c.isupper() and c.isascii() for c in passphrase)
+            + 10 * any(c.isdigit() and c.isascii() for c in passphrase)
+            + 33 * any(c.isascii() and not c.isalnum() for c in passphrase) + 100 * any(not c.isascii() for c in passphrase))
+    length = min(len(passphrase), 2 * len(set(passphrase)))
+    return length * math.log2(max(pool, 2))
+
+
+def passphrase_warning(passphrase: str) -> str | None:
+    """A warning for a passphrase below ``WEAK_PASSPHRASE_BITS`` (an empty one is refused elsewhere), else ``None``."""
+    bits = passphrase_bits(passphrase)
+    if not passphrase or bits >= WEAK_PASSPHRASE_BITS:
+        return None
+    return (f"weak passphrase (about {bits:.0f} bits by a rough estimate, {WEAK_PASSPHRASE_BITS} or more advised): whoever "
+            "copies the key file can guess it offline; use several random words")
+
+
 def prompt_passphrase(confirm: bool = False) -> str:
     """The passphrase from $FACEVEIL_PASSPHRASE, else from a terminal prompt (never argv)."""
     value = os.environ.get(PASSPHRASE_ENV)
