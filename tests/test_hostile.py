@@ -516,3 +516,19 @@ def test_weak_passphrase_warns_and_empty_is_refused(tmp_path, monkeypatch, capsy
     assert main(["keygen", str(tmp_path / "empty.key"), "--passphrase"]) == 2
     assert "empty" in capsys.readouterr().err and not (tmp_path / "empty.key").exists()
     assert passphrase_bits("aaaaaaaaaaaaaaaaaaaa") < WEAK_PASSPHRASE_BITS <= passphrase_bits("Tr0ub4dor&3-xyzzy")
+
+
+# ---- low 15: Ray workers never see the passphrase ---------------------------------------------------
+def test_local_ray_workers_do_not_inherit_the_passphrase(monkeypatch):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    from faceveil.cluster.driver import LOCAL, _ray_session
+
+    monkeypatch.setenv("FACEVEIL_PASSPHRASE", "hunter2-secret")
+    with _ray_session(LOCAL, 1) as ray:
+
+        @ray.remote
+        def leaked() -> bool:
+            return "FACEVEIL_PASSPHRASE" in os.environ or "hunter2-secret" in os.environ.values()
+
+        assert ray.get(leaked.remote()) is False
+    assert os.environ["FACEVEIL_PASSPHRASE"] == "hunter2-secret"  # the driver's own environment is restored
