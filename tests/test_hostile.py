@@ -532,3 +532,20 @@ def test_local_ray_workers_do_not_inherit_the_passphrase(monkeypatch):
 
         assert ray.get(leaked.remote()) is False
     assert os.environ["FACEVEIL_PASSPHRASE"] == "hunter2-secret"  # the driver's own environment is restored
+
+
+# ---- low 13: a cut-out's alpha keeps the head's outline: said so ----------------------------------------
+def test_transparent_cut_out_gets_a_note(keyfile, pixel_model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    rgba = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    yy, xx = np.mgrid[0:32, 0:32]
+    rgba[:, :, 3] = np.where((yy - 16) ** 2 + (xx - 16) ** 2 < 150, 255, 0)  # a head-shaped cut-out
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    Image.fromarray(rgba[:, :, :3]).save(tmp_path / "opaque.png")
+    model = ["--model", str(pixel_model_dir)]
+    assert main(["anonymize", str(tmp_path / "cut.png"), "--key", str(keyfile), *model, *FAST]) == 0
+    assert "alpha channel is kept" in capsys.readouterr().err
+    veiled = np.asarray(Image.open(tmp_path / "cut.veiled.png"))
+    assert np.array_equal(veiled[:, :, 3], rgba[:, :, 3])  # what the note says: the outline is there
+    assert main(["anonymize", str(tmp_path / "opaque.png"), "--key", str(keyfile), *model, *FAST]) == 0
+    assert "alpha" not in capsys.readouterr().err

@@ -191,6 +191,8 @@ def _write_anonymized(prepared: _Prepared, array: np.ndarray, record: dict, repo
         notes.append("lossy output: pixels outside the faces are re-encoded and recovery is approximate; use .png for exactness")
     if loaded.exif_transposed:
         notes.append("EXIF orientation applied: the output is stored upright")
+    if loaded.alpha is not None and bool((loaded.alpha < 255).any()):
+        notes.append("the alpha channel is kept as it was: a cut-out's transparency still shows the head's outline (SECURITY.md)")
     if loaded.metadata:
         kinds = ", ".join("EXIF (GPS, camera, thumbnail)" if k == "exif" else k.upper().replace("_PROFILE", "") for k in loaded.metadata)
         notes.append(f"the input's metadata ({kinds}) is not in the veiled file; it is sealed in the header and restored by recover")
