@@ -26,8 +26,8 @@ PUBLIC = 0o666
 PRIVATE = 0o600
 TEMP_PREFIX = ".faceveil-"
 TEMP_SUFFIX = ".tmp"
-#: A temporary file older than this is a leftover of a killed run (a write lasts well under a second).
-STALE_SECONDS = 60.0
+#: A temporary file untouched for this long is a leftover of a killed run (a write lasts seconds, even on a slow disk).
+STALE_SECONDS = 600.0
 
 _swept: set[str] = set()
 _swept_lock = threading.Lock()
