@@ -24,7 +24,7 @@ from typing import Any
 
 from faceveil.errors import FaceveilError, NoFaceError, UsageError
 from faceveil.imageio import DEFAULT_MAX_PIXELS
-from faceveil.keys import Key
+from faceveil.keys import Key, passphrase_warning
 from faceveil.models import DiffusionModel
 from faceveil.web import service
 from faceveil.web.service import Upload
@@ -238,7 +238,9 @@ def build_app(
         link = _download(f"Download the key file{protected}", f"faceveil-{key.fingerprint}.key", data,
                          "application/octet-stream")
         origin = "created in this page"
-        return key, origin, _key_status(key, origin), f'{_box("fv-warn", KEY_WARNING)}{link}'
+        weak = passphrase_warning(passphrase) if passphrase else None
+        notice = f'{_box("fv-warn", KEY_WARNING)}{_box("fv-warn", weak) if weak else ""}{link}'
+        return key, origin, _key_status(key, origin), notice
 
     def use_key(files: dict[str, Upload] | None, passphrase: str, current: Key | None, current_origin: str):
         """Load the uploaded key file; on failure the key in use (if any) stays, and the error shows."""
