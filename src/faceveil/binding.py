@@ -23,26 +23,31 @@ TOLERANCE = 3.0
 FORCE_OPTION = "--force"
 
 
-def _grey(array: np.ndarray) -> np.ndarray:
-    """Luma (float64, H x W) of a grey, grey+alpha, RGB or RGBA uint8 array; alpha ignored."""
-    a = np.asarray(array, dtype=np.float64)
+def _channels(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The colour samples (H x W x C uint8, alpha left out) and the luma weights of its channels."""
+    a = np.asarray(array)
     if a.ndim == 2:
-        return a
+        return a[:, :, None], np.array([1.0])
     if a.shape[2] < 3:
-        return a[:, :, 0]
-    return a[:, :, 0] * 0.299 + a[:, :, 1] * 0.587 + a[:, :, 2] * 0.114
+        return a[:, :, :1], np.array([1.0])
+    return a[:, :, :3], np.array([0.299, 0.587, 0.114])
 
 
-def _block_means(grey: np.ndarray, box: tuple[int, int, int, int], grid: int) -> np.ndarray:
-    """Means of ``grid`` x ``grid`` blocks (fewer where the box is smaller) of ``grey[y0:y1, x0:x1]``."""
+def _block_means(array: np.ndarray, box: tuple[int, int, int, int], grid: int) -> np.ndarray:
+    """Grey means of ``grid`` x ``grid`` blocks (fewer where the box is smaller) of ``array[y0:y1, x0:x1]``.
+
+    Integer block sums per channel, then luma: no float copy of the photo (a 50 Mpx one stays cheap).
+    """
     y0, y1, x0, x1 = box
-    region = grey[y0:y1, x0:x1]
-    h, w = region.shape
+    samples, weights = _channels(array)
+    region = samples[y0:y1, x0:x1]
+    h, w = region.shape[:2]
     rows = np.unique(np.linspace(0, h, min(grid, h) + 1).astype(np.int64))
     cols = np.unique(np.linspace(0, w, min(grid, w) + 1).astype(np.int64))
-    sums = np.add.reduceat(np.add.reduceat(region, rows[:-1], axis=0), cols[:-1], axis=1)
+    bands = np.stack([region[a:b].sum(axis=0, dtype=np.int64) for a, b in zip(rows[:-1], rows[1:])])  # rows x W x C
+    sums = np.add.reduceat(bands, cols[:-1], axis=1)
     counts = np.outer(np.diff(rows), np.diff(cols))
-    return sums / counts
+    return (sums @ weights) / counts
 
 
 def face_boxes(public: dict, height: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -62,10 +67,9 @@ def face_boxes(public: dict, height: int, width: int) -> list[tuple[int, int, in
 
 
 def _regions(array: np.ndarray, public: dict) -> list[np.ndarray]:
-    grey = _grey(array)
-    h, w = grey.shape
-    regions = [_block_means(grey, (0, h, 0, w), GRID)]
-    regions += [_block_means(grey, box, FACE_GRID) for box in face_boxes(public, h, w)]
+    h, w = np.asarray(array).shape[:2]
+    regions = [_block_means(array, (0, h, 0, w), GRID)]
+    regions += [_block_means(array, box, FACE_GRID) for box in face_boxes(public, h, w)]
     return regions
 
 
