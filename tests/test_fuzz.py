@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import assume as hypothesis_assume
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -179,6 +180,51 @@ def test_recover_survives_any_mutated_sidecar(corpus, data):
         (folder / "in.veiled.jpg.veil").write_bytes(sidecar)
         before = {"in.veiled.jpg", "in.veiled.jpg.veil"}
         _expect_clean(lambda: api.recover(folder / "in.veiled.jpg", corpus["key"], folder / "out.png", model=corpus["model"]), folder, before)
+
+
+@st.composite
+def grafted_or_reshaped(draw, png: bytes) -> bytes:
+    """The veiled PNG's own header on other pixels of its size (a graft), or its JSON re-encoded (same content)."""
+    chunks = png_chunks(png)
+    index = next(n for n, c in enumerate(chunks) if c[4:8] == PNG_CHUNK)
+    data = chunks[index][8:-4]
+    if draw(st.booleans()):
+        image = np.asarray(Image.open(io.BytesIO(png)))
+        seed = draw(st.integers(0, 2**32 - 1))
+        other = np.random.default_rng(seed).integers(0, 256, image.shape, dtype=np.uint8)
+        if draw(st.booleans()):  # or the photo itself, a patch of it inverted (another face in the same scene)
+            other = image.copy()
+            y, x = draw(st.integers(0, image.shape[0] - 12)), draw(st.integers(0, image.shape[1] - 12))
+            other[y:y + 12, x:x + 12] = 255 - other[y:y + 12, x:x + 12]
+        buffer = io.BytesIO()
+        info = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+        info.add(PNG_CHUNK, data)
+        Image.fromarray(other).save(buffer, format="PNG", pnginfo=info)
+        return buffer.getvalue()
+    (head_len,) = struct.unpack_from(">I", data, len(MAGIC) + 1)
+    start = len(MAGIC) + 5
+    fields = json.loads(data[start:start + head_len])
+    keys = draw(st.permutations(sorted(fields)))
+    text = json.dumps({k: fields[k] for k in keys}, indent=draw(st.sampled_from([None, 0, 1, 4])),
+                      separators=draw(st.sampled_from([(",", ":"), (", ", ": "), (",", ": ")])),
+                      ensure_ascii=draw(st.booleans())).encode()
+    hypothesis_assume(text != data[start:start + head_len])
+    blob = data[:len(MAGIC) + 1] + struct.pack(">I", len(text)) + text + data[start + head_len:]
+    chunks[index] = png_chunk(PNG_CHUNK, blob)
+    return png[:8] + b"".join(chunks)
+
+
+@FUZZ
+@given(data=st.data())
+def test_grafted_or_reshaped_headers_always_exit_3(corpus, data):
+    """Issue 21: a header on pixels it was not made for, or its JSON not byte for byte as sealed, is refused."""
+    blob = data.draw(grafted_or_reshaped(corpus["png"]))
+    with Scratch() as folder:
+        (folder / "in.veiled.png").write_bytes(blob)
+        with pytest.raises(FaceveilError) as caught:
+            api.recover(folder / "in.veiled.png", corpus["key"], folder / "out.png", model=corpus["model"])
+        assert caught.value.exit_code == 3, caught.value
+        assert {p.name for p in folder.iterdir()} == {"in.veiled.png"}
 
 
 # ---- hostile images -------------------------------------------------------------------

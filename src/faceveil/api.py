@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceveil.binding import check_binding
 from faceveil.container import open_header, read_record, write_image, write_veiled
 from faceveil.errors import FaceveilError, NoFaceError, UsageError
 from faceveil.faces import DEFAULT_MIN_SIZE, default_outline, detect_faces
@@ -206,6 +207,8 @@ def _write_anonymized(prepared: _Prepared, array: np.ndarray, record: dict, repo
         notes.append("lossy output: pixels outside the faces are re-encoded and recovery is approximate; use .png for exactness")
     if loaded.exif_transposed:
         notes.append("EXIF orientation applied: the output is stored upright")
+    if loaded.alpha is not None and bool((loaded.alpha < 255).any()):
+        notes.append("the alpha channel is kept as it was: a cut-out's transparency still shows the head's outline (SECURITY.md)")
     if loaded.metadata:
         kinds = ", ".join("EXIF (GPS, camera, thumbnail)" if k == "exif" else k.upper().replace("_PROFILE", "") for k in loaded.metadata)
         notes.append(f"the input's metadata ({kinds}) is not in the veiled file; it is sealed in the header and restored by recover")
@@ -310,22 +313,25 @@ def recover(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> Result:
     """Restore the original faces of an anonymized image file; needs only the file and the key.
 
     The model named in the header is loaded unless ``model`` overrides it (a local copy);
-    ``progress`` is called with 1 after every UNet evaluation.
+    ``progress`` is called with 1 after every UNet evaluation. A header sealed for another
+    image (:func:`faceveil.binding.check_binding`) is refused unless ``force``.
     """
     return _one(recover_files([(input, output)], key, model=model, use_residual=use_residual, max_pixels=max_pixels,
-                              overwrite=overwrite, progress=progress))
+                              overwrite=overwrite, progress=progress, force=force))
 
 
-def _prepare_recover(source: Path, output, key: Key, max_pixels: int | None, overwrite: bool) -> _Prepared:
+def _prepare_recover(source: Path, output, key: Key, max_pixels: int | None, overwrite: bool, force: bool = False) -> _Prepared:
     record = read_record(source)  # bounded by the image's declared size, validated, before any pixel is decoded
     loaded = read_image(source, max_pixels=max_pixels)
     target = Path(output) if output is not None else default_output(source, RECOVERED_TAG)
     _check_output(target, [source], overwrite)
     public, private = open_header(key, record)  # wrong key or tampering stops here, before any model work
+    check_binding(_raw_array(loaded), public, private, str(source), force)  # a header grafted from another image too
     return _Prepared(source, target, loaded, [], public=public, private=private)
 
 
@@ -367,6 +373,7 @@ def recover_files(
     batch_size: int = DEFAULT_BATCH,
     models: dict | None = None,
     on_result: Callable[[int, Result | FaceveilError], None] | None = None,
+    force: bool = False,
 ) -> list[Result | FaceveilError]:
     """``recover`` for several ``(input, output or None)`` files, their faces batched through the model.
 
@@ -380,7 +387,7 @@ def recover_files(
     slots: list = []
     for source, output in files:
         try:
-            slots.append(_prepare_recover(Path(source), output, key, max_pixels, overwrite))
+            slots.append(_prepare_recover(Path(source), output, key, max_pixels, overwrite, force))
         except FaceveilError as exc:
             slots.append(exc)
     by_model: dict[object, list[_Prepared]] = {}

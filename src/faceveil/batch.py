@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faceveil import __version__
+from faceveil.atomic import check_regular
 from faceveil.errors import FaceveilError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -49,6 +50,7 @@ def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recoverin
                     continue
                 pairs.append((path, path.relative_to(item)))
         else:
+            check_regular(item, "input")  # a FIFO or device named on the command line would hang the reader
             pairs.append((item, Path(item.name)))
     if output is None:
         return [Task(path, None) for path, _ in pairs]
@@ -64,12 +66,38 @@ def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recoverin
 
 
 
-def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show: bool = False) -> int:
+def check_existing(source: Path, target: Path, key, recovering: bool) -> FaceveilError | None:
+    """Why an existing ``target`` is not a complete output of ``source`` under ``key``, or ``None`` when it is.
+
+    As the Ray workers check before adopting an output: the veiled file's header opens with
+    the key (wrong key, tampering, an empty or truncated file are caught) and the image
+    decodes whole. A video output is only checked to be a non-empty file with its sidecar.
+    """
+    from faceveil.container import open_header, read_record, sidecar_path
+    from faceveil.imageio import read_image
+
+    try:
+        if source.suffix.lower() in VIDEO_SUFFIXES:
+            if target.stat().st_size == 0 or not (recovering or sidecar_path(target).is_file()):
+                raise UsageError("empty, or its sidecar is missing")
+            return None
+        open_header(key, read_record(source if recovering else target))
+        read_image(target, max_pixels=None)
+    except FaceveilError as exc:
+        return exc
+    except OSError as exc:
+        return UsageError(f"cannot read it ({exc.strerror or exc})")
+    return None
+
+
+def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show: bool = False, key=None) -> int:
     """Run ``action`` on every task, in groups of ``args.batch`` files; one failure never stops the batch.
 
     ``action(pairs, report)`` processes ``[(source, target), ...]`` (a video always alone)
     and calls ``report(index, result_or_error)`` as each file's outcome is known, so a
-    file written is recorded at once. Prints a summary.
+    file written is recorded at once. Prints a summary. With ``key``, ``--resume`` skips an
+    existing output only once :func:`check_existing` accepts it; otherwise the file fails
+    (the output is left as it is).
     """
     from tqdm import tqdm
 
@@ -94,6 +122,16 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
                     # (exit 2) but the manifest keeps the earlier record: the output is not a failure
                     manifest.append(skipped_entry(str(task.source.resolve()), target))
                     bar.update(1)
+                    if args.resume and key is not None:
+                        problem = check_existing(task.source, target, key, recovering)
+                        if problem is not None:
+                            reason = (f"{target} exists but is not a complete output of this key ({problem}); left as it "
+                                      "is: remove it, or pass --overwrite to redo it")
+                            print(f"faceveil: {task.source}: {reason}", file=sys.stderr)
+                            failed.append((task.source, reason))
+                            manifest[-1] = {**failed_entry(str(task.source.resolve()), reason), "existing_output": str(target)}
+                            first_failure = first_failure or problem.exit_code
+                            continue
                     if args.resume:
                         skipped += 1
                         continue
@@ -122,7 +160,18 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
                     print(f"{source} -> {', '.join(str(p) for p in outcome.outputs)}")
                     manifest.append(done_entry(source_key, outcome.outputs, len(outcome.faces), outcome.notes))
 
-                action(group, report)
+                reported: set[int] = set()
+
+                def noted(index: int, outcome, report=report, reported=reported) -> None:
+                    reported.add(index)
+                    report(index, outcome)
+
+                try:
+                    action(group, noted)
+                except OSError as exc:  # not one file's refusal: the group's unreported files fail, the batch goes on
+                    for index in range(len(group)):
+                        if index not in reported:
+                            noted(index, FaceveilError(f"{exc.strerror or exc}"))
     except Interrupted as stop:
         # the files in flight wrote nothing (atomic writes); what finished is kept and recorded
         print(f"faceveil: {stop.name}: stopped after {done} of {len(tasks)} (nothing partial was written); "
@@ -136,7 +185,11 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
         for source, reason in refused:
             print(f"  refused: {source}: {reason}", file=sys.stderr)
     if args.output and Path(args.output).is_dir():
-        write_manifest(Path(args.output) / "manifest.json", manifest)
+        try:
+            write_manifest(Path(args.output) / "manifest.json", manifest)
+        except FaceveilError as exc:  # a full disk: say so in one line, keep the exit code of the batch
+            print(f"faceveil: manifest not written: {exc}", file=sys.stderr)
+            first_failure = first_failure or exc.exit_code
     return first_failure
 
 
@@ -213,7 +266,8 @@ def merge_manifest(previous: list[dict], entries: list[dict]) -> list[dict]:
 
     - ``skipped (exists)`` never replaces an earlier record (it only adds a missing one);
     - ``failed`` does not replace a ``done`` whose outputs all still exist (atomic writes
-      leave them whole): the record stays ``done`` and gains ``last_attempt``;
+      leave them whole): the record stays ``done`` and gains ``last_attempt``; unless
+      ``--resume`` found that very output broken (``existing_output``);
     - ``done`` replaces anything.
     """
     merged: dict[str, dict] = {}
@@ -225,7 +279,7 @@ def merge_manifest(previous: list[dict], entries: list[dict]) -> list[dict]:
         if old is not None and entry["status"] == SKIPPED:
             continue
         if (old is not None and entry["status"] == "failed" and old.get("status") == "done"
-                and all(Path(p).is_file() for p in old.get("outputs", []))):
+                and "existing_output" not in entry and all(Path(p).is_file() for p in old.get("outputs", []))):
             merged[entry["input"]] = {**old, "last_attempt": {"status": "failed", "reason": entry.get("reason", "")}}
             continue
         merged[entry["input"]] = entry

@@ -88,11 +88,21 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from faceveil.keys import Key, prompt_passphrase
 
     passphrase = prompt_passphrase(confirm=True) if args.passphrase else None
+    if passphrase is not None:
+        _warn_weak_passphrase(passphrase)  # an empty one is refused by Key.save
     key = Key.generate()
     path = key.save(args.keyfile, passphrase=passphrase)
     print(f"wrote key {path} (fingerprint {key.fingerprint}{', passphrase protected' if passphrase else ''}); "
           "keep it secret and backed up: without it anonymized faces cannot be recovered")
     return 0
+
+
+def _warn_weak_passphrase(passphrase: str) -> None:
+    from faceveil.keys import passphrase_warning
+
+    warning = passphrase_warning(passphrase)
+    if warning:
+        print(f"faceveil: warning: {warning}", file=sys.stderr)
 
 
 def _load_key(path: str):
@@ -123,13 +133,31 @@ def _cmd_key_info(args: argparse.Namespace) -> int:
     status = 0
     for name in args.files:
         try:
-            made = key.made(read_record(Path(name)))
+            record = read_record(Path(name))
+            made = key.made(record)
         except HeaderError as exc:
             print(f"{name}: {exc}")
             status = status or exc.exit_code
             continue
-        print(f"{name}: {'made with this key' if made else 'NOT made with this key'}")
+        if not made:
+            print(f"{name}: NOT made with this key")
+            continue
+        damage = _sealed_damage(key, record)
+        print(f"{name}: made with this key, {'intact' if damage is None else f'damaged ({damage})'}")
+        status = status or (damage.exit_code if damage else 0)
     return status
+
+
+def _sealed_damage(key, record: dict):
+    """``None`` when the header's sealed part opens with ``key`` (authenticated, decrypted, unpacked), else the error."""
+    from faceveil.container import open_header
+    from faceveil.errors import HeaderError
+
+    try:
+        open_header(key, record)
+    except HeaderError as exc:
+        return exc
+    return None
 
 
 def _outcome(run):
@@ -188,7 +216,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
                 on_result=report, style=args.style, fallback=args.fallback,
             )
 
-    return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show)
+    return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show, key=key)
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -221,9 +249,10 @@ def _cmd_recover(args: argparse.Namespace) -> int:
             recover_files(
                 pairs, key, model=model, use_residual=not args.no_residual, max_pixels=args.max_pixels,
                 overwrite=args.overwrite, progress=update, batch_size=args.batch, models=models, on_result=report,
+                force=args.force,
             )
 
-    return run_batch(args, action, recovering=True, tag=RECOVERED_TAG, show=show)
+    return run_batch(args, action, recovering=True, tag=RECOVERED_TAG, show=show, key=key)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -372,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, metavar="M",
                    help="override the model named in the header, e.g. a local copy of it (default: the header's model)")
     p.add_argument("--no-residual", action="store_true", help="ignore the stored residual (show the model's reconstruction)")
+    p.add_argument("--force", action="store_true",
+                   help="recover even when the header's sealed fingerprint says it was made for another image")
     _batch_options(p)
     p.set_defaults(func=_cmd_recover)
 

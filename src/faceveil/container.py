@@ -8,7 +8,9 @@ Record (in memory)::
 ``public`` holds what anyone may read (model, engine settings, per-face nonces and
 geometry, a hash of the anonymized pixels); ``sealed`` is ChaCha20-Poly1305 over the
 private part (face outlines, colour fits, recovery hints, residuals) with everything
-else as associated data, so changing any byte of the header is detected. ``check`` is
+else as associated data, so changing any byte of the header is detected (the public JSON
+must be stored in the canonical form that was authenticated: re-indented or reordered
+JSON is refused). ``check`` is
 an HMAC of ``file_nonce`` under the key: it tells "wrong key" apart from "tampered".
 
 On disk the record is binary (``pack_record``): ``faceveil`` magic, version byte, the
@@ -37,7 +39,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from faceveil.atomic import write_file
+from faceveil.atomic import PRIVATE, open_regular, write_file
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
 from faceveil.imageio import metadata_save_options
 from faceveil.keys import NONCE_BYTES, InvalidTag, Key, canonical_json, new_nonce
@@ -223,11 +225,19 @@ def unpack_record(data: bytes, where: str = "the file", shape: tuple[int, int] |
     start = len(MAGIC) + 5
     if head_len > min(MAX_PUBLIC_BYTES, len(data) - start):
         raise HeaderError(f"the faceveil header of {where} is malformed (public part too large or truncated)")
+    raw = bytes(data[start : start + head_len])
     try:
-        head = json.loads(data[start : start + head_len])
+        head = json.loads(raw)
     except (ValueError, RecursionError):
         raise HeaderError(f"the faceveil header of {where} is not valid JSON") from None
     check_record(head, where)
+    try:
+        canonical = canonical_json(head)
+    except (ValueError, RecursionError):
+        canonical = None
+    if canonical != raw:
+        # the seal authenticates the canonical bytes; requiring them here makes it cover the exact bytes stored
+        raise HeaderError(f"the faceveil header of {where} has been altered (its JSON is not byte for byte what was sealed)")
     check_public(head["public"], *(shape or (None, None)))
     head["sealed"] = bytes(data[start + head_len :])
     return head
@@ -288,9 +298,13 @@ def encode_image(array: np.ndarray, suffix: str, record: dict | None = None, met
     return buffer.getvalue()
 
 
-def write_image(path: Path, array: np.ndarray, overwrite: bool = False, metadata: dict | None = None) -> Path:
-    """Write a plain image (no header) atomically, with ``metadata`` (a recovered photo's own) if given."""
-    return write_file(Path(path), encode_image(array, Path(path).suffix, metadata=metadata), overwrite=overwrite)
+def write_image(path: Path, array: np.ndarray, overwrite: bool = False, metadata: dict | None = None,
+                mode: int = PRIVATE) -> Path:
+    """Write a plain image (no header) atomically, with ``metadata`` (a recovered photo's own) if given.
+
+    A recovered photo holds the original faces: it is written owner-only (``mode`` 0600, less if the umask says so).
+    """
+    return write_file(Path(path), encode_image(array, Path(path).suffix, metadata=metadata), overwrite=overwrite, mode=mode)
 
 
 def write_veiled(path: Path, array: np.ndarray, record: dict, overwrite: bool = False) -> list[Path]:
@@ -382,14 +396,14 @@ def read_record(path: Path) -> dict:
     path = Path(path)
     data, shape = None, None
     try:
-        with open(path, "rb") as stream:
+        with open_regular(path, "input") as stream:  # a FIFO or device is refused, never waited on
             if stream.read(8) == _PNG_SIGNATURE:
                 data, shape = _png_header_chunk(stream, str(path))
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     if data is None:
         sidecar = sidecar_path(path)
-        if not sidecar.is_file():
+        if not sidecar.exists():
             legacy = path.with_name(path.name + ".veil.json")
             if legacy.is_file():
                 raise HeaderError(f"{legacy.name} is a faceveil 0.1 sidecar (format 1); recover it with faceveil 0.1")
@@ -397,7 +411,7 @@ def read_record(path: Path) -> dict:
         shape = shape or _image_shape(path)
         limit = header_bound(*shape)
         try:
-            with open(sidecar, "rb") as stream:
+            with open_regular(sidecar, "sidecar") as stream:
                 data = stream.read(limit + 1)
         except OSError as exc:
             raise UsageError(f"cannot read {sidecar}: {exc.strerror or exc}") from None

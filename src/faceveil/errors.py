@@ -42,3 +42,7 @@ class NoFaceError(FaceveilError):
     """No face was found where one was required."""
 
     exit_code = 4
+
+
+class OutputError(FaceveilError):
+    """An output could not be written (a full disk, a read-only folder, an I/O error); nothing partial was left."""

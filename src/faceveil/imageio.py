@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from faceveil.atomic import open_regular
 from faceveil.errors import UsageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MAX_PIXELS_OPTION", "LoadedImage", "read_image", "to_output_array"]
@@ -44,7 +45,7 @@ class LoadedImage:
     format: str | None  # PIL format name ("JPEG", "PNG", ...)
     exif_transposed: bool  # an EXIF orientation other than 1 was applied
     path: Path | None = None
-    n_frames: int = 1  # only the first frame of multi-frame files is read
+    n_frames: int = 1  # more than 1 only with exact_only=False (then the first frame is read)
     icc_profile: bytes | None = None
     metadata: dict = field(default_factory=dict)  # see read_metadata: sealed, never written to a veiled file
 
@@ -92,12 +93,39 @@ def _to_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"))), None
 
 
-def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+_DEEP_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def inexact_reason(img: Image.Image) -> str | None:
+    """Why faceveil could not give ``img`` back value for value (8-bit RGB/grey/alpha work), or ``None``.
+
+    Read from the file's header before any pixel is decoded: more than 8 bits per sample
+    (16-bit PNG/TIFF, Pillow would hand over 8-bit RGB without a word), CMYK (converted
+    to RGB), several frames (an animation or a multi-page file: only the first is worked on).
+    """
+    tile = getattr(img, "tile", None) or []
+    rawmode = tile[0][3] if tile and len(tile[0]) > 3 else ""
+    rawmode = rawmode[0] if isinstance(rawmode, tuple) and rawmode else rawmode
+    if img.mode in _DEEP_MODES or (isinstance(rawmode, str) and ";16" in rawmode):
+        return ("it has more than 8 bits per sample (16-bit or float); faceveil works on 8-bit pixels and would "
+                "give back fewer bits. Convert it to 8 bits first if that is acceptable")
+    if img.mode == "CMYK":
+        return "it is CMYK; faceveil works on RGB and would give back RGB. Convert it to RGB first if that is acceptable"
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        return (f"it has {frames} frames (an animation or a multi-page file); faceveil would work on the first frame "
+                "only. Extract the frames as images (or convert an animation to a video) first")
+    return None
+
+
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               exact_only: bool = True) -> LoadedImage:
     """Decode a photo fully, apply its EXIF orientation and convert it to RGB uint8.
 
     Raises :class:`UsageError` (one line) for a missing file, a non-image, a truncated
     or corrupt image, an image over ``max_pixels`` (``None``: no limit of our own) or an
-    unsupported mode.
+    unsupported mode; with ``exact_only`` (the default) also for an image faceveil could not
+    give back exactly (:func:`inexact_reason`), before its pixels are decoded.
     """
     p = Path(path)
     if not p.exists():
@@ -107,7 +135,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with open_regular(p, "input") as handle, Image.open(handle) as img:  # a FIFO is refused, not waited on
                 fmt = img.format
                 mode = img.mode
                 w, h = img.size
@@ -118,6 +146,9 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
                     )
                 if mode not in _SUPPORTED_MODES:
                     raise UsageError(f"unsupported image mode {mode!r} in {p.name}")
+                reason = inexact_reason(img) if exact_only else None
+                if reason:
+                    raise UsageError(f"{p.name} refused: {reason}")
                 n_frames = int(getattr(img, "n_frames", 1) or 1)
                 img.load()  # force a full decode: truncated data raises here
                 orientation = img.getexif().get(_EXIF_ORIENTATION, 1)

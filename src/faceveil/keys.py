@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from faceveil.atomic import write_new_file
+from faceveil.atomic import PRIVATE, open_regular, write_new_file
 from faceveil.errors import KeyFileError
 
 SECRET_BYTES = 32
@@ -166,7 +166,7 @@ class Key:
 
     def save(self, path: str | os.PathLike, passphrase: str | None = None, argon2: dict | None = None) -> Path:
         """Write a new key file with mode 0600; refuses to overwrite an existing file."""
-        return write_new_file(Path(path), self.to_file_bytes(passphrase, argon2), mode=0o600)
+        return write_new_file(Path(path), self.to_file_bytes(passphrase, argon2), mode=PRIVATE)
 
     @classmethod
     def from_file_bytes(cls, data: bytes, passphrase: str | None = None, source: str = "key file") -> "Key":
@@ -296,7 +296,7 @@ class Key:
 def _read_key_file(path: Path) -> bytes:
     """A key file's bytes, at most ``MAX_KEY_FILE_BYTES`` (a larger file is not a key file)."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "key file", KeyFileError) as handle:  # a FIFO would hang: refused
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist (create one with: faceveil keygen {path})") from None
@@ -325,6 +325,36 @@ def _checked_kdf(kdf: object, source: str) -> dict:
 def generate_key() -> Key:
     """A new random key (same as ``Key.generate()``)."""
     return Key.generate()
+
+
+#: Below this rough estimate a passphrase gets a warning (Argon2id slows each guess, it does not make up for few bits).
+WEAK_PASSPHRASE_BITS = 50
+
+
+def passphrase_bits(passphrase: str) -> float:
+    """A rough, deliberately generous upper estimate of a passphrase's strength in bits.
+
+    Length times log2 of the character classes used (lower, upper, digits, other ASCII,
+    non-ASCII), with the length cut to twice the distinct characters (``aaaaaaaa`` is weak).
+    """
+    import math
+
+    if not passphrase:
+        return 0.0
+    pool = (26 * any(c.islower() and c.isascii() for c in passphrase) + 26 * any(c.isupper() and c.isascii() for c in passphrase)
+            + 10 * any(c.isdigit() and c.isascii() for c in passphrase)
+            + 33 * any(c.isascii() and not c.isalnum() for c in passphrase) + 100 * any(not c.isascii() for c in passphrase))
+    length = min(len(passphrase), 2 * len(set(passphrase)))
+    return length * math.log2(max(pool, 2))
+
+
+def passphrase_warning(passphrase: str) -> str | None:
+    """A warning for a passphrase below ``WEAK_PASSPHRASE_BITS`` (an empty one is refused elsewhere), else ``None``."""
+    bits = passphrase_bits(passphrase)
+    if not passphrase or bits >= WEAK_PASSPHRASE_BITS:
+        return None
+    return (f"weak passphrase (about {bits:.0f} bits by a rough estimate, {WEAK_PASSPHRASE_BITS} or more advised): whoever "
+            "copies the key file can guess it offline; use several random words")
 
 
 def prompt_passphrase(confirm: bool = False) -> str:

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from faceveil.binding import fingerprint
 from faceveil.container import (
     decode_array,
     encode_array,
@@ -555,7 +556,7 @@ def anonymize_arrays(
             "faces": [{"nonce": n.hex(), "transform": f.transform.to_json(), "treatment": f.treatment}
                       for f, n in zip(state.faces, state.nonces)],
         }
-        private_part: dict = {"faces": state.private_faces}
+        private_part: dict = {"faces": state.private_faces, "fingerprint": fingerprint(written, public)}  # binds header to image
         if photo.metadata:
             private_part["metadata"] = photo.metadata
         results.append((written, seal_header(key, public, private_part), state.reports))

@@ -91,7 +91,16 @@ def _ray_session(address: str, local_cpus: int | None) -> Iterator[object]:
         return
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     if address == LOCAL:
-        ray.init(num_cpus=local_cpus or os.cpu_count() or 1, object_store_memory=256 * 2**20, **common)
+        # the local raylet and every worker it starts inherit this environment: not the passphrase
+        # (the key travels sealed to each worker; a worker's environment is readable in /proc and Ray's logs)
+        from faceveil.keys import PASSPHRASE_ENV
+
+        hidden = os.environ.pop(PASSPHRASE_ENV, None)
+        try:
+            ray.init(num_cpus=local_cpus or os.cpu_count() or 1, object_store_memory=256 * 2**20, **common)
+        finally:
+            if hidden is not None:
+                os.environ[PASSPHRASE_ENV] = hidden
     else:
         try:
             ray.init(address=address, **common)

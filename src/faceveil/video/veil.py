@@ -23,6 +23,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import contextvars
+import functools
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -112,11 +114,39 @@ def codec_for(target: Path, codec: str | None) -> str:
 
 
 # ---- the work folder ------------------------------------------------------------------------
+_IN_USE: contextvars.ContextVar[list | None] = contextvars.ContextVar("faceveil_work_folders", default=None)
+
+
+def _removes_work_on_failure(run: Callable) -> Callable:
+    """Remove the work folders ``run`` used when it fails or refuses (an ``Exception``).
+
+    A recovery's chunks hold original frames: a refusal must not leave them behind. An
+    interruption (Ctrl-C, SIGTERM: not an ``Exception``) keeps them, so the run resumes.
+    """
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        token = _IN_USE.set([])
+        try:
+            return run(*args, **kwargs)
+        except Exception:
+            for work in _IN_USE.get() or []:
+                work.remove()
+            raise
+        finally:
+            _IN_USE.reset(token)
+
+    return wrapper
+
+
 class WorkFolder:
     """Chunks of a run beside its output: ``.NAME.faceveil-work/`` (mode 0700)."""
 
     def __init__(self, target: Path) -> None:
         self.path = target.parent / f".{target.name}{WORK_SUFFIX}"
+        in_use = _IN_USE.get()
+        if in_use is not None:
+            in_use.append(self)
 
     def plan(self) -> dict | None:
         try:
@@ -285,6 +315,7 @@ def _jobs(faces: list[TrackFace], size: int, per_frame_nonce: bool, framing: str
     return jobs
 
 
+@_removes_work_on_failure
 def anonymize_video(
     input: str | os.PathLike,
     key: Key | str | os.PathLike,
@@ -475,6 +506,7 @@ def _write_from_chunks(work, source, target, times, info, codec, chunks, overwri
 
 
 # ---- recover ----------------------------------------------------------------------------
+@_removes_work_on_failure
 def recover_video(
     input: str | os.PathLike,
     key: Key | str | os.PathLike,

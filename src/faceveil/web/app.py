@@ -4,7 +4,9 @@ Privacy: results reach the browser inside the page (pictures and downloads as ``
 URLs), so the server writes no result file; each upload Gradio stores is read into this
 browser session's memory and deleted at once; the work of a request happens in a private
 folder removed when it ends (:mod:`faceveil.web.service`). Session memory is dropped when
-the tab closes, or after :data:`SESSION_SECONDS`. The server's private temporary folder
+the tab closes, or after :data:`SESSION_SECONDS`, and is capped (:func:`session_limit`); one
+upload may be at most :func:`upload_limit` bytes (from the pixel limit), and one that no
+event claims is deleted after :data:`UPLOAD_SECONDS`. The server's private temporary folder
 (Gradio's upload folder inside) is removed at shutdown. Nothing of a key or a photo is logged.
 """
 
@@ -22,13 +24,66 @@ from typing import Any
 
 from faceveil.errors import FaceveilError, NoFaceError, UsageError
 from faceveil.imageio import DEFAULT_MAX_PIXELS
-from faceveil.keys import Key
+from faceveil.keys import Key, passphrase_warning
 from faceveil.models import DiffusionModel
 from faceveil.web import service
 from faceveil.web.service import Upload
 
 #: How long a browser session's key and uploads are kept in server memory at most.
 SESSION_SECONDS = 3600
+#: An upload no page event has claimed (taken into a session) is deleted after this many seconds.
+UPLOAD_SECONDS = 300
+#: How often the upload folder is swept for such unclaimed uploads.
+SWEEP_SECONDS = 30
+#: The most bytes one upload may have without a pixel limit (``--max-pixels 0``).
+MAX_UPLOAD_BYTES = 1 << 30
+#: What a session may hold beyond one largest upload (key files, sidecars, a few photos).
+SESSION_EXTRA_BYTES = 64 << 20
+
+
+def upload_limit(max_pixels: int | None) -> int:
+    """The largest file the page accepts: an uncompressed RGBA image at the pixel limit plus 1 MiB of header.
+
+    Any photo within ``max_pixels`` fits (JPEG or PNG are far smaller); a veiled PNG too, its
+    header holding only the faces. Gradio refuses a larger upload while it arrives (HTTP 413).
+    """
+    if not max_pixels:
+        return MAX_UPLOAD_BYTES
+    return min(MAX_UPLOAD_BYTES, 4 * int(max_pixels) + (1 << 20))
+
+
+def session_limit(max_pixels: int | None) -> int:
+    """The most upload bytes one browser session keeps in server memory, all file boxes together."""
+    return upload_limit(max_pixels) + SESSION_EXTRA_BYTES
+
+
+def expire_uploads(upload_folder: Path, max_age: float = UPLOAD_SECONDS, now: float | None = None) -> int:
+    """Delete uploads older than ``max_age`` seconds that no event took (and folders left empty); returns how many.
+
+    A file box whose change event never comes (a script, a closed tab, a refused partial
+    upload) would otherwise leave its upload on disk until the server stops.
+    """
+    import time
+
+    now = time.time() if now is None else now
+    removed = 0
+    root = Path(upload_folder)
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        try:
+            if path.is_symlink() or path.is_file():
+                if now - path.lstat().st_mtime > max_age:
+                    path.unlink()
+                    removed += 1
+            elif path.is_dir() and not any(path.iterdir()) and now - path.stat().st_mtime > max_age:
+                path.rmdir()
+        except OSError:
+            continue
+    return removed
+
+
+def _sweep_uploads_forever(upload_folder: Path, stop: Any) -> None:
+    while not stop.wait(SWEEP_SECONDS):
+        expire_uploads(upload_folder)
 #: Shown beside every key made or used in the page.
 KEY_WARNING = (
     "Download this key and keep it safe and secret: without it nothing can be recovered, "
@@ -72,6 +127,36 @@ def upload_paths(payload: Any) -> list[str]:
     items = [] if payload is None else payload if isinstance(payload, list) else [payload]
     paths = [item.get("path") if isinstance(item, dict) else item for item in items]
     return [str(p) for p in paths if p]
+
+
+def keep_uploads(paths: list[str], kept: dict[str, Upload], others: int, upload_folder: Path,
+                 limit: int) -> tuple[dict[str, Upload], list[str]]:
+    """A file box's uploads in session memory, within ``limit`` bytes with the session's ``others``.
+
+    Uploads already kept stay; new ones are read (and deleted) while they fit; one that
+    does not fit is deleted unread and named in the second list, with its size.
+    """
+    out: dict[str, Upload] = {}
+    refused: list[str] = []
+    used = others
+    root = upload_folder.resolve()
+    for path in paths:
+        taken = kept.get(path)
+        if taken is None:
+            file = Path(path).resolve()
+            if root not in file.parents or not file.is_file():
+                continue
+            size = file.stat().st_size
+            if used + size > limit:
+                file.unlink(missing_ok=True)
+                refused.append(f"{Path(path).name} ({size / 2**20:.0f} MiB)")
+                continue
+            taken = take_upload(path, upload_folder)
+            if taken is None:
+                continue
+        used += len(taken.data)
+        out[path] = taken
+    return out, refused
 
 
 def take_upload(path: str | os.PathLike, upload_folder: Path) -> Upload | None:
@@ -132,16 +217,22 @@ def build_app(
     """The page as a ``gradio.Blocks``: a key panel, then the Anonymize and Recover tabs."""
     import gradio as gr
 
-    def sync_files(value: Any, kept: dict[str, Upload] | None) -> tuple[dict[str, Upload], str]:
-        """What a file box now holds, in memory: new uploads read (and deleted), removed ones dropped."""
-        kept = dict(kept or {})
-        out: dict[str, Upload] = {}
-        for path in upload_paths(value):
-            taken = kept.get(path) or take_upload(path, upload_folder)
-            if taken is not None:
-                out[path] = taken
+    session_bytes = session_limit(max_pixels)
+
+    def sync_files(value: Any, kept: dict[str, Upload] | None, first: dict | None, second: dict | None,
+                   third: dict | None) -> tuple[dict[str, Upload], str]:
+        """What a file box now holds, in memory: new uploads read (and deleted), removed ones dropped.
+
+        The session's uploads (this box and the three others) stay within ``session_limit``; what does not fit is refused.
+        """
+        used = sum(len(u.data) for box in (first, second, third) for u in (box or {}).values())
+        out, refused = keep_uploads(upload_paths(value), dict(kept or {}), used, upload_folder, session_bytes)
         names = ", ".join(u.name for u in out.values())
-        return out, f'<div class="fv-ready">{_escape(f"ready: {names}" if out else "")}</div>'
+        status = f'<div class="fv-ready">{_escape(f"ready: {names}" if out else "")}</div>'
+        if refused:
+            status += _box("fv-error", f"not kept: {', '.join(refused)}: this page keeps at most "
+                                       f"{session_bytes / 2**20:.0f} MiB of files per session; remove some first")
+        return out, status
 
     def create_key(passphrase: str):
         key, data = service.new_key_file(passphrase or None)
@@ -149,7 +240,9 @@ def build_app(
         link = _download(f"Download the key file{protected}", f"faceveil-{key.fingerprint}.key", data,
                          "application/octet-stream")
         origin = "created in this page"
-        return key, origin, _key_status(key, origin), f'{_box("fv-warn", KEY_WARNING)}{link}'
+        weak = passphrase_warning(passphrase) if passphrase else None
+        notice = f'{_box("fv-warn", KEY_WARNING)}{_box("fv-warn", weak) if weak else ""}{link}'
+        return key, origin, _key_status(key, origin), notice
 
     def use_key(files: dict[str, Upload] | None, passphrase: str, current: Key | None, current_origin: str):
         """Load the uploaded key file; on failure the key in use (if any) stays, and the error shows."""
@@ -272,9 +365,11 @@ def build_app(
 
         # preprocess=False: Gradio's File preprocessing leaves an empty temporary file per event behind
         quiet = {"show_progress": "hidden", "queue": False, "preprocess": False}
-        for box, kept, status in ((key_upload, key_files, key_ready), (photos, photo_files, photos_ready),
-                                  (veiled, veiled_files, veiled_ready), (sidecar, sidecar_files, sidecar_ready)):
-            box.change(sync_files, [box, kept], [kept, status], **quiet)
+        boxes = ((key_upload, key_files, key_ready), (photos, photo_files, photos_ready),
+                 (veiled, veiled_files, veiled_ready), (sidecar, sidecar_files, sidecar_ready))
+        for box, kept, status in boxes:
+            others = [other for _, other, _ in boxes if other is not kept]
+            box.change(sync_files, [box, kept, *others], [kept, status], **quiet)
         # new inputs clear what was shown for the old ones
         key_upload.change(key_file_chosen, [key_upload, key_state, key_origin], [key_status, key_notice], **quiet)
         photos.change(lambda: "", None, results, **quiet)
@@ -311,10 +406,15 @@ def serve(
     work.mkdir(mode=0o700)
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # read when gradio is imported: set first
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import threading
+
+    stop_sweeping = threading.Event()
     try:
         from faceveil.models import load_model
 
         page = build_app(load_model(model), work, uploads, max_pixels=max_pixels)
+        threading.Thread(target=_sweep_uploads_forever, args=(uploads, stop_sweeping), daemon=True,
+                         name="faceveil-upload-expiry").start()
         page.queue(default_concurrency_limit=1)
         if sys.platform != "win32":
             _stop_on_sigterm()
@@ -325,6 +425,7 @@ def serve(
                 server_name=host, server_port=port, share=False, inbrowser=False, quiet=True, show_error=False,
                 ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False, prevent_thread_lock=True,
                 theme="default", css=CSS, footer_links=[], run_history=False,  # no copies in the browser either
+                max_file_size=upload_limit(max_pixels),  # refused while it arrives, with a message
             )
         except OSError as exc:
             raise UsageError(f"cannot listen on {host}:{port} ({exc}); choose another --port") from None
@@ -335,4 +436,5 @@ def serve(
         finally:
             page.close()
     finally:
+        stop_sweeping.set()
         shutil.rmtree(root, ignore_errors=True)
