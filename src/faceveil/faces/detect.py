@@ -1,11 +1,13 @@
-"""Face detection and landmarks with MediaPipe (models ship inside the wheel).
+"""Face detection and landmarks: the detector ensemble's boxes, each with a MediaPipe face mesh.
 
-Detection runs MediaPipe's full-range and short-range face detectors on the whole
-image and, for large images, on overlapping tiles as well (the networks see the image
-at 128-192 px, so small faces in big photos would otherwise be missed); duplicates are
-merged. Each face then gets a 478-point face mesh, computed on a normalised crop around
-its box so that several faces in one photo each get their own landmarks. Without a
-mesh, the 5 landmarks come from the detector's keypoints (mouth corners estimated).
+The boxes come from :mod:`faceveil.faces.ensemble` (default: MediaPipe and CenterFace,
+upright and on quarter turns; see docs/detection.md). The MediaPipe member runs the
+full-range and short-range face detectors on the whole image and, for large images, on
+overlapping tiles as well (the networks see the image at 128-192 px, so small faces in
+big photos would otherwise be missed). Each face then gets a 478-point face mesh,
+computed on a normalised crop around its box so that several faces in one photo each get
+their own landmarks. Without a mesh, the 5 landmarks come from the detector's keypoints
+(mouth corners estimated) or, for a detector without any, from the box.
 
 Coordinates follow OpenCV (pixel centres at integer coordinates).
 """

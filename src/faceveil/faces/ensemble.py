@@ -286,10 +286,15 @@ def _scaled(c: Candidate, small: tuple[int, ...], full: tuple[int, ...]) -> Cand
     return Candidate(box, c.score, c.detector, lm, None)
 
 
+ROT_THRESHOLD = 0.7  # the quarter-turn passes' lowest score: below it they add false alarms (docs/detection.md)
+
+
 def member_candidates(img: np.ndarray, name: str, threshold: float, rot: bool) -> list[Candidate]:
-    """One member's detections on ``img``, and with ``rot`` on its quarter turns either way."""
+    """One member's detections on ``img``, and with ``rot`` on its quarter turns either way
+    (there with a score of at least :data:`ROT_THRESHOLD`)."""
     found = BACKENDS[name](img, threshold)
     if rot:
+        threshold = max(threshold, ROT_THRESHOLD)
         small = img
         if max(img.shape[:2]) > _ROT_MAX_SIDE:  # faces lying sideways are rarely small: a cheaper pass
             f = _ROT_MAX_SIDE / max(img.shape[:2])
