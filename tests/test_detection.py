@@ -254,7 +254,7 @@ def test_cli_verify_exit_5_audit_log_and_preview(pixel_model_dir, tmp_path, caps
     assert code == 5, err
     assert "left visible" in err and (tmp_path / "old.png").is_file()
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["verification"] for r in records if "face" in r] == ["findings", "unveiled"]
+    assert [r["verification"] for r in records if "face" in r] == ["ok", "unveiled"]
     unveiled = next(r for r in records if r.get("verification") == "unveiled")
     assert unveiled["box"][0] < 10 and unveiled["treatment"] == "none"
     assert cv2.imread(str(preview)).shape == (150, 150, 3)

@@ -255,7 +255,7 @@ class Verifier:
 
     def _audit(self, source: Path, result: Any, faces: list, verification: Verification | None) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        status = "off" if verification is None else ("findings" if verification.findings else "ok")
+        status = "off" if verification is None else "ok"
         lines = []
         for i, f in enumerate(faces):
             ident = [x for x in (verification.findings if verification else []) if x.kind == "identity" and x.face == i]
