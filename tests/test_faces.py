@@ -241,17 +241,18 @@ def test_small_faces_are_flagged_not_dropped():
     import cv2
 
     img = _lfw("Ann_Veneman")
+    # the default ensemble may add a low-score CenterFace box beside the face (docs/detection.md: precision)
     faces = detect_faces(img, min_size=10_000)
-    assert len(faces) == 1 and faces[0].too_small
+    assert faces and all(f.too_small for f in faces)
+    assert len([f for f in faces if f.score > 0.5]) == 1
     # a real small face in a big photo (found by tiled detection)
     canvas = np.full((1600, 1600, 3), 110, np.uint8)
     small = cv2.resize(img, (90, 90), interpolation=cv2.INTER_AREA)
     canvas[1100:1190, 300:390] = small
     faces = detect_faces(canvas, min_size=48)
-    assert len(faces) == 1
-    f = faces[0]
-    assert f.too_small
-    assert 300 <= (f.box[0] + f.box[2]) / 2 <= 390 and 1100 <= (f.box[1] + f.box[3]) / 2 <= 1190
+    assert faces and all(f.too_small for f in faces)
+    centred = [f for f in faces if 300 <= (f.box[0] + f.box[2]) / 2 <= 390 and 1100 <= (f.box[1] + f.box[3]) / 2 <= 1190]
+    assert len(centred) == 1 and centred[0].score > 0.5
 
 
 def test_alignment_of_real_face_matches_canonical_landmarks():

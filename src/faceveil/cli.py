@@ -1,7 +1,7 @@
 """The ``faceveil`` command: argument parsing, progress, messages and exit codes only.
 
 Exit codes: 0 success; 2 bad usage or unreadable input; 3 wrong key or tampered or
-missing faceveil header; 4 no face found. With several inputs every input is tried
+missing faceveil header; 4 no face found; 5 written, but the output check found faces. With several inputs every input is tried
 and the exit code is that of the first failure.
 """
 
@@ -193,8 +193,10 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
         return run_from_args(args, key, recovering=False, settings=settings, show=_show_progress(args))
     model = load_model(args.model)  # None: the best embedded model
     show = _show_progress(args)
+    verifier = _verifier(args)
 
     def action(pairs: list[tuple[Path, Path]], report) -> None:
+        report = verifier.wrap(pairs, report)
         source, target = pairs[0]
         if source.suffix.lower() in VIDEO_SUFFIXES:  # a video comes alone
             from faceveil.video import anonymize_video
@@ -216,7 +218,42 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
                 on_result=report, style=args.style, fallback=args.fallback,
             )
 
-    return run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show, key=key)
+    with _detection_settings(args):
+        code = run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show, key=key)
+    return code or verifier.exit_code
+
+
+def _verifier(args: argparse.Namespace):
+    """The output check, audit log and preview of ``anonymize`` (faceveil.verify)."""
+    from faceveil.verify import Verifier
+
+    several = len(args.inputs) > 1 or any(Path(i).is_dir() for i in args.inputs)
+    return Verifier(args.verify, args.audit_log, args.draw_boxes, several)
+
+
+def _detection_settings(args: argparse.Namespace):
+    from faceveil.faces.ensemble import settings
+
+    return settings(detector=args.detector, threshold=args.threshold)
+
+
+def _detection_options(p: argparse.ArgumentParser) -> None:
+    """--detector, --threshold, --verify, --draw-boxes, --audit-log (docs/detection.md)."""
+    from faceveil.faces.ensemble import DEFAULT_DETECTOR
+
+    p.add_argument("--detector", default=None, metavar="SPEC",
+                   help=f"face detectors joined by '+' (mediapipe, mediapipe-full, centerface, yunet, dlib-hog, "
+                        f"dlib-cnn; 'rot' also tries quarter turns); default {DEFAULT_DETECTOR}")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="detection score threshold (0-1) for every detector (default: each detector's own, 0.5 mostly)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="check each output: faces an independent detector finds outside the replaced ones, and "
+                        "replaced faces still matching the original (exit 5 if any)")
+    p.add_argument("--draw-boxes", default=None, metavar="PATH",
+                   help="write a preview of the output with the faces' boxes, scores and treatments "
+                        "(a folder for several inputs: NAME.boxes.png)")
+    p.add_argument("--audit-log", default=None, metavar="PATH",
+                   help="append one JSON line per face (file, face, box, score, treatment, verification)")
 
 
 def _cmd_recover(args: argparse.Namespace) -> int:
@@ -385,12 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_SIZE,
                    help="faces smaller than this (pixels) are anonymized but reported")
     p.add_argument("--allow-no-face", action="store_true", help="write images without faces unchanged instead of failing")
-    p.add_argument("--style", choices=STYLES, default="face",
-                   help="face: a new face from the model; pixelate, blur, solid: a visible replacement, the original "
-                        "sealed in the header (exact recovery, no model run)")
-    p.add_argument("--fallback", choices=FALLBACKS, default=DEFAULT_FALLBACK,
-                   help="for a face the model cannot align (no mesh, cut by the border, tiny): a visible treatment "
-                        "of its box, or the model on its box; each such face is reported")
+    _detection_options(p)
     _batch_options(p)
     p.set_defaults(func=_cmd_anonymize)
 

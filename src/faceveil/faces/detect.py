@@ -1,11 +1,13 @@
-"""Face detection and landmarks with MediaPipe (models ship inside the wheel).
+"""Face detection and landmarks: the detector ensemble's boxes, each with a MediaPipe face mesh.
 
-Detection runs MediaPipe's full-range and short-range face detectors on the whole
-image and, for large images, on overlapping tiles as well (the networks see the image
-at 128-192 px, so small faces in big photos would otherwise be missed); duplicates are
-merged. Each face then gets a 478-point face mesh, computed on a normalised crop around
-its box so that several faces in one photo each get their own landmarks. Without a
-mesh, the 5 landmarks come from the detector's keypoints (mouth corners estimated).
+The boxes come from :mod:`faceveil.faces.ensemble` (default: MediaPipe and CenterFace,
+upright and on quarter turns; see docs/detection.md). The MediaPipe member runs the
+full-range and short-range face detectors on the whole image and, for large images, on
+overlapping tiles as well (the networks see the image at 128-192 px, so small faces in
+big photos would otherwise be missed). Each face then gets a 478-point face mesh,
+computed on a normalised crop around its box so that several faces in one photo each get
+their own landmarks. Without a mesh, the 5 landmarks come from the detector's keypoints
+(mouth corners estimated) or, for a detector without any, from the box.
 
 Coordinates follow OpenCV (pixel centres at integer coordinates).
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from faceveil.errors import UsageError
 
-__all__ = ["Face", "detect_faces", "DEFAULT_MIN_SIZE", "DEFAULT_MIN_SCORE"]
+__all__ = ["Face", "detect_faces", "missing_detectors", "DEFAULT_MIN_SIZE", "DEFAULT_MIN_SCORE"]
 
 DEFAULT_MIN_SIZE = 32
 DEFAULT_MIN_SCORE = 0.5
@@ -57,6 +59,7 @@ class Face:
     mesh: np.ndarray | None = None  # 478 x 2 face-mesh points, or None when the mesh failed
     too_small: bool = False  # box side below the requested ``min_size``
     keypoints6: np.ndarray | None = field(default=None, repr=False)  # raw detector keypoints
+    detector: str = "mediapipe"  # the backend that found it ("centerface@90": on the image turned a quarter turn)
 
     @property
     def width(self) -> float:
@@ -153,7 +156,7 @@ class _Raw:
     keypoints: np.ndarray  # 6x2 (right eye, left eye, nose, mouth, right ear, left ear)
 
 
-def _run_detector(img: np.ndarray, min_score: float, ox: float, oy: float) -> list[_Raw]:
+def _run_detector(img: np.ndarray, min_score: float, ox: float, oy: float, models: tuple[int, ...] = (1, 0)) -> list[_Raw]:
     """Both MediaPipe detectors on ``img`` (offset ``ox``, ``oy`` in the full image).
 
     The full-range model misses some faces that fill much of the frame (4 % of LFW),
@@ -166,7 +169,7 @@ def _run_detector(img: np.ndarray, min_score: float, ox: float, oy: float) -> li
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     img = np.ascontiguousarray(img)
     out: list[_Raw] = []
-    for model in (1, 0):  # detections are relative to the image: they scale back to w x h as they are
+    for model in models:  # detections are relative to the image: they scale back to w x h as they are
         out += _parse(_process(_detector(model, min_score), img), w, h, ox, oy)
     return out
 
@@ -319,45 +322,69 @@ def _frozen(a: np.ndarray | None) -> np.ndarray | None:
 def detect_faces(
     image: np.ndarray,
     min_size: int = DEFAULT_MIN_SIZE,
-    min_score: float = DEFAULT_MIN_SCORE,
+    min_score: float | None = None,
     with_mesh: bool = True,
+    detector: str | None = None,
 ) -> list[Face]:
     """Detect faces in an RGB uint8 image, each with 5 landmarks and a face mesh.
 
-    Faces whose box side is below ``min_size`` pixels are returned too, flagged
-    ``too_small=True``. Results are sorted left to right (then top to bottom).
+    ``detector`` is an ensemble spec (``faces.ensemble``; default: ``FACEVEIL_DETECTOR``
+    or ``ensemble.DEFAULT_DETECTOR``); its members that cannot run here are skipped
+    (:func:`missing_detectors` names them). ``min_score`` replaces every member's own
+    score threshold. Faces whose box side is below ``min_size`` pixels are returned
+    too, flagged ``too_small=True``. A face from a detector without landmarks gets them
+    estimated from its box; the mesh is tried for every face (``None`` where it fails).
+    Results are sorted left to right (then top to bottom).
     """
+    from faceveil.faces import ensemble  # noqa: PLC0415  (ensemble imports this module)
+
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise UsageError(f"expected an H x W x 3 uint8 RGB image, got {img.dtype} {img.shape}")
     h, w = img.shape[:2]
     if h < 2 or w < 2:
         raise UsageError(f"image too small for face detection: {w}x{h}")
-    if not 0.0 < min_score < 1.0:
+    if min_score is not None and not 0.0 < min_score < 1.0:
         raise UsageError(f"min_score must be between 0 and 1, got {min_score}")
+    spec = detector or ensemble.env_detector()
     img = np.ascontiguousarray(img)
     faces: list[Face] = []
     with _LOCK:
-        raws = _run_detector(img, float(min_score), 0.0, 0.0)
-        for tile in _tiles(h, w):
-            x0, y0, x1, y1 = tile
-            found = _run_detector(img[y0:y1, x0:x1], float(min_score), float(x0), float(y0))
-            raws += [r for r in found if _whole_in_tile(r.box, tile, w, h)]
-        raws = _merge(raws)
-        for raw in raws:
-            mesh = _mesh_for(img, raw) if with_mesh else None
-            lm5 = _landmarks_from_mesh(mesh) if mesh is not None else _landmarks_from_keypoints(raw.keypoints)
-            box = tuple(float(v) for v in raw.box)
+        found, _missing = ensemble.candidates(img, spec, None if min_score is None else float(min_score))
+        for c in found:
+            lm = c.landmarks5 if c.landmarks5 is not None else ensemble.landmarks_from_box(c.box)
+            kps = c.keypoints6 if c.keypoints6 is not None else np.vstack([lm[:3], lm[3:].mean(0), lm[:2]])
+            mesh = _mesh_for(img, _Raw(c.box, c.score, kps)) if with_mesh else None
+            if mesh is not None and "@" in c.detector and not _mesh_agrees(mesh, lm):
+                mesh = None  # a face lying sideways: the upright mesh is not to be trusted
+            lm5 = _landmarks_from_mesh(mesh) if mesh is not None else lm
+            box = tuple(float(v) for v in c.box)
             side = min(box[2] - box[0], box[3] - box[1])
             faces.append(
                 Face(
                     box=box,  # type: ignore[arg-type]
-                    score=raw.score,
+                    score=c.score,
                     landmarks5=_frozen(lm5),  # type: ignore[arg-type]
                     mesh=_frozen(mesh),
                     too_small=bool(side < min_size),
-                    keypoints6=_frozen(raw.keypoints),
+                    keypoints6=_frozen(c.keypoints6),
+                    detector=c.detector,
                 )
             )
     faces.sort(key=lambda f: (round(f.box[0], 3), round(f.box[1], 3), -f.score))
     return faces
+
+
+def _mesh_agrees(mesh: np.ndarray, lm5: np.ndarray) -> bool:
+    """Whether the mesh's eyes lie where the detector put them (within half the eye distance)."""
+    eyes = _landmarks_from_mesh(mesh)[:2]
+    tol = 0.5 * float(np.hypot(*(lm5[1] - lm5[0])))
+    return bool(np.all(np.hypot(*(eyes - lm5[:2]).T) < tol))
+
+
+def missing_detectors(detector: str | None = None) -> list[str]:
+    """Members of the detector spec that cannot run here (their optional package is absent)."""
+    from faceveil.faces import ensemble  # noqa: PLC0415
+
+    names, _ = ensemble.members(detector or ensemble.env_detector())
+    return [n for n in names if not ensemble.available(n)]

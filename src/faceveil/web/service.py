@@ -134,6 +134,9 @@ def anonymize_upload(
                 source, key, target, model=model, allow_no_face=allow_no_face, max_pixels=max_pixels, progress=progress,
                 style=style,
             )
+            from faceveil.verify import Verifier  # the output check: its warnings are shown as notes
+
+            Verifier().check(source, result)
             before = read_image(source, max_pixels=None).rgb
             after = read_image(target, max_pixels=None).rgb
         except FaceveilError as exc:
