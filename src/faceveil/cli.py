@@ -422,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_SIZE,
                    help="faces smaller than this (pixels) are anonymized but reported")
     p.add_argument("--allow-no-face", action="store_true", help="write images without faces unchanged instead of failing")
+    p.add_argument("--style", choices=STYLES, default="face",
+                   help="face: a new face from the model; pixelate, blur, solid: a visible replacement, the original "
+                        "sealed in the header (exact recovery, no model run)")
+    p.add_argument("--fallback", choices=FALLBACKS, default=DEFAULT_FALLBACK,
+                   help="for a face the model cannot align (no mesh, cut by the border, tiny): a visible treatment "
+                        "of its box, or the model on its box; each such face is reported")
     _detection_options(p)
     _batch_options(p)
     p.set_defaults(func=_cmd_anonymize)

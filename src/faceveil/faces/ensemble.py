@@ -101,7 +101,11 @@ def _centerface(img: np.ndarray, min_score: float) -> list[Candidate]:
     h, w = img.shape[:2]
     scale = min(1.0, _CENTERFACE_MAX_SIDE / max(h, w))
     if min(h, w) * scale < 192:  # CenterFace misses faces that fill a tiny image
-        scale = max(scale, 192 / min(h, w))
+        # ... but never past the largest side it is shown: a 40 x 32767 strip upscaled for its short
+        # side would be a 157,000 px blob, on which cv2.dnn crashes the process
+        scale = max(scale, min(192 / min(h, w), _CENTERFACE_MAX_SIDE / max(h, w)))
+    if min(h, w) * scale < 8:  # a strip a few pixels high once scaled: no face to find there
+        return []
     net = _centerface_model((max(32, round(w * scale)), max(32, round(h * scale))))
     dets, lms = net(np.ascontiguousarray(img), threshold=min_score)
     out = []
