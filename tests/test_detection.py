@@ -247,7 +247,7 @@ def test_cli_verify_exit_5_audit_log_and_preview(pixel_model_dir, tmp_path, caps
     key, log, preview = tmp_path / "k.key", tmp_path / "audit.jsonl", tmp_path / "boxes.png"
     assert main(["keygen", str(key)]) == 0
     common = ["--key", str(key), "--model", str(pixel_model_dir), "--steps", "2", "--refine-iters", "1",
-              "--audit-log", str(log)]
+              "--audit-log", str(log), "--verify"]
     code = main(["anonymize", str(photo), "-o", str(tmp_path / "old.png"), "--detector", "mediapipe",
                  "--draw-boxes", str(preview), *common])
     err = capsys.readouterr().err

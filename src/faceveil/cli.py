@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -246,9 +247,10 @@ def _detection_options(p: argparse.ArgumentParser) -> None:
                         f"dlib-cnn; 'rot' also tries quarter turns); default {DEFAULT_DETECTOR}")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="detection score threshold (0-1) for every detector (default: each detector's own, 0.5 mostly)")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction,
+                   default=os.environ.get("FACEVEIL_VERIFY", "1").strip().lower() not in ("0", "false", "no", "off"),
                    help="check each output: faces an independent detector finds outside the replaced ones, and "
-                        "replaced faces still matching the original (exit 5 if any)")
+                        "replaced faces still matching the original (exit 5 if any); on unless FACEVEIL_VERIFY=0")
     p.add_argument("--draw-boxes", default=None, metavar="PATH",
                    help="write a preview of the output with the faces' boxes, scores and treatments "
                         "(a folder for several inputs: NAME.boxes.png)")
