@@ -56,8 +56,9 @@ def test_portrait_1024_exact_small_header_and_seamless(draft_model, tmp_path):
     baseline = len(pack_record(EncryptedCropBaseline().anonymize(rgb, jobs, key).record))
     # never more than sealing the original regions (each face stores the smaller of its
     # residual and its region), plus the public part; with the CPU draft model the
-    # residual does not beat the lossless codec (measured: README, "Header size")
-    assert ours <= baseline + 1024, (ours, baseline)
+    # residual does not beat the lossless codec (measured: README, "Header size"); plus the
+    # sealed fingerprint that binds the header to its image (binding.py, about 300 bytes for one face)
+    assert ours <= baseline + 1024 + 512, (ours, baseline)
 
     changed = (veiled != rgb).any(axis=-1)
     assert not changed[-1].any() and not changed[:, 0].any()  # the region stops at the face, not at the edges
