@@ -166,9 +166,18 @@ def _assert_veiled_and_exact(image, out, back, union, face_box=None):
     assert np.array_equal(back, image)
 
 
+def _main(faces, near=None):
+    """The face a test is about: the largest, or the one nearest ``near`` (x, y). The default
+    ensemble may add a low-score CenterFace box beside it (its 85.7 % precision, docs/detection.md)."""
+    assert faces
+    if near is None:
+        return max(faces, key=lambda f: f.side)
+    return min(faces, key=lambda f: np.hypot((f.box[0] + f.box[2]) / 2 - near[0], (f.box[1] + f.box[3]) / 2 - near[1]))
+
+
 def _cut(image, side, fraction):
     """The astronaut with ``fraction`` of her face's width cut away by the ``side`` border; her box there."""
-    (face,) = detect_faces(image)
+    face = _main(detect_faces(image))
     x0, y0, x1, y1 = face.box
     if side == "left":
         cut = int(round(x0 + fraction * (x1 - x0)))
@@ -181,9 +190,9 @@ def _cut(image, side, fraction):
 def test_face_cut_by_the_border_is_veiled_and_exact(side, fraction, key, pixel_model, tmp_path):
     image, box = _cut(_astronaut(), side, fraction)
     out, back, union, treatments, (veiled, _) = _roundtrip(tmp_path, image, key, pixel_model)
-    assert len(treatments) == 1
-    if treatments != ["model"]:  # the fallback is reported
-        assert any("face 1" in n and "pixelated" in n for n in veiled.notes), veiled.notes
+    assert len(treatments) >= 1
+    if "pixelate" in treatments:  # the fallback is reported
+        assert any("pixelated" in n for n in veiled.notes), veiled.notes
     _assert_veiled_and_exact(image, out, back, union, box)
 
 
@@ -207,31 +216,32 @@ def test_face_cut_by_the_left_border_given_explicitly(fraction, key, pixel_model
 def test_profile_face_is_veiled_and_exact(key, pixel_model, tmp_path):
     """The cameraman, in near profile (scikit-image's ``camera``)."""
     image = np.ascontiguousarray(np.repeat(skimage_data.camera()[..., None], 3, axis=2))
-    (face,) = detect_faces(image)
+    face = _main(detect_faces(image))
     out, back, union, treatments, _ = _roundtrip(tmp_path, image, key, pixel_model)
-    assert len(treatments) == 1
+    assert len(treatments) >= 1
     _assert_veiled_and_exact(image, out, back, union, face.box)
 
 
 def test_face_rotated_90_degrees_is_veiled_and_exact(key, pixel_model, tmp_path):
     image = np.ascontiguousarray(np.rot90(_astronaut()))
-    (face,) = detect_faces(image)
+    face = _main(detect_faces(image))
     out, back, union, treatments, _ = _roundtrip(tmp_path, image, key, pixel_model)
-    assert len(treatments) == 1
+    assert len(treatments) >= 1
     _assert_veiled_and_exact(image, out, back, union, face.box)
 
 
 def test_24px_face_is_veiled_and_exact(key, pixel_model, tmp_path):
     image = _astronaut()
-    (face,) = detect_faces(image)
+    face = _main(detect_faces(image))
     scale = 24 / face.width
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     canvas = np.full((192, 192, 3), 118, np.uint8)
     canvas[40 : 40 + small.shape[0], 30 : 30 + small.shape[1]] = small[: 192 - 40, : 192 - 30]
-    (found,) = detect_faces(canvas)
+    centre = (30 + scale * (face.box[0] + face.box[2]) / 2, 40 + scale * (face.box[1] + face.box[3]) / 2)
+    found = _main(detect_faces(canvas), centre)
     assert 18 < found.side < 32 and found.too_small
     out, back, union, treatments, (veiled, _) = _roundtrip(tmp_path, canvas, key, pixel_model)
-    assert len(treatments) == 1 and any("below" in n for n in veiled.notes)
+    assert len(treatments) >= 1 and any("below" in n for n in veiled.notes)
     _assert_veiled_and_exact(canvas, out, back, union, found.box)
 
 
@@ -315,7 +325,7 @@ def test_cli_style_on_a_folder_is_exact(pixel_model_dir, tmp_path, capsys):
     veiled = sorted((tmp_path / "out").glob("*.veiled.png"))
     assert len(veiled) == 2
     for path in veiled:
-        assert _union(path, Key.load(key), image.shape)[1] == ["blur"]
+        assert set(_union(path, Key.load(key), image.shape)[1]) == {"blur"}  # the ensemble may add a box
     assert main(["recover", str(tmp_path / "out"), "--key", str(key), "-o", str(tmp_path / "back"), *model]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "back" / "a.recovered.png")), image)
     with pytest.raises(SystemExit) as exit_:

@@ -143,8 +143,9 @@ class Server:
         raise RuntimeError("faceveil serve did not answer within 180 s")
 
     def lasting_files(self) -> list[str]:
-        """What the server left in its TMPDIR and working folder."""
-        return _files(self.tmp) + _files(self.cwd)
+        """What the server left in its TMPDIR and working folder. onnxruntime (the output check's
+        ArcFace) keeps a `.ses` file in TMPDIR holding a timestamp and a random id, nothing of a photo."""
+        return [f for f in _files(self.tmp) if f != ".ses"] + _files(self.cwd)
 
     def stop(self) -> int:
         if self.process.poll() is None:
