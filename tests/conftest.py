@@ -35,6 +35,28 @@ def latent_model():
     return tiny_latent_model(32)
 
 
+@pytest.fixture()
+def face_png(tmp_path):
+    """A 32 px textured stand-in for an aligned face crop (the CLI tests' input)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    base = np.stack([yy * 6, xx * 6, (yy + xx) * 3], axis=2).astype(np.float64)
+    image = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+    path = tmp_path / "face.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture()
+def keyfile(tmp_path):
+    """A fresh key file made by ``faceveil keygen``."""
+    from faceveil.cli import main
+
+    path = tmp_path / "secret.key"
+    assert main(["keygen", str(path)]) == 0
+    return path
+
+
 @pytest.fixture(scope="session")
 def pixel_model_dir(tmp_path_factory, pixel_model):
     """The tiny pixel model saved as a diffusers folder, for the CLI."""

@@ -16,24 +16,6 @@ from faceveil.cli import main
 FAST = ["--steps", "2", "--refine-iters", "1", "--aligned"]
 
 
-@pytest.fixture()
-def face_png(tmp_path):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:32, 0:32]
-    base = np.stack([yy * 6, xx * 6, (yy + xx) * 3], axis=2).astype(np.float64)
-    image = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
-    path = tmp_path / "face.png"
-    Image.fromarray(image).save(path)
-    return path
-
-
-@pytest.fixture()
-def keyfile(tmp_path):
-    path = tmp_path / "secret.key"
-    assert main(["keygen", str(path)]) == 0
-    return path
-
-
 @contextmanager
 def umask(value: int):
     old = os.umask(value)

@@ -315,11 +315,11 @@ def _resample(run: _Run, faces: list[_Face]) -> tuple[torch.Tensor, list[FaceRep
         raise UsageError("a track's noise can only be reused with the 'noised' context")
     context, public = _contexts(run.model, faces)
     evals = [0]
-    mask = _masks(faces, context.device).expand_as(context)
+    masks = _masks(faces, context.device)
     trajectory = noised_trajectory(run.schedule, context, public)
     noise = torch.cat([f.noise.to(context.device) for f in faces])
-    condition = run.model.condition(context, _masks(faces, context.device))
-    z_out = masked_sample(run.eps(len(faces), evals, condition), run.schedule, noise, mask, trajectory)
+    condition = run.model.condition(context, masks)
+    z_out = masked_sample(run.eps(len(faces), evals, condition), run.schedule, noise, masks.expand_as(context), trajectory)
     return z_out, [FaceReport(f.geometry.transform, evals[0], 0.0) for f in faces]
 
 
