@@ -92,6 +92,28 @@ def test_worker_adopts_an_existing_output_instead_of_redoing_it(tmp_path, pixel_
     assert target.read_bytes() == written
 
 
+def test_a_worker_anonymizing_to_recipients_holds_no_secret_and_an_identity_recovers(tmp_path, pixel_model_dir):
+    """Issue 23: the worker gets recipient strings only (no key hand-over); a worker given the
+    identity, sealed as a key is, recovers bit-exactly."""
+    from faceveil.keys import Identity
+
+    identity = Identity.generate()
+    worker = FileWorker(Job(recovering=False, model=str(pixel_model_dir), options={"aligned": True, "steps": 3},
+                            recipients=(identity.recipient,)), threads=1)
+    assert "error" not in worker.prepare() and worker._key is None
+    sources = [_face_crop(tmp_path / f"r{i}.png", 20 + i) for i in range(2)]
+    outcomes = worker.process_many([(str(s), str(s.with_name(s.stem + ".veiled.png"))) for s in sources])
+    assert [o["record"]["status"] for o in outcomes] == ["done", "done"]
+    again = worker.process(str(sources[0]), str(tmp_path / "r0.veiled.png"))  # adopted: read and checked, not opened
+    assert again["record"]["notes"] == [ADOPTED_NOTE]
+    recoverer = FileWorker(Job(recovering=True, model=str(pixel_model_dir)), threads=1)
+    assert recoverer.accept_key(seal_key(identity, recoverer.public_key())) == identity.recipient
+    for source in sources:
+        veiled, back = source.with_name(source.stem + ".veiled.png"), source.with_name(source.stem + ".recovered.png")
+        assert recoverer.process(str(veiled), str(back))["record"]["status"] == "done"
+        assert np.array_equal(np.asarray(Image.open(back)), np.asarray(Image.open(source)))
+
+
 def test_worker_reports_a_corrupt_file_and_recovers_exactly(tmp_path, pixel_model_dir):
     key = Key.generate()
     worker = _worker(pixel_model_dir, key, aligned=True, steps=3)

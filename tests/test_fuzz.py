@@ -374,3 +374,59 @@ def test_a_face_region_beyond_the_residual_codec_is_a_usage_error(corpus):
                           settings=Settings(EngineSettings(steps=2)), aligned=True)
         assert caught.value.exit_code == 2 and "16383" in str(caught.value)
         assert sorted(p.name for p in folder.iterdir()) == ["wide.png"]
+
+
+# ---- the envelope's fields (issue 23) ----------------------------------------------------
+@st.composite
+def mutated_envelope(draw, png: bytes) -> bytes:
+    """The veiled PNG with a format-3 field changed: a stanza, the stanza list, the sealed recipient list,
+    a face seal or the check tag (the rest of the record as written)."""
+    from faceveil.container import b64, unb64
+
+    chunks = png_chunks(png)
+    index = next(n for n, c in enumerate(chunks) if c[4:8] == PNG_CHUNK)
+    record = unpack_record(chunks[index][8:-4])
+    kind = draw(st.sampled_from(["stanza-flip", "stanza-drop", "stanza-add", "stanza-dup", "envelope-flip",
+                                 "face-flip", "face-drop", "face-add", "check-flip", "no-recipient"]))
+    stanzas = list(record["recipients"])
+    if kind == "stanza-flip":
+        i = draw(st.integers(0, len(stanzas) - 1))
+        stanzas[i] = b64(draw(bit_flips(unb64(stanzas[i]), 4)))
+    elif kind == "stanza-drop" and len(stanzas) > 1:
+        del stanzas[draw(st.integers(0, len(stanzas) - 1))]
+    elif kind == "stanza-add":
+        stanzas.insert(draw(st.integers(0, len(stanzas))), b64(draw(st.binary(min_size=80, max_size=80))))
+    elif kind == "stanza-dup":
+        stanzas.append(stanzas[draw(st.integers(0, len(stanzas) - 1))])
+    elif kind == "no-recipient":
+        stanzas = []
+    record["recipients"] = stanzas
+    if kind == "envelope-flip":
+        record["envelope"] = draw(bit_flips(record["envelope"], 4))
+    seals = list(record["face_seals"])
+    if kind == "face-flip" and seals:
+        i = draw(st.integers(0, len(seals) - 1))
+        seals[i] = draw(bit_flips(seals[i], 4))
+    elif kind == "face-drop" and seals:
+        del seals[draw(st.integers(0, len(seals) - 1))]
+    elif kind == "face-add":
+        seals.append(draw(st.binary(min_size=13, max_size=64)))
+    record["face_seals"] = seals
+    if kind == "check-flip":
+        record["check"] = b64(draw(bit_flips(unb64(record["check"]), 2)))
+    chunks[index] = png_chunk(PNG_CHUNK, pack_record(record))
+    return png[:8] + b"".join(chunks)
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_changed_envelope_field_is_refused(corpus, data):
+    """Issue 23: a stanza, the recipient list, a face seal or the check tag changed: exit 3, nothing written."""
+    blob = data.draw(mutated_envelope(corpus["png"]))
+    hypothesis_assume(blob != corpus["png"])
+    with Scratch() as folder:
+        (folder / "in.veiled.png").write_bytes(blob)
+        with pytest.raises(FaceveilError) as caught:
+            api.recover(folder / "in.veiled.png", corpus["key"], folder / "out.png", model=corpus["model"])
+        assert caught.value.exit_code == 3, caught.value
+        assert {p.name for p in folder.iterdir()} == {"in.veiled.png"}

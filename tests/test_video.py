@@ -252,6 +252,21 @@ def test_tampered_or_foreign_video_headers_are_refused(short, pixel_model, tmp_p
         recover_video(video, key, tmp_path / "r.mkv", model=pixel_model)
 
 
+def test_a_video_anonymized_to_a_recipient_recovers_with_its_identity_only(short, pixel_model, tmp_path):
+    """Issue 23: one file key for the whole video, wrapped for the recipient; no secret on the anonymizing side."""
+    from faceveil.keys import Identity
+
+    source, _, centres = short
+    original = _frames(source)
+    identity = Identity.generate()
+    kwargs = {"model": pixel_model, "steps": 1, "detector": _stand_in_detector(centres)}
+    video, sidecar = anonymize_video(source, identity.recipient, tmp_path / "v.mkv", **kwargs).outputs
+    with pytest.raises(WrongKeyError):
+        recover_video(video, Identity.generate(), tmp_path / "x.mkv", model=pixel_model)
+    recovered = recover_video(video, identity, tmp_path / "r.mkv", model=pixel_model)
+    assert all(np.array_equal(a, b) for a, b in zip(original, _frames(recovered.outputs[0]), strict=True))
+
+
 def test_h264_output_recovers_approximately_and_says_so(short, pixel_model, tmp_path):
     source, _, centres = short
     key = Key.generate()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from faceveil.binding import check_binding
-from faceveil.container import open_header, read_record, write_image, write_veiled
+from faceveil.container import read_record, unlock, write_image, write_veiled
 from faceveil.errors import FaceveilError, NoFaceError, UsageError
 from faceveil.faces import DEFAULT_MIN_SIZE, default_outline, detect_faces
 from faceveil.imageio import (
@@ -25,7 +25,8 @@ from faceveil.imageio import (
     to_output_array,
     upright_exif,
 )
-from faceveil.keys import Key
+from faceveil.envelope import RECIPIENT_HRP, DisclosureToken, Envelope, Recipient, is_token_file
+from faceveil.keys import Identity, Key, load_secret
 from faceveil.models import DiffusionModel, default_model, load_model
 from faceveil.pipeline import (
     DEFAULT_BATCH,
@@ -75,7 +76,35 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
         raise UsageError(f"{output} already exists; choose another -o or pass --overwrite")
 
 
+Recipients = Key | Identity | Recipient | Envelope | str | os.PathLike | list  # what ``anonymize`` takes as ``key``
+Opener = Key | Identity | DisclosureToken | str | os.PathLike  # what ``recover`` takes as ``key``
+
+
+def _recipients(key: Recipients) -> Key | Identity | Recipient | Envelope | list:
+    """What anonymization is for: keys and recipients as given; a ``faceveil1...`` string parsed; a path loaded
+    (a key file or an identity file, which stands for its recipient). A list may mix them all."""
+    if isinstance(key, (list, tuple)):
+        if not key:
+            raise UsageError("no key and no recipient: give --key, --recipient or --recipients-file")
+        return [_recipients(k) for k in key]
+    if isinstance(key, (Key, Identity, Recipient, Envelope)):
+        return key
+    if isinstance(key, str) and key.strip().startswith(RECIPIENT_HRP + "1"):
+        return Recipient.parse(key)
+    return load_secret(key)
+
+
+def _opener(key: Opener) -> Key | Identity | DisclosureToken:
+    """What recovery opens headers with: a key, an identity or a disclosure token, or a path to one of them."""
+    if isinstance(key, (Key, Identity, DisclosureToken)):
+        return key
+    if is_token_file(key):
+        return DisclosureToken.load(key)
+    return load_secret(key)
+
+
 def _key(key: Key | str | os.PathLike) -> Key:
+    """A symmetric key, or a path to one (the video and cluster paths that need one)."""
     return key if isinstance(key, Key) else Key.load(key)
 
 
@@ -112,7 +141,7 @@ def find_faces(
 
 def anonymize(
     input: str | os.PathLike,
-    key: Key | str | os.PathLike,
+    key: Recipients,
     output: str | os.PathLike | None = None,
     model: DiffusionModel | str | None = None,
     steps: int | None = None,
@@ -129,6 +158,11 @@ def anonymize(
     fallback: str = DEFAULT_FALLBACK,
 ) -> Result:
     """Anonymize every face of an image file and write the result with its faceveil header.
+
+    ``key`` is whom the file is for: a symmetric :class:`~faceveil.keys.Key` (or its file),
+    a recipient (``faceveil1...`` string or :class:`~faceveil.envelope.Recipient`; no secret
+    needed), an identity (for its recipient), or a list of these: any one of them recovers.
+    Each file gets a fresh file key, wrapped for each (SECURITY.md).
 
     ``model`` is a loaded model, a preset name, a hub id or a folder; ``None`` (the
     default) is the best model embedded in the package (:func:`faceveil.models.default_model`,
@@ -166,6 +200,7 @@ class _Prepared:
     jobs: list[FaceJob] | None = None  # anonymize: the faces found (None: the whole image, --aligned)
     public: dict | None = None  # recover: the opened header
     private: dict | None = None
+    pattern_key: Key | None = None  # recover: what draws the faces' sign patterns (``container.Opened.key``)
 
 
 def _prepare_anonymize(source: Path, output, model: DiffusionModel, aligned: bool, mask: str, min_face: int,
@@ -238,7 +273,7 @@ def _batched(items: list, run_batch) -> list:
 
 def anonymize_files(
     files: list[tuple[str | os.PathLike, str | os.PathLike | None]],
-    key: Key | str | os.PathLike,
+    key: Recipients,
     model: DiffusionModel | str | None = None,
     steps: int | None = None,
     settings: Settings | None = None,
@@ -267,7 +302,7 @@ def anonymize_files(
         settings = replace(settings, engine=replace(settings.engine, steps=steps))
     treatment_of(style)  # an unknown style or fallback is a usage error before any file is read
     check_fallback(fallback)
-    key, model = _key(key), _model(model)
+    key, model = _recipients(key), _model(model)
     slots: list = []
     for source, output in files:
         try:
@@ -306,7 +341,7 @@ def _finish_all(slots: list, finish, on_result) -> list[Result | FaceveilError]:
 
 def recover(
     input: str | os.PathLike,
-    key: Key | str | os.PathLike,
+    key: Opener,
     output: str | os.PathLike | None = None,
     model: DiffusionModel | str | None = None,
     use_residual: bool = True,
@@ -317,6 +352,9 @@ def recover(
 ) -> Result:
     """Restore the original faces of an anonymized image file; needs only the file and the key.
 
+    ``key``: a symmetric key, an X25519 identity, or a disclosure token (which restores its
+    one face and leaves the others veiled), or the path of any of them.
+
     The model named in the header is loaded unless ``model`` overrides it (a local copy);
     ``progress`` is called with 1 after every UNet evaluation. A header sealed for another
     image (:func:`faceveil.binding.check_binding`) is refused unless ``force``.
@@ -325,14 +363,14 @@ def recover(
                               overwrite=overwrite, progress=progress, force=force))
 
 
-def _prepare_recover(source: Path, output, key: Key, max_pixels: int | None, overwrite: bool, force: bool = False) -> _Prepared:
+def _prepare_recover(source: Path, output, key: Key | Identity | DisclosureToken, max_pixels: int | None, overwrite: bool, force: bool = False) -> _Prepared:
     record = read_record(source)  # bounded by the image's declared size, validated, before any pixel is decoded
     loaded = read_image(source, max_pixels=max_pixels)
     target = Path(output) if output is not None else default_output(source, RECOVERED_TAG)
     _check_output(target, [source], overwrite)
-    public, private = open_header(key, record)  # wrong key or tampering stops here, before any model work
-    check_binding(_raw_array(loaded), public, private, str(source), force)  # a header grafted from another image too
-    return _Prepared(source, target, loaded, [], public=public, private=private)
+    opened = unlock(key, record)  # wrong key or tampering stops here, before any model work
+    check_binding(_raw_array(loaded), opened.public, opened.private, str(source), force)  # a header grafted from another image too
+    return _Prepared(source, target, loaded, [], public=opened.public, private=opened.private, pattern_key=opened.key)
 
 
 def _write_recovered(prepared: _Prepared, array: np.ndarray, info: RecoverInfo, overwrite: bool) -> Result:
@@ -346,6 +384,10 @@ def _write_recovered(prepared: _Prepared, array: np.ndarray, info: RecoverInfo, 
             )
         else:
             notes.append("the image was modified after anonymization (re-encoded or edited): recovery is approximate")
+    if info.skipped_faces:
+        shown = ", ".join(str(i + 1) for i in info.skipped_faces)
+        notes.append(f"face(s) {shown} left veiled: the disclosure token opens face(s) "
+                     f"{', '.join(str(i + 1) for i in range(len(info.reports) + len(info.skipped_faces)) if i not in info.skipped_faces)} only")
     if not info.used_residual:
         notes.append("no residual used: the faces are the model's reconstruction, not the exact original pixels")
     elif info.inexact_faces and not info.pixels_changed:
@@ -364,7 +406,7 @@ def _write_recovered(prepared: _Prepared, array: np.ndarray, info: RecoverInfo, 
 
 def recover_files(
     files: list[tuple[str | os.PathLike, str | os.PathLike | None]],
-    key: Key | str | os.PathLike,
+    key: Opener,
     model: DiffusionModel | str | None = None,
     use_residual: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -382,7 +424,7 @@ def recover_files(
     one batch per model; ``models`` (name -> loaded model) is a cache the caller may keep
     across calls.
     """
-    key = _key(key)
+    key = _opener(key)
     models = models if models is not None else {}
     slots: list = []
     for source, output in files:
@@ -408,7 +450,8 @@ def recover_files(
             continue
 
         def run(batch: list[_Prepared], m: DiffusionModel = loaded_model) -> list:
-            photos = [VeiledPhoto(_raw_array(p.loaded), p.public, p.private, lambda rgb, p=p: to_output_array(p.loaded, rgb)) for p in batch]
+            photos = [VeiledPhoto(_raw_array(p.loaded), p.public, p.private, lambda rgb, p=p: to_output_array(p.loaded, rgb),
+                                  p.pattern_key) for p in batch]
             return recover_arrays(photos, key, m, use_residual, progress, batch_size)
 
         outcomes.update({id(p): o for p, o in zip(items, _batched(items, run))})

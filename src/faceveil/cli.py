@@ -86,11 +86,19 @@ def _progress_bar(desc: str, enabled: bool):
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from faceveil.keys import Key, prompt_passphrase
+    from faceveil.keys import Identity, Key, prompt_passphrase
 
     passphrase = prompt_passphrase(confirm=True) if args.passphrase else None
     if passphrase is not None:
         _warn_weak_passphrase(passphrase)  # an empty one is refused by Key.save
+    if args.x25519:
+        identity = Identity.generate()
+        path = identity.save(args.keyfile, passphrase=passphrase)
+        print(f"wrote identity {path}{' (passphrase protected)' if passphrase else ''}; keep it secret and backed up: "
+              "it recovers every file anonymized to its recipient. The recipient (public, anonymizes only):",
+              file=sys.stderr)
+        print(identity.recipient)
+        return 0
     key = Key.generate()
     path = key.save(args.keyfile, passphrase=passphrase)
     print(f"wrote key {path} (fingerprint {key.fingerprint}{', passphrase protected' if passphrase else ''}); "
@@ -107,13 +115,53 @@ def _warn_weak_passphrase(passphrase: str) -> None:
 
 
 def _load_key(path: str):
-    from faceveil.keys import Key, key_file_exposure, prompt_passphrase
+    """A symmetric key or an X25519 identity from its file (asks for the passphrase if it has one)."""
+    from faceveil.keys import Key, key_file_exposure, load_secret, prompt_passphrase
 
     exposure = key_file_exposure(path)
     if exposure:
         print(f"faceveil: warning: {exposure}", file=sys.stderr)
     passphrase = prompt_passphrase() if Key.file_needs_passphrase(path) else None
-    return Key.load(path, passphrase=passphrase)
+    return load_secret(path, passphrase=passphrase)
+
+
+def _load_opener(args: argparse.Namespace):
+    """What recovers: ``--token``, else ``--key`` (a key, identity or token file)."""
+    from faceveil.envelope import DisclosureToken, is_token_file
+    from faceveil.errors import UsageError
+
+    token = getattr(args, "token", None)
+    if token and args.key:
+        raise UsageError("give --key or --token, not both")
+    if not token and not args.key:
+        raise UsageError("recovering needs --key (a key or identity file) or --token (a disclosure token)")
+    path = token or args.key
+    if token or is_token_file(path):
+        opener = DisclosureToken.load(path)
+        face = getattr(args, "face", None)
+        if face is not None and face - 1 != opener.face:
+            from faceveil.errors import WrongKeyError
+
+            raise WrongKeyError(f"this disclosure token is for face {opener.face + 1}, not face {face}")
+        return opener
+    return _load_key(path)
+
+
+def _load_recipients(args: argparse.Namespace) -> list:
+    """Whom ``anonymize`` writes for: ``--key`` (a key file, or an identity for its recipient), every
+    ``--recipient`` and the lines of every ``--recipients-file``."""
+    from faceveil.envelope import Recipient, read_recipients_file
+    from faceveil.errors import UsageError
+
+    found: list = []
+    if args.key:
+        found.append(_load_key(args.key))
+    found += [Recipient.parse(r) for r in args.recipient or []]
+    for path in args.recipients_file or []:
+        found += read_recipients_file(path)
+    if not found:
+        raise UsageError("anonymizing needs --key, --recipient or --recipients-file (whoever may recover)")
+    return found
 
 
 def _cmd_key_info(args: argparse.Namespace) -> int:
@@ -124,11 +172,17 @@ def _cmd_key_info(args: argparse.Namespace) -> int:
     from faceveil.errors import HeaderError
     from faceveil.keys import key_file_exposure
 
+    from faceveil.keys import Identity
+
     key = _load_key(args.keyfile)
     protection = json.loads(Path(args.keyfile).read_bytes()).get("protection", "none")
     exposure = key_file_exposure(args.keyfile)
     print(f"key file:    {args.keyfile}")
-    print(f"fingerprint: {key.fingerprint}")
+    if isinstance(key, Identity):
+        print("kind:        X25519 identity")
+        print(f"recipient:   {key.recipient}")
+    else:
+        print(f"fingerprint: {key.fingerprint}")
     print(f"protection:  {'passphrase (Argon2id)' if protection != 'none' else 'none (the file itself is the secret)'}")
     print(f"permissions: {'too open, see the warning above' if exposure else 'owner only'}")
     status = 0
@@ -145,6 +199,11 @@ def _cmd_key_info(args: argparse.Namespace) -> int:
             continue
         damage = _sealed_damage(key, record)
         print(f"{name}: made with this key, {'intact' if damage is None else f'damaged ({damage})'}")
+        if damage is None and record.get("faceveil", 2) >= 3:
+            from faceveil.container import unlock
+
+            names = unlock(key, record).recipients or []
+            print(f"    recipients ({len(names)}): {', '.join(names)}")
         status = status or (damage.exit_code if damage else 0)
     return status
 
@@ -177,9 +236,12 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
     from faceveil.api import VEILED_TAG, anonymize_files
     from faceveil.engine import EngineSettings
     from faceveil.models import load_model
+    from faceveil.keys import Identity, Key
     from faceveil.pipeline import Settings
 
-    key = _load_key(args.key)
+    recipients = _load_recipients(args)
+    key = recipients if len(recipients) > 1 or not isinstance(recipients[0], Key) else recipients[0]
+    checker = next((r for r in recipients if isinstance(r, (Key, Identity))), None)  # --resume checks outputs with it
     settings = Settings(
         EngineSettings(
             steps=args.steps, refine_iters=args.refine_iters, refine_tol=args.refine_tol, context=args.context,
@@ -191,7 +253,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
     if args.ray:
         from faceveil.cluster import run_from_args
 
-        return run_from_args(args, key, recovering=False, settings=settings, show=_show_progress(args))
+        return run_from_args(args, recipients, recovering=False, settings=settings, show=_show_progress(args))
     model = load_model(args.model)  # None: the best embedded model
     show = _show_progress(args)
     verifier = _verifier(args)
@@ -220,7 +282,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
             )
 
     with _detection_settings(args):
-        code = run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show, key=key)
+        code = run_batch(args, action, recovering=False, tag=VEILED_TAG, show=show, key=checker)
     return code or verifier.exit_code
 
 
@@ -260,12 +322,16 @@ def _detection_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_recover(args: argparse.Namespace) -> int:
     from faceveil.api import RECOVERED_TAG, recover_files
+    from faceveil.keys import Identity, Key
     from faceveil.models import load_model
 
-    key = _load_key(args.key)
+    key = _load_opener(args)
     if args.ray:
         from faceveil.cluster import run_from_args
+        from faceveil.errors import UsageError
 
+        if not isinstance(key, (Key, Identity)):
+            raise UsageError("--ray recovers with a key or an identity; a disclosure token runs without --ray")
         return run_from_args(args, key, recovering=True, show=_show_progress(args))
     model = load_model(args.model) if args.model else None
     models: dict = {}  # the models named in the headers, each loaded once for the whole batch
@@ -307,6 +373,43 @@ def _cmd_models(args: argparse.Namespace) -> int:
         tag = " (default)" if name == default else ""
         print(f"{name}{tag}: {state}\n    source: {preset.source}\n    {preset.description}")
     print(f"default: {default} (the best embedded model; others are chosen with --model NAME)")
+    return 0
+
+
+def _recipient_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipient", action="append", default=[], metavar="RECIPIENT",
+                   help="a public recipient string (faceveil1..., from `faceveil keygen --x25519`); repeatable. "
+                        "Needs no secret: this machine cannot recover what it writes")
+    p.add_argument("--recipients-file", action="append", default=[], metavar="FILE",
+                   help="recipient strings, one per line (# comments); repeatable")
+
+
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    from faceveil.envelope import Recipient, read_recipients_file, recipient_name
+    from faceveil.keys import Key
+    from faceveil.rekey import rekey_paths
+
+    opener = _load_key(args.key)
+    add: list = [Recipient.parse(r) for r in args.add_recipient]
+    for path in args.add_recipients_file:
+        add += read_recipients_file(path)
+    add += [Key.load(k) for k in args.add_key]
+    remove = list(args.remove_recipient) + [recipient_name(Key.load(k)) for k in args.remove_key]
+    if not add and not remove:
+        from faceveil.errors import UsageError
+
+        raise UsageError("nothing to do: give --add-recipient, --add-key, --remove-recipient or --remove-key")
+    return rekey_paths(args.inputs, opener, add, remove, recursive=args.recursive, quiet=args.quiet)
+
+
+def _cmd_disclose(args: argparse.Namespace) -> int:
+    from faceveil.container import disclosure_token, read_record
+
+    opener = _load_key(args.key)
+    token = disclosure_token(opener, read_record(Path(args.input)), args.face - 1)
+    path = token.save(args.output)
+    print(f"wrote {path}: it recovers face {args.face} of {args.input} only (faceveil recover {args.input} "
+          f"--token {path}); send it as you would the face itself")
     return 0
 
 
@@ -363,7 +466,8 @@ class _VersionAction(argparse.Action):
 # Modules that add their own subcommands: each has ``register(subparsers)``.
 COMMAND_MODULES = ["faceveil.evaluate.command", "faceveil.train.command", "faceveil.web.command"]
 
-KEY_HELP = "the secret key file made by `faceveil keygen` (asks for its passphrase if it has one)"
+KEY_HELP = ("the secret key or X25519 identity file made by `faceveil keygen` (asks for its passphrase if it has "
+            "one), or a disclosure token")
 OUTPUT_HELP = ("output file (one input file) or folder (several inputs, or folders: subfolders mirrored, "
                "manifest.json merged there) (default: beside each input, {name})")
 
@@ -385,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keyfile", help="where to write the new key (refused if it exists)")
     p.add_argument("--passphrase", action="store_true",
                    help="protect the key with a passphrase (Argon2id); read from $FACEVEIL_PASSPHRASE or a prompt")
+    p.add_argument("--x25519", action="store_true",
+                   help="write an X25519 identity instead and print its public recipient string (faceveil1...): "
+                        "whoever has the string can anonymize for you, only the identity recovers")
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("key", help="inspect key files")
@@ -393,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="print a key's fingerprint (safe to share: it reveals nothing of the secret) and, for "
                      "anonymized files, whether this key made them",
     )
-    p.add_argument("keyfile", help="a key file made by `faceveil keygen`")
+    p.add_argument("keyfile", help="a key or identity file made by `faceveil keygen`")
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="anonymized files to test against this key (their headers name the key only to its holder)")
     p.set_defaults(func=_cmd_key_info)
@@ -401,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("anonymize", help="replace faces by faces of nobody, reversibly with the key")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files (videos: -o NAME.mp4 for lossy H.264, else FFV1 .mkv), or folders")
-    p.add_argument("--key", required=True, metavar="KEYFILE", help=KEY_HELP)
+    p.add_argument("--key", default=None, metavar="KEYFILE",
+                   help="a symmetric key file (or an identity file, for its recipient): it will recover the files")
+    _recipient_options(p)
     p.add_argument("-o", "--output", metavar="OUT", help=OUTPUT_HELP.format(name="photo.veiled.png"))
     p.add_argument("--model", default=None, metavar="M",
                    help=f"preset (see `faceveil models`), hub id or local diffusers folder (default: {embedded}, "
@@ -436,7 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recover", help="restore the original faces with the key")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized image or video files, or folders (*.veiled.*)")
-    p.add_argument("--key", required=True, metavar="KEYFILE", help=KEY_HELP)
+    p.add_argument("--key", default=None, metavar="KEYFILE", help=KEY_HELP)
+    p.add_argument("--token", default=None, metavar="TOKEN",
+                   help="a disclosure token (`faceveil disclose`): restores its one face, the others stay veiled")
+    p.add_argument("--face", type=int, default=None, metavar="N",
+                   help="with --token: the face (1-based) you expect it to open; another is refused")
     p.add_argument("-o", "--output", metavar="OUT", help=OUTPUT_HELP.format(name="photo.recovered.png"))
     p.add_argument("--model", default=None, metavar="M",
                    help="override the model named in the header, e.g. a local copy of it (default: the header's model)")
@@ -445,6 +558,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recover even when the header's sealed fingerprint says it was made for another image")
     _batch_options(p)
     p.set_defaults(func=_cmd_recover)
+
+    p = sub.add_parser("rekey", help="rewrap files' keys in place: add or remove recipients (pixels untouched)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="anonymized images or folders of them")
+    p.add_argument("--key", required=True, metavar="KEYFILE", help="a key or identity the files are already for")
+    p.add_argument("--add-recipient", action="append", default=[], metavar="RECIPIENT", help="a faceveil1... string to add")
+    p.add_argument("--add-recipients-file", action="append", default=[], metavar="FILE", help="recipients to add, one per line")
+    p.add_argument("--add-key", action="append", default=[], metavar="KEYFILE", help="a symmetric key file to add")
+    p.add_argument("--remove-recipient", action="append", default=[], metavar="NAME",
+                   help="a recipient to remove: its faceveil1... string, or key:FINGERPRINT (as `key info` lists them)")
+    p.add_argument("--remove-key", action="append", default=[], metavar="KEYFILE", help="a symmetric key file to remove")
+    p.add_argument("--recursive", action="store_true", help="go into subfolders of folder inputs")
+    p.add_argument("--quiet", action="store_true", help="print failures and the summary only")
+    p.set_defaults(func=_cmd_rekey)
+
+    p = sub.add_parser("disclose", help="write a token that recovers one face of one file, and nothing else")
+    p.add_argument("input", metavar="FILE", help="an anonymized image")
+    p.add_argument("--face", type=int, required=True, metavar="N", help="the face to disclose, 1-based (header order)")
+    p.add_argument("--key", required=True, metavar="KEYFILE", help="a key or identity the file is for")
+    p.add_argument("-o", "--output", required=True, metavar="TOKEN", help="the token file to write (mode 0600, never overwritten)")
+    p.set_defaults(func=_cmd_disclose)
 
     p = sub.add_parser("models", help="list model presets and whether each is available here")
     p.set_defaults(func=_cmd_models)

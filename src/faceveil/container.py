@@ -20,6 +20,13 @@ hints) travel as raw blobs, not base64. In a PNG the record is a private ancilla
 chunk ``veIL`` (read here with a bound, never through Pillow's text limits); other
 formats get a sidecar ``NAME.veil`` with the same bytes.
 
+Format 3 (``faceveil.envelope``) adds envelope encryption: a fresh file key per file,
+wrapped once per recipient in ``recipients`` (fixed-size stanzas), a sealed list of the
+recipients' names (``envelope``, rewritten by ``rekey``), and each face's private data
+sealed apart under its own face key (``face_seals``), so that one face can be disclosed.
+On disk, after the public JSON: the envelope, the file seal, then the face seals, each
+length-prefixed. Format 2 files (one seal under the key itself) are still read.
+
 Bounds: a record may be at most ``header_bound(height, width)`` bytes (1 MiB plus 4
 bytes per pixel, at most ``MAX_HEADER_BYTES``); a larger one is refused before it is read.
 """
@@ -28,24 +35,41 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import json
 import secrets
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from PIL import Image, PngImagePlugin
 
 from faceveil.atomic import PRIVATE, open_regular, write_file
 from faceveil.errors import HeaderError, UsageError, WrongKeyError
 from faceveil.imageio import metadata_save_options
-from faceveil.keys import NONCE_BYTES, InvalidTag, Key, canonical_json, new_nonce
+from faceveil.envelope import (
+    MAX_RECIPIENTS,
+    STANZA_BYTES,
+    DisclosureToken,
+    Envelope,
+    FileKey,
+    Wrapper,
+    envelope_for,
+    recipient_name,
+    unwrap,
+    wrap,
+)
+from faceveil.keys import NONCE_BYTES, Identity, InvalidTag, Key, canonical_json, new_nonce
 from faceveil.schema import check_public
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # written; format 2 (before envelopes) is still read
+LEGACY_VERSION = 2
+READ_VERSIONS = (LEGACY_VERSION, FORMAT_VERSION)
 MAGIC = b"faceveil"
 PNG_CHUNK = b"veIL"  # ancillary, private, not safe to copy (it depends on the pixels)
 LEGACY_PNG_KEYWORD = b"faceveil"  # format 1: an iTXt chunk
@@ -151,15 +175,82 @@ def unpack_private(data: bytes) -> Any:
 
 
 # ---- sealing ----------------------------------------------------------------------
+_V2_FIELDS = ("faceveil", "file_nonce", "check", "public", "seal_nonce")
+_V3_FIELDS = ("faceveil", "file_nonce", "recipients", "check", "public", "seal_nonce")
+
+
 def _aad(record: dict) -> bytes:
-    return canonical_json({k: record[k] for k in ("faceveil", "file_nonce", "check", "public", "seal_nonce")})
+    """What the file seal authenticates besides its plaintext: every head field but the stanzas
+    (``rekey`` rewrites those alone), and in format 3 the digest of every face seal."""
+    head = canonical_json({k: record[k] for k in _V2_FIELDS})
+    if record["faceveil"] == LEGACY_VERSION:
+        return head
+    return head + b"".join(hashlib.sha256(blob).digest() for blob in record["face_seals"])
 
 
-def seal_header(key: Key, public: dict, private: Any) -> dict:
-    """Build an authenticated header record; ``private`` is encrypted under ``key``."""
+def _face_aad(record: dict, index: int) -> bytes:
+    public_digest = hashlib.sha256(canonical_json(record["public"])).hexdigest()
+    return canonical_json({"faceveil": record["faceveil"], "file_nonce": record["file_nonce"], "face": index,
+                           "public_sha256": public_digest})
+
+
+def _envelope_aad(record: dict) -> bytes:
+    return canonical_json({"file_nonce": record["file_nonce"], "recipients": record["recipients"]})
+
+
+def _face_nonces(public: Any) -> list[bytes]:
+    """The faces' public nonces (hex in the public part), in header order."""
+    faces = public.get("faces", []) if isinstance(public, dict) else []
+    return [bytes.fromhex(f["nonce"]) for f in faces]
+
+
+def _seal_envelope(file_key: FileKey, record: dict, names: list[str]) -> bytes:
+    nonce = secrets.token_bytes(12)
+    return nonce + ChaCha20Poly1305(file_key.derive(b"envelope")).encrypt(
+        nonce, canonical_json({"recipients": names}), _envelope_aad(record))
+
+
+def seal_header(keys: Key | Envelope | object, public: dict, private: Any) -> dict:
+    """Build an authenticated header record (format 3).
+
+    ``keys`` is what the file is for: an :class:`~faceveil.envelope.Envelope` (its file
+    key and recipients), else a key, recipient, identity or list of them, for which a
+    fresh file key is drawn. A face list in ``private["faces"]`` is sealed face by face,
+    each under its face key (the nonces come from ``public["faces"]``); the rest under the file key.
+    """
+    envelope = envelope_for(keys)
+    file_key = envelope.file_key
     file_nonce = new_nonce()
     record = {
         "faceveil": FORMAT_VERSION,
+        "file_nonce": b64(file_nonce),
+        "recipients": [b64(s) for s in envelope.stanzas(file_nonce)],
+        "check": b64(file_key.check_tag(file_nonce)),
+        "public": public,
+        "seal_nonce": b64(secrets.token_bytes(12)),
+    }
+    if isinstance(private, dict) and isinstance(private.get("faces"), list) and private["faces"]:
+        rest, faces = {k: v for k, v in private.items() if k != "faces"}, private["faces"]
+    else:
+        rest, faces = private, []
+    nonces = _face_nonces(public) if faces else []
+    if len(nonces) < len(faces):
+        raise ValueError("more private faces than public ones")
+    seals = []
+    for index, (face, nonce) in enumerate(zip(faces, nonces)):
+        seal_nonce = secrets.token_bytes(12)
+        seals.append(seal_nonce + file_key.face_key(nonce).seal(seal_nonce, pack_private(face), _face_aad(record, index)))
+    record["face_seals"] = seals
+    record["envelope"] = _seal_envelope(file_key, record, envelope.names)
+    record["sealed"] = file_key.seal(unb64(record["seal_nonce"]), pack_private(rest), _aad(record))
+    return record
+
+
+def seal_legacy_header(key: Key, public: dict, private: Any) -> dict:
+    """A format-2 record (one seal under the key itself), as faceveil wrote before envelopes: for tests of compatibility."""
+    file_nonce = new_nonce()
+    record = {
+        "faceveil": LEGACY_VERSION,
         "file_nonce": b64(file_nonce),
         "check": b64(key.check_tag(file_nonce)),
         "public": public,
@@ -169,46 +260,209 @@ def seal_header(key: Key, public: dict, private: Any) -> dict:
     return record
 
 
-def open_header(key: Key, record: dict) -> tuple[dict, Any]:
-    """Verify a header record and decrypt its private part.
+@dataclass
+class Opened:
+    """A header opened by a key, an identity or a disclosure token."""
 
-    Raises ``WrongKeyError`` when the key is not the one used, ``HeaderError`` when
-    the record is malformed, of an unknown version, or altered in any byte.
+    public: dict
+    private: dict  # format 3 by a token: {"faces": [None, ..., the token's face, ..., None]} and nothing else
+    key: Key  # what draws the faces' sign patterns: the file key (format 3), the key itself (format 2), a face key
+    recipients: list[str] | None = None  # the sealed names of the file's recipients (format 3, not by a token)
+    face: int | None = None  # the one face a token opened
+
+
+def _unpacked(plaintext: bytes) -> Any:
+    try:
+        return unpack_private(plaintext)
+    except (struct.error, ValueError, KeyError, IndexError, TypeError, RecursionError):
+        raise HeaderError("the faceveil header's private part is corrupt") from None
+
+
+def _opener_name(opener: object) -> str:
+    return {"Identity": "identity", "DisclosureToken": "disclosure token"}.get(type(opener).__name__, "key")
+
+
+def unlock(opener: Key | Identity | DisclosureToken, record: dict) -> Opened:
+    """Verify a header record and open what ``opener`` may open.
+
+    Raises ``WrongKeyError`` when ``opener`` is not one the file was made for, ``HeaderError``
+    when the record is malformed, of an unknown version, or altered in any byte it can check.
     """
     if not isinstance(record, dict) or "faceveil" not in record:
         raise HeaderError("not a faceveil header")
-    if record["faceveil"] != FORMAT_VERSION:
-        raise HeaderError(f"unsupported faceveil header version {record['faceveil']!r} (this is faceveil format {FORMAT_VERSION})")
+    version = record["faceveil"]
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise HeaderError(f"unsupported faceveil header version {version!r:.20} (this faceveil reads formats "
+                          f"{', '.join(map(str, READ_VERSIONS))})")
     check_record(record)
     try:
         seal_nonce = unb64(record["seal_nonce"])
+        file_nonce = unb64(record["file_nonce"])
         sealed = record["sealed"]
         if not isinstance(sealed, bytes) or not isinstance(record["public"], dict):
             raise TypeError
         public = record["public"]
+        if version == FORMAT_VERSION:
+            face_seals = record["face_seals"]
+            envelope = record["envelope"]
+            if not isinstance(envelope, bytes) or not all(isinstance(b, bytes) and len(b) > 12 for b in face_seals):
+                raise TypeError
+            stanzas = [unb64(s) for s in record["recipients"]]
+            nonces = _face_nonces(public)
         aad = _aad(record)
-    except (KeyError, TypeError, ValueError, RecursionError):
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
         raise HeaderError("the faceveil header is malformed (missing or invalid fields)") from None
-    if not key.made(record):
-        raise WrongKeyError("wrong key: this file was anonymized with a different key")
+    if version == LEGACY_VERSION:
+        if not isinstance(opener, Key) or isinstance(opener, FileKey):
+            raise WrongKeyError(f"this file predates recipients (header format 2): only the symmetric key it was made "
+                                f"with opens it, not a {_opener_name(opener)}")
+        if not opener.made(record):
+            raise WrongKeyError("wrong key: this file was anonymized with a different key")
+        try:
+            return Opened(public, _unpacked(opener.open(seal_nonce, sealed, aad)), opener)
+        except InvalidTag:
+            raise HeaderError("the faceveil header has been tampered with (authentication failed)") from None
+        except ValueError:
+            raise HeaderError("the faceveil header is malformed (invalid seal)") from None
+    if isinstance(opener, DisclosureToken):
+        return _open_face(opener, record, nonces, face_seals)
+    if not isinstance(opener, (Key, Identity)):
+        raise TypeError(f"cannot open a header with {type(opener).__name__}")
+    found = unwrap(opener, stanzas, file_nonce)
+    if found is None:
+        count = len(stanzas)
+        raise WrongKeyError(f"wrong key: this {_opener_name(opener)} is not among the file's {count} "
+                            f"recipient{'s' if count != 1 else ''} (or its entry was altered)")
+    file_key = FileKey(found[1])
+    if not hmac.compare_digest(file_key.check_tag(file_nonce), unb64(record["check"])):
+        raise HeaderError("the faceveil header has been tampered with (check tag)")
     try:
-        plaintext = key.open(seal_nonce, sealed, aad)
+        rest = _unpacked(file_key.open(seal_nonce, sealed, aad))
+        names = json.loads(ChaCha20Poly1305(file_key.derive(b"envelope")).decrypt(envelope[:12], envelope[12:], _envelope_aad(record)))
+        faces = [_unpacked(file_key.face_key(n).open(b[:12], b[12:], _face_aad(record, i)))
+                 for i, (n, b) in enumerate(zip(nonces, face_seals))]
     except InvalidTag:
         raise HeaderError("the faceveil header has been tampered with (authentication failed)") from None
-    except ValueError:
+    except (ValueError, TypeError):
         raise HeaderError("the faceveil header is malformed (invalid seal)") from None
+    if len(face_seals) != len(nonces) and face_seals:
+        raise HeaderError("the faceveil header is malformed (face seals do not match the faces)")
+    if (face_seals and not isinstance(rest, dict)) or not isinstance(names, dict) or not isinstance(names.get("recipients"), list):
+        raise HeaderError("the faceveil header's private part is corrupt")
+    private = {**rest, "faces": faces} if face_seals else rest
+    return Opened(public, private, file_key, [str(n) for n in names["recipients"]])
+
+
+def _open_face(token: DisclosureToken, record: dict, nonces: list[bytes], face_seals: list[bytes]) -> Opened:
+    if unb64(record["file_nonce"]) != token.file_nonce:
+        raise WrongKeyError("this disclosure token is for another file")
+    index = token.face
+    if index >= len(nonces) or index >= len(face_seals) or nonces[index] != token.face_nonce:
+        raise WrongKeyError(f"this disclosure token is not for face {index + 1} of this file")
+    blob = face_seals[index]
     try:
-        private = unpack_private(plaintext)
-    except (struct.error, ValueError, KeyError, IndexError, TypeError, RecursionError):
-        raise HeaderError("the faceveil header's private part is corrupt") from None
-    return public, private
+        face = _unpacked(token.key.open(blob[:12], blob[12:], _face_aad(record, index)))
+    except (InvalidTag, ValueError):
+        raise HeaderError(f"the disclosure token does not open face {index + 1} (the token or the header was altered)") from None
+    faces: list = [None] * len(nonces)
+    faces[index] = face
+    return Opened(record["public"], {"faces": faces}, token.key, None, index)
+
+
+def open_header(opener: Key | Identity | DisclosureToken, record: dict) -> tuple[dict, Any]:
+    """``unlock``'s public and private parts: (public, private)."""
+    opened = unlock(opener, record)
+    return opened.public, opened.private
+
+
+def rekey_record(opener: Key | Identity, record: dict, add: list[Wrapper], remove: list[str]) -> tuple[dict, list[str]]:
+    """The record with its file key rewrapped: ``remove`` (recipient names) taken out, ``add`` put in.
+
+    Nothing else changes (the public part, the seals, the pixels they describe), so recovery
+    stays bit-exact. Returns the new record (the same object when nothing changed) and the
+    recipient names it is for. A file left with no recipient is refused.
+    """
+    if record.get("faceveil") != FORMAT_VERSION:
+        raise UsageError("this file predates recipients (header format 2): it cannot be rekeyed; recover it and "
+                         "anonymize it again")
+    opened = unlock(opener, record)
+    names = list(opened.recipients or [])
+    stanzas = list(record["recipients"])
+    if len(names) != len(stanzas):
+        raise HeaderError("the faceveil header's recipient list does not match its stanzas")
+    keep = [(n, s) for n, s in zip(names, stanzas) if n not in set(remove)]
+    file_nonce = unb64(record["file_nonce"])
+    for recipient in add:
+        name = recipient_name(recipient)
+        if name not in {n for n, _ in keep}:
+            keep.append((name, b64(wrap(recipient, opened.key.secret, file_nonce))))
+    if [n for n, _ in keep] == names:
+        return record, names
+    if not keep:
+        raise UsageError("refusing to remove every recipient: nobody could recover the file")
+    if len(keep) > MAX_RECIPIENTS:
+        raise UsageError(f"at most {MAX_RECIPIENTS} recipients per file")
+    new = dict(record)
+    new["recipients"] = [s for _, s in keep]
+    new["envelope"] = _seal_envelope(opened.key, new, [n for n, _ in keep])  # type: ignore[arg-type]
+    return new, [n for n, _ in keep]
+
+
+def disclosure_token(opener: Key | Identity, record: dict, face: int) -> DisclosureToken:
+    """The token that opens face ``face`` (0-based) of this record's file, and nothing else."""
+    if record.get("faceveil") != FORMAT_VERSION:
+        raise UsageError("this file predates per-face keys (header format 2): one face cannot be disclosed")
+    opened = unlock(opener, record)
+    nonces = _face_nonces(opened.public)
+    if not 0 <= face < len(nonces):
+        raise UsageError(f"the file has {len(nonces)} face(s); --face must be between 1 and {len(nonces)}")
+    face_key = opened.key.face_key(nonces[face])  # type: ignore[attr-defined]
+    return DisclosureToken(unb64(record["file_nonce"]), face, nonces[face], face_key.secret)
 
 
 # ---- the record on disk ---------------------------------------------------------------
 def pack_record(record: dict) -> bytes:
     """The binary form of a record (what the PNG chunk and the sidecar hold)."""
-    head = canonical_json({k: record[k] for k in ("faceveil", "file_nonce", "check", "public", "seal_nonce")})
-    return MAGIC + struct.pack(">BI", FORMAT_VERSION, len(head)) + head + record["sealed"]
+    version = record["faceveil"]
+    fields = _V3_FIELDS if version == FORMAT_VERSION else _V2_FIELDS
+    head = canonical_json({k: record[k] for k in fields})
+    out = MAGIC + struct.pack(">BI", version, len(head)) + head
+    if version != FORMAT_VERSION:
+        return out + record["sealed"]
+    parts = [record["envelope"], record["sealed"]]
+    blobs = b"".join(struct.pack(">I", len(b)) + b for b in parts)
+    faces = b"".join(struct.pack(">I", len(b)) + b for b in record["face_seals"])
+    return out + blobs + struct.pack(">I", len(record["face_seals"])) + faces
+
+
+def blobs_v3(data: bytes, start: int, where: str) -> tuple[bytes, bytes, list[bytes]]:
+    """The envelope, the file seal and the face seals after a format-3 record's public JSON."""
+    view = memoryview(data)
+    pos = start
+
+    def take() -> bytes:
+        nonlocal pos
+        if pos + 4 > len(view):
+            raise HeaderError(f"the faceveil header of {where} is truncated")
+        (size,) = struct.unpack_from(">I", view, pos)
+        pos += 4
+        if size > len(view) - pos:
+            raise HeaderError(f"the faceveil header of {where} is truncated")
+        blob = bytes(view[pos : pos + size])
+        pos += size
+        return blob
+
+    envelope, sealed = take(), take()
+    if pos + 4 > len(view):
+        raise HeaderError(f"the faceveil header of {where} is truncated")
+    (count,) = struct.unpack_from(">I", view, pos)
+    pos += 4
+    if count > (len(view) - pos) // 4:
+        raise HeaderError(f"the faceveil header of {where} is malformed (face seal count)")
+    faces = [take() for _ in range(count)]
+    if pos != len(view):
+        raise HeaderError(f"the faceveil header of {where} has trailing bytes")
+    return envelope, sealed, faces
 
 
 def unpack_record(data: bytes, where: str = "the file", shape: tuple[int, int] | None = None) -> dict:
@@ -220,8 +474,9 @@ def unpack_record(data: bytes, where: str = "the file", shape: tuple[int, int] |
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 5:
         raise HeaderError(f"the faceveil header of {where} is malformed")
     version, head_len = struct.unpack_from(">BI", data, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise HeaderError(f"{where} has faceveil header format {version}; this faceveil reads format {FORMAT_VERSION}")
+    if version not in READ_VERSIONS:
+        raise HeaderError(f"{where} has faceveil header format {version}; this faceveil reads formats "
+                          f"{', '.join(map(str, READ_VERSIONS))}")
     start = len(MAGIC) + 5
     if head_len > min(MAX_PUBLIC_BYTES, len(data) - start):
         raise HeaderError(f"the faceveil header of {where} is malformed (public part too large or truncated)")
@@ -238,21 +493,30 @@ def unpack_record(data: bytes, where: str = "the file", shape: tuple[int, int] |
     if canonical != raw:
         # the seal authenticates the canonical bytes; requiring them here makes it cover the exact bytes stored
         raise HeaderError(f"the faceveil header of {where} has been altered (its JSON is not byte for byte what was sealed)")
+    if head["faceveil"] != version:
+        raise HeaderError(f"the faceveil header of {where} is malformed (two versions)")
     check_public(head["public"], *(shape or (None, None)))
-    head["sealed"] = bytes(data[start + head_len :])
+    if version == FORMAT_VERSION:
+        head["envelope"], head["sealed"], head["face_seals"] = blobs_v3(data, start + head_len, where)
+        if len(head["face_seals"]) not in (0, len(head["public"]["faces"])):
+            raise HeaderError(f"the faceveil header of {where} is malformed (face seals do not match the faces)")
+    else:
+        head["sealed"] = bytes(data[start + head_len :])
     return head
 
 
-_RECORD_FIELDS = {"faceveil", "file_nonce", "check", "public", "seal_nonce"}
 _RECORD_BYTES = {"file_nonce": NONCE_BYTES, "check": 16, "seal_nonce": 12}
+_BLOB_FIELDS = {"sealed", "envelope", "face_seals"}
 
 
 def check_record(head: Any, where: str = "the file") -> None:
-    """Validate a record's own fields (version, nonces, check tag; not ``public``, not ``sealed``)."""
-    if not isinstance(head, dict) or set(head) - {"sealed"} != _RECORD_FIELDS:
+    """Validate a record's own fields (version, nonces, check tag, stanzas; not ``public``, not the seals)."""
+    if not isinstance(head, dict) or isinstance(head.get("faceveil"), bool) or head.get("faceveil") not in READ_VERSIONS:
+        version = head.get("faceveil") if isinstance(head, dict) else None
+        raise HeaderError(f"the faceveil header of {where} has an unsupported version {version!r:.20}")
+    fields = set(_V3_FIELDS if head["faceveil"] == FORMAT_VERSION else _V2_FIELDS)
+    if set(head) - _BLOB_FIELDS != fields:
         raise HeaderError(f"the faceveil header of {where} is malformed (unexpected fields)")
-    if head["faceveil"] != FORMAT_VERSION or isinstance(head["faceveil"], bool):
-        raise HeaderError(f"the faceveil header of {where} has an unsupported version {head['faceveil']!r:.20}")
     for name, size in _RECORD_BYTES.items():
         value = head[name]
         try:
@@ -260,6 +524,16 @@ def check_record(head: Any, where: str = "the file") -> None:
                 raise ValueError
         except ValueError:
             raise HeaderError(f"the faceveil header of {where} is malformed ({name})") from None
+    if head["faceveil"] == FORMAT_VERSION:
+        stanzas = head["recipients"]
+        if not isinstance(stanzas, list) or not 1 <= len(stanzas) <= MAX_RECIPIENTS:
+            raise HeaderError(f"the faceveil header of {where} is malformed (recipients: 1 to {MAX_RECIPIENTS})")
+        for stanza in stanzas:
+            try:
+                if not isinstance(stanza, str) or len(stanza) > 4 * STANZA_BYTES or len(unb64(stanza)) != STANZA_BYTES:
+                    raise ValueError
+            except ValueError:
+                raise HeaderError(f"the faceveil header of {where} is malformed (a recipient stanza)") from None
 
 
 def sidecar_path(image_path: Path) -> Path:

@@ -40,6 +40,8 @@ SECRET_BYTES = 32
 NONCE_BYTES = 16
 KEY_FILE_FORMAT = "faceveil-key"
 KEY_FILE_VERSION = 1
+IDENTITY_FILE_VERSION = 2  # an older faceveil refuses it instead of taking it for a symmetric key
+IDENTITY_KIND = "x25519"
 PASSPHRASE_ENV = "FACEVEIL_PASSPHRASE"
 
 # RFC 9106, second recommended option (64 MiB, 3 passes, 4 lanes).
@@ -146,23 +148,7 @@ class Key:
     def to_file_bytes(self, passphrase: str | None = None, argon2: dict | None = None) -> bytes:
         """The key file's content: versioned JSON, the secret sealed when a passphrase is given."""
         record: dict = {"format": KEY_FILE_FORMAT, "version": KEY_FILE_VERSION, "fingerprint": self.fingerprint}
-        if passphrase is None:
-            record["protection"] = "none"
-            record["secret"] = _b64(self.secret)
-        else:
-            if not passphrase:
-                raise KeyFileError("the passphrase is empty")
-            params = dict(argon2 or DEFAULT_ARGON2)
-            salt = secrets.token_bytes(16)
-            nonce = secrets.token_bytes(12)
-            record["protection"] = "argon2id+chacha20poly1305"
-            record["kdf"] = {"name": "argon2id", "salt": _b64(salt), **params}
-            record["nonce"] = _b64(nonce)
-            sealed = ChaCha20Poly1305(_argon2(passphrase, salt, params)).encrypt(
-                nonce, self.secret, canonical_json(record)
-            )
-            record["ciphertext"] = _b64(sealed)
-        return (json.dumps(record, indent=2) + "\n").encode()
+        return _protected_file(record, self.secret, passphrase, argon2)
 
     def save(self, path: str | os.PathLike, passphrase: str | None = None, argon2: dict | None = None) -> Path:
         """Write a new key file with mode 0600; refuses to overwrite an existing file."""
@@ -171,36 +157,13 @@ class Key:
     @classmethod
     def from_file_bytes(cls, data: bytes, passphrase: str | None = None, source: str = "key file") -> "Key":
         """Parse a key file's content; a wrong passphrase or a corrupt file raises KeyFileError."""
-        try:
-            if len(data) > MAX_KEY_FILE_BYTES:
-                raise ValueError
-            record = json.loads(data.decode("utf-8"))
-            if not isinstance(record, dict) or record.get("format") != KEY_FILE_FORMAT:
-                raise ValueError
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise KeyFileError(f"{source} is not a faceveil key file") from None
+        record = _key_file_record(data, source)
+        if record.get("version") == IDENTITY_FILE_VERSION and record.get("kind") == IDENTITY_KIND:
+            raise KeyFileError(f"{source} is an X25519 identity, not a symmetric key: use it to recover (or give its "
+                               "recipient string to anonymize)")
         if record.get("version") != KEY_FILE_VERSION:
             raise KeyFileError(f"{source} has unsupported key file version {record.get('version')!r}")
-        try:
-            protection = record["protection"]
-            if protection == "none":
-                key = cls(_unb64(record["secret"]))
-            elif protection == "argon2id+chacha20poly1305":
-                if passphrase is None:
-                    raise KeyFileError(f"{source} is protected by a passphrase; set {PASSPHRASE_ENV} or answer the prompt")
-                kdf = _checked_kdf(record["kdf"], source)
-                aad = canonical_json({k: v for k, v in record.items() if k != "ciphertext"})
-                try:
-                    secret = ChaCha20Poly1305(_argon2(passphrase, _unb64(kdf["salt"]), kdf)).decrypt(
-                        _unb64(record["nonce"]), _unb64(record["ciphertext"]), aad
-                    )
-                except InvalidTag:
-                    raise KeyFileError(f"wrong passphrase for {source} (or the file was altered)") from None
-                key = cls(secret)
-            else:
-                raise KeyFileError(f"{source} uses unknown protection {protection!r}")
-        except (KeyError, TypeError, ValueError, AttributeError, base64.binascii.Error):
-            raise KeyFileError(f"{source} is corrupt (missing or malformed fields)") from None
+        key = cls(_unprotected_secret(record, passphrase, source))
         if record.get("fingerprint") not in (None, key.fingerprint):
             raise KeyFileError(f"{source} is corrupt (fingerprint does not match the secret)")
         return key
@@ -271,8 +234,13 @@ class Key:
         """Whether a header record (see :mod:`faceveil.container`) was made with this key.
 
         Compares the record's ``check`` tag, a keyed per-file identifier: it names the key
-        to whoever holds it, and to nobody else (two files' tags cannot be linked).
+        to whoever holds it, and to nobody else (two files' tags cannot be linked). For a
+        format-3 record, whether one of its recipient stanzas opens with this key.
         """
+        if isinstance(record, dict) and record.get("faceveil") == 3:
+            from faceveil.envelope import opens
+
+            return opens(self, record)
         try:
             tag = base64.b64decode(record["check"], validate=True)
             nonce = base64.b64decode(record["file_nonce"], validate=True)
@@ -291,6 +259,155 @@ class Key:
     def open(self, nonce12: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         """Decrypt what ``seal`` made; raises ``cryptography.exceptions.InvalidTag`` on any change."""
         return ChaCha20Poly1305(self._derive(b"seal")).decrypt(nonce12, ciphertext, aad)
+
+
+def _protected_file(record: dict, secret: bytes, passphrase: str | None, argon2: dict | None) -> bytes:
+    """A key or identity file: ``record`` plus ``secret``, sealed under Argon2id(passphrase) when one is given."""
+    record = dict(record)
+    if passphrase is None:
+        record["protection"] = "none"
+        record["secret"] = _b64(secret)
+    else:
+        if not passphrase:
+            raise KeyFileError("the passphrase is empty")
+        params = dict(argon2 or DEFAULT_ARGON2)
+        salt = secrets.token_bytes(16)
+        nonce = secrets.token_bytes(12)
+        record["protection"] = "argon2id+chacha20poly1305"
+        record["kdf"] = {"name": "argon2id", "salt": _b64(salt), **params}
+        record["nonce"] = _b64(nonce)
+        sealed = ChaCha20Poly1305(_argon2(passphrase, salt, params)).encrypt(nonce, secret, canonical_json(record))
+        record["ciphertext"] = _b64(sealed)
+    return (json.dumps(record, indent=2) + "\n").encode()
+
+
+def _key_file_record(data: bytes, source: str) -> dict:
+    """The JSON record of a key or identity file (bounded, a dict of the faceveil-key format), else KeyFileError."""
+    try:
+        if len(data) > MAX_KEY_FILE_BYTES:
+            raise ValueError
+        record = json.loads(data.decode("utf-8"))
+        if not isinstance(record, dict) or record.get("format") != KEY_FILE_FORMAT:
+            raise ValueError
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise KeyFileError(f"{source} is not a faceveil key file") from None
+    return record
+
+
+def _unprotected_secret(record: dict, passphrase: str | None, source: str) -> bytes:
+    """The 32-byte secret of a parsed key or identity file (decrypted with ``passphrase`` if protected)."""
+    try:
+        protection = record["protection"]
+        if protection == "none":
+            secret = _unb64(record["secret"])
+        elif protection == "argon2id+chacha20poly1305":
+            if passphrase is None:
+                raise KeyFileError(f"{source} is protected by a passphrase; set {PASSPHRASE_ENV} or answer the prompt")
+            kdf = _checked_kdf(record["kdf"], source)
+            aad = canonical_json({k: v for k, v in record.items() if k != "ciphertext"})
+            try:
+                secret = ChaCha20Poly1305(_argon2(passphrase, _unb64(kdf["salt"]), kdf)).decrypt(
+                    _unb64(record["nonce"]), _unb64(record["ciphertext"]), aad
+                )
+            except InvalidTag:
+                raise KeyFileError(f"wrong passphrase for {source} (or the file was altered)") from None
+        else:
+            raise KeyFileError(f"{source} uses unknown protection {protection!r}")
+    except (KeyError, TypeError, ValueError, AttributeError, base64.binascii.Error):
+        raise KeyFileError(f"{source} is corrupt (missing or malformed fields)") from None
+    if len(secret) != SECRET_BYTES:
+        raise KeyFileError(f"{source} is corrupt (its secret is not {SECRET_BYTES} bytes)")
+    return secret
+
+
+@dataclass(frozen=True, repr=False)
+class Identity:
+    """An X25519 private key: opens files anonymized to its recipient string. ``repr`` never shows the secret.
+
+    The public half, :attr:`recipient`, is what cameras and other anonymizers are given
+    (``faceveil1...``, see :mod:`faceveil.envelope`): it can anonymize, never recover.
+    """
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) != SECRET_BYTES:
+            raise KeyFileError(f"an X25519 identity is exactly {SECRET_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        return f"Identity(recipient={self.recipient!r})"
+
+    @classmethod
+    def generate(cls) -> "Identity":
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        return cls(X25519PrivateKey.generate().private_bytes_raw())
+
+    @property
+    def public(self) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        return X25519PrivateKey.from_private_bytes(self.secret).public_key().public_bytes_raw()
+
+    @property
+    def recipient(self) -> str:
+        """The public recipient string (``faceveil1...``) that anonymizes for this identity."""
+        from faceveil.envelope import Recipient
+
+        return str(Recipient(self.public))
+
+    fingerprint = recipient  # what ``key info`` names it by: its public string reveals nothing secret
+
+    def made(self, record: dict) -> bool:
+        """Whether one of a (format-3) header record's recipient stanzas is for this identity."""
+        from faceveil.envelope import opens
+
+        return opens(self, record)
+
+    def to_file_bytes(self, passphrase: str | None = None, argon2: dict | None = None) -> bytes:
+        record = {"format": KEY_FILE_FORMAT, "version": IDENTITY_FILE_VERSION, "kind": IDENTITY_KIND,
+                  "recipient": self.recipient}
+        return _protected_file(record, self.secret, passphrase, argon2)
+
+    def save(self, path: str | os.PathLike, passphrase: str | None = None, argon2: dict | None = None) -> Path:
+        """Write a new identity file with mode 0600; refuses to overwrite an existing file."""
+        return write_new_file(Path(path), self.to_file_bytes(passphrase, argon2), mode=PRIVATE)
+
+    @classmethod
+    def from_file_bytes(cls, data: bytes, passphrase: str | None = None, source: str = "identity file") -> "Identity":
+        record = _key_file_record(data, source)
+        if record.get("version") != IDENTITY_FILE_VERSION or record.get("kind") != IDENTITY_KIND:
+            raise KeyFileError(f"{source} is not an X25519 identity file")
+        identity = cls(_unprotected_secret(record, passphrase, source))
+        if record.get("recipient") not in (None, identity.recipient):
+            raise KeyFileError(f"{source} is corrupt (its recipient does not match the secret)")
+        return identity
+
+
+def load_secret(path: str | os.PathLike, passphrase: str | None = None) -> "Key | Identity":
+    """A symmetric key or an X25519 identity, whichever the file holds (``$FACEVEIL_PASSPHRASE`` if protected).
+
+    A file that others can read gives a :class:`KeyFileWarning`.
+    """
+    path = Path(path)
+    data = _read_key_file(path)
+    exposure = key_file_exposure(path)
+    if exposure:
+        warnings.warn(exposure, KeyFileWarning, stacklevel=2)
+    if passphrase is None:
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+    record = _key_file_record(data, f"key file {path}")
+    if record.get("kind") == IDENTITY_KIND:
+        return Identity.from_file_bytes(data, passphrase, source=f"identity file {path}")
+    return Key.from_file_bytes(data, passphrase, source=f"key file {path}")
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """``"x25519"`` for an identity file, else ``"symmetric"`` (without decrypting anything)."""
+    try:
+        return "x25519" if json.loads(_read_key_file(Path(path))).get("kind") == IDENTITY_KIND else "symmetric"
+    except (KeyFileError, ValueError, AttributeError, RecursionError):
+        return "symmetric"
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -368,4 +485,4 @@ def prompt_passphrase(confirm: bool = False) -> str:
     return first
 
 
-__all__ = ["Key", "KeyFileWarning", "key_file_exposure", "generate_key", "new_nonce", "public_gaussian", "canonical_json", "prompt_passphrase", "InvalidTag"]
+__all__ = ["Key", "Identity", "load_secret", "KeyFileWarning", "key_file_exposure", "generate_key", "new_nonce", "public_gaussian", "canonical_json", "prompt_passphrase", "InvalidTag"]

@@ -35,9 +35,9 @@ from faceveil.binding import fingerprint
 from faceveil.container import (
     decode_array,
     encode_array,
-    open_header,
     pixels_sha256,
     seal_header,
+    unlock,
 )
 from faceveil.engine import (
     EngineSettings,
@@ -61,6 +61,7 @@ from faceveil.faces.paste import (
     sampled_cells,
 )
 from faceveil.faces.visible import MODEL, VISIBLE, apply_visible
+from faceveil.envelope import Envelope, envelope_for
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.models import DiffusionModel
 from faceveil.progress import announce
@@ -257,6 +258,7 @@ class _Face:
     geometry: FaceGeometry
     nonce: bytes
     noise: torch.Tensor | None = None  # a video track's keyed noise (``FaceJob.noise``)
+    key: Key | None = None  # what draws this face's sign pattern (its photo's file key), else the run's
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -285,11 +287,12 @@ def _contexts(model: DiffusionModel, faces: list[_Face]) -> tuple[torch.Tensor, 
 def _key_patterns(run: _Run, faces: list[_Face], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each face's secret sign pattern (B, ...) and, with ``pairs`` mixing, its pairing (B, N),
     drawn for one latent of ``shape`` (1, C, h, w), as they always were."""
-    signs = torch.cat([torch.from_numpy(run.key.sign_pattern(f.nonce, shape)) for f in faces])
+    signs = torch.cat([torch.from_numpy((f.key or run.key).sign_pattern(f.nonce, shape)) for f in faces])
     partner = None
     if run.settings.engine.mixing == "pairs":
         partner = torch.stack([
-            torch.from_numpy(run.key.pairing(f.nonce, shape, f.geometry.latent.expand(shape).numpy() > 0)) for f in faces
+            torch.from_numpy((f.key or run.key).pairing(f.nonce, shape, f.geometry.latent.expand(shape).numpy() > 0))
+            for f in faces
         ])
     return signs, partner
 
@@ -337,7 +340,7 @@ def _generate(run: _Run, z0: torch.Tensor, faces: list[_Face]) -> tuple[torch.Te
     return out, reports
 
 
-def keyed_noise(rgb: np.ndarray, key: Key, model: DiffusionModel, face: FaceJob, settings: Settings | None = None) -> torch.Tensor:
+def keyed_noise(rgb: np.ndarray, key: Key | Envelope, model: DiffusionModel, face: FaceJob, settings: Settings | None = None) -> torch.Tensor:
     """The keyed noise ``veil`` would sample ``face`` from: its masked inversion, scrambled by the key.
 
     A video computes it once per track (``face.nonce`` is the track's) and passes it as
@@ -346,7 +349,7 @@ def keyed_noise(rgb: np.ndarray, key: Key, model: DiffusionModel, face: FaceJob,
     if face.nonce is None:
         raise ValueError("keyed_noise needs the face's nonce (the track's)")
     settings = settings or Settings()
-    run = _Run.of(model, key, settings, None)
+    run = _Run.of(model, key.file_key if isinstance(key, Envelope) else key, settings, None)
     image = np.ascontiguousarray(rgb, dtype=np.uint8)
     geometry = face_geometry(image.shape, face.transform, _outline(face), model)
     one = _Face(image, geometry, face.nonce)
@@ -480,13 +483,14 @@ class _Anonymizing:
     faces: list[FaceJob]
     geometries: list[FaceGeometry]
     nonces: list[bytes]
+    envelope: Envelope  # the photo's file key and recipients
     reports: list[FaceReport] = field(default_factory=list)
     private_faces: list[dict] = field(default_factory=list)
 
 
 def anonymize_array(
     rgb: np.ndarray,
-    key: Key,
+    key: Key | Envelope | object,
     model: DiffusionModel,
     faces: list[FaceJob] | None = None,
     settings: Settings | None = None,
@@ -513,7 +517,7 @@ def anonymize_array(
 
 def anonymize_arrays(
     photos: list[PhotoJob],
-    key: Key,
+    key: Key | Envelope | object,
     model: DiffusionModel,
     settings: Settings | None = None,
     residual: bool = True,
@@ -528,15 +532,20 @@ def anonymize_arrays(
     photo's output is what ``anonymize_array`` gives it alone, up to the last bits of the
     model's floats: recovery, alone or in any batch, restores it exactly.
     ``progress`` is called with the number of faces after every UNet evaluation.
+
+    ``key`` is what the files are for (``faceveil.envelope.envelope_for``): a symmetric key,
+    recipients, or both; each photo gets a fresh file key, unless ``key`` is an
+    ``Envelope``, whose file key every photo then shares (a video's frames).
     """
     settings = settings or Settings()
-    run = _Run.of(model, key, settings, progress)
+    envelopes = [envelope_for(key) for _ in photos]  # each a fresh file key, or the one given
+    run = _Run.of(model, envelopes[0].file_key if envelopes else Key.generate(), settings, progress)
     states = []
-    for photo in photos:
+    for photo, envelope in zip(photos, envelopes):
         faces, geometries = plan_faces(photo, model, residual)  # every refusal before any model work
         like = photo.output_like or (lambda a: a)
         current = _read_back_rgb(like(np.ascontiguousarray(photo.rgb, dtype=np.uint8)))
-        states.append(_Anonymizing(like, current, faces, geometries, [f.nonce or new_nonce() for f in faces]))
+        states.append(_Anonymizing(like, current, faces, geometries, [f.nonce or new_nonce() for f in faces], envelope))
     n_faces = sum(len(s.faces) for s in states)  # a bar's total: about 4 evaluations per step (invert, sample, replay)
     announce(progress, n_faces, n_faces * 4 * settings.engine.steps)
     for round_ in range(max((len(s.faces) for s in states), default=0)):
@@ -559,8 +568,28 @@ def anonymize_arrays(
         private_part: dict = {"faces": state.private_faces, "fingerprint": fingerprint(written, public)}  # binds header to image
         if photo.metadata:
             private_part["metadata"] = photo.metadata
-        results.append((written, seal_header(key, public, private_part), state.reports))
+        results.append((written, seal_header(state.envelope, public, private_part), state.reports))
     return results
+
+
+def _footprint(geometry: FaceGeometry) -> tuple[float, float, float, float]:
+    """(y0, y1, x0, x1) of the photo pixels a face's crop reads (its corners mapped back, bicubic reach added)."""
+    m = geometry.transform.matrix
+    n = geometry.transform.size
+    inverse = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))
+    corners = inverse @ np.array([[-1, -1, n, n], [-1, n, -1, n], [1, 1, 1, 1]], dtype=np.float64)
+    reach = 2.0 * max(1.0, 1.0 / max(geometry.transform.scale, 1e-9))
+    return (corners[1].min() - reach, corners[1].max() + reach, corners[0].min() - reach, corners[0].max() + reach)
+
+
+def _entangled(geometries: list[FaceGeometry], index: int) -> bool:
+    """Whether a face veiled after face ``index`` pastes into the pixels face ``index``'s crop reads."""
+    y0, y1, x0, x1 = _footprint(geometries[index])
+    for later in geometries[index + 1 :]:
+        b = later.region.bounds
+        if b[0] < y1 and b[1] > y0 and b[2] < x1 and b[3] > x0:
+            return True
+    return False
 
 
 def _veil_visible(state: _Anonymizing, index: int) -> None:
@@ -579,7 +608,7 @@ def _veil_visible(state: _Anonymizing, index: int) -> None:
 def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: bool) -> None:
     """Veil face ``index`` of each photo in ``states``, the faces through the model together."""
     model, settings = run.model, run.settings
-    faces = [_Face(s.current, s.geometries[index], s.nonces[index], s.faces[index].noise) for s in states]
+    faces = [_Face(s.current, s.geometries[index], s.nonces[index], s.faces[index].noise, s.envelope.file_key) for s in states]
     crops = [warp_crop(f.image, f.geometry.transform) for f in faces]
     z_out, reports = _generate(run, _encode(model, crops, settings.decoder_iters), faces)
     decoded = model.decode(z_out)
@@ -596,7 +625,7 @@ def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: boo
             if colour.shading:
                 private["shading"] = colour.shading
         colours.append(colour)
-        veiled_faces.append(_Face(veiled, g, face.nonce))
+        veiled_faces.append(_Face(veiled, g, face.nonce, key=face.key))
         privates.append(private)
     hints: list[np.ndarray | None] = [None] * len(faces)
     if settings.hint:
@@ -618,7 +647,9 @@ def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: boo
             if ties.any():
                 coded["ties"] = encode_ties(ties)
             direct = encode_region(original, region.inside)
-            if len(direct) < sum(map(len, coded.values())):  # the model predicts this face worse than the codec alone
+            # the model predicts this face worse than the codec alone, or a later face changes what its
+            # prediction reads (then a disclosure token, which leaves that face veiled, could not replay it)
+            if len(direct) < sum(map(len, coded.values())) or _entangled(state.geometries, index):
                 private["original"] = direct
             else:
                 private.update(coded)
@@ -638,6 +669,7 @@ class RecoverInfo:
     # empty also for files made before faceveil sealed the hash (``verified`` is then False)
     inexact_faces: list[int] = field(default_factory=list)
     verified: bool = False  # every face's restored pixels were checked against the sealed SHA-256
+    skipped_faces: list[int] = field(default_factory=list)  # faces (header order) left veiled: a token opened another
 
 
 def _sealed_metadata(private: dict) -> dict:
@@ -665,8 +697,8 @@ def recover_array(
 
     ``array`` is the image as written (gray, gray+alpha, RGB or RGBA).
     """
-    public, private = open_header(key, record)
-    return recover_opened(array, public, private, key, model, output_like, use_residual, progress)
+    opened = unlock(key, record)
+    return recover_opened(array, opened.public, opened.private, opened.key, model, output_like, use_residual, progress)
 
 
 def _hint_array(obj: dict, shape: tuple[int, ...]) -> np.ndarray:
@@ -684,6 +716,7 @@ class VeiledPhoto:
     public: dict
     private: dict
     output_like: Callable[[np.ndarray], np.ndarray] | None = None
+    key: Key | None = None  # the header's opener's pattern key (``container.Opened.key``); else the call's
 
 
 @dataclass
@@ -701,6 +734,11 @@ class _Recovering:
     inexact: list[int] = field(default_factory=list)
     verified: bool = True
     treatments: list[str] = field(default_factory=list)  # per face: "model" or a visible treatment
+    skipped: list[int] = field(default_factory=list)  # faces left veiled (a disclosure token opens one face)
+
+    def opened_index(self, position: int) -> int:
+        """The header index of the ``position``-th face this recovery restores."""
+        return [i for i in range(len(self.faces) + len(self.skipped)) if i not in self.skipped][position]
 
 
 def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
@@ -710,11 +748,17 @@ def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
     check_public(public, array.shape[0], array.shape[1])
     try:
         settings = Settings.from_json(public["settings"])
-        faces = [(AlignTransform.from_json(f["transform"]), bytes.fromhex(f["nonce"])) for f in public["faces"]]
-        treatments = [f.get("treatment", MODEL) for f in public["faces"]]  # headers before treatments: all model
-        if any(t != MODEL and "original" not in p for t, p in zip(treatments, private["faces"])):
+        all_faces = [(AlignTransform.from_json(f["transform"]), bytes.fromhex(f["nonce"])) for f in public["faces"]]
+        all_treatments = [f.get("treatment", MODEL) for f in public["faces"]]  # headers before treatments: all model
+        if len(private["faces"]) != len(all_faces):
+            raise ValueError("face count mismatch")
+        opened = [i for i, p in enumerate(private["faces"]) if p is not None]  # a token opens one face
+        skipped = [i for i in range(len(all_faces)) if i not in opened]
+        faces = [all_faces[i] for i in opened]
+        treatments = [all_treatments[i] for i in opened]
+        privates = [private["faces"][i] for i in opened]
+        if any(t != MODEL and "original" not in p for t, p in zip(treatments, privates)):
             raise ValueError("a visibly treated face lacks its sealed original")
-        privates = private["faces"]
         outlines = [np.frombuffer(f["outline"], dtype="<f4").reshape(-1, 2).astype(np.float64) for f in privates]
         colours = [Colour.from_json(f["colour"], f.get("shading", b"")) if "colour" in f else Colour() for f in privates]
         digests = [f.get("sha256") for f in privates]
@@ -740,7 +784,7 @@ def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:
     return _Recovering(
         photo, settings, _read_back_rgb(np.asarray(array, dtype=np.uint8)), planned,
         pixels_sha256(array) != expected["pixels_sha256"], [None] * len(planned), _sealed_metadata(private),
-        treatments=treatments,
+        treatments=treatments, skipped=skipped,
     )
 
 
@@ -795,7 +839,7 @@ def recover_arrays(
         out = like(state.current) if like else state.current
         info = RecoverInfo(
             state.changed, state.used_residual and use_residual, state.reports, state.metadata,
-            sorted(state.inexact), state.verified and use_residual,
+            sorted(state.opened_index(i) for i in state.inexact), state.verified and use_residual, state.skipped,
         )
         results.append((out, info))
     return results
@@ -819,7 +863,7 @@ def _restore_round(run: _Run, items: list[tuple[_Recovering, int]], use_residual
         modelled.append((state, index, hint))
     if not modelled:
         return
-    faces = [_Face(s.current, s.faces[i][0], s.faces[i][1]) for s, i, _ in modelled]
+    faces = [_Face(s.current, s.faces[i][0], s.faces[i][1], key=s.photo.key) for s, i, _ in modelled]
     predictions, reports = _predict(run, faces, [s.faces[i][2] for s, i, _ in modelled], [h for _, _, h in modelled])
     for (state, index, _), values, report in zip(modelled, predictions, reports):
         geometry, _, _, priv = state.faces[index]

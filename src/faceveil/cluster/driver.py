@@ -26,7 +26,7 @@ from faceveil.cluster import storage
 from faceveil.cluster.transport import seal_key
 from faceveil.cluster.worker import ADOPTED_NOTE, FileWorker, Job
 from faceveil.errors import UsageError
-from faceveil.keys import Key
+from faceveil.keys import Identity, Key
 
 LOCAL = "local"
 DEPTH = 2  # groups queued per worker: the next one is there the moment one finishes
@@ -141,7 +141,7 @@ class _StopRequest:
 class _Workers:
     """Start, hand the key to, and replace the actors."""
 
-    def __init__(self, ray, job: Job, key: Key, count: int, gpu_share: float) -> None:
+    def __init__(self, ray, job: Job, key: Key | Identity | None, count: int, gpu_share: float) -> None:
         self._ray, self._job, self._key = ray, job, key
         self._remote = ray.remote(FileWorker).options(
             num_cpus=1, num_gpus=gpu_share, max_restarts=0, max_task_retries=0, max_concurrency=1,
@@ -152,10 +152,11 @@ class _Workers:
     def _start(self, count: int) -> list[_Slot]:
         ray = self._ray
         actors = [self._remote.remote(self._job, 1) for _ in range(count)]
-        publics = ray.get([a.public_key.remote() for a in actors])
-        receipts = ray.get([a.accept_key.remote(seal_key(self._key, p)) for a, p in zip(actors, publics)])
-        if any(r != self._key.fingerprint for r in receipts):
-            raise UsageError("a worker did not receive the key intact")
+        if self._key is not None:  # anonymizing to recipients only: no secret exists, none is sent
+            publics = ray.get([a.public_key.remote() for a in actors])
+            receipts = ray.get([a.accept_key.remote(seal_key(self._key, p)) for a, p in zip(actors, publics)])
+            if any(r != self._key.fingerprint for r in receipts):
+                raise UsageError("a worker did not receive the key intact")
         infos = ray.get([a.prepare.remote() for a in actors])
         for info in infos:
             if "error" in info:
@@ -218,7 +219,7 @@ def _duration(seconds: float) -> str:
 def run_dataset(
     inputs: list[str],
     output: str | None,
-    key: Key,
+    key: Key | Identity | None,
     job: Job,
     *,
     address: str = LOCAL,
@@ -280,7 +281,7 @@ def run_dataset(
     return summary
 
 
-def _schedule(ray, todo: deque, key: Key, job: Job, count: int | None, summary: DatasetSummary,
+def _schedule(ray, todo: deque, key: Key | Identity | None, job: Job, count: int | None, summary: DatasetSummary,
               manifest: str | None, show: bool, quiet: bool, started: float, stop: _StopRequest,
               gpus_per_worker: float, batch: int) -> None:
     resources = ray.cluster_resources()

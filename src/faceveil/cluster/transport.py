@@ -24,13 +24,14 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from faceveil.errors import KeyFileError
-from faceveil.keys import SECRET_BYTES, Key
+from faceveil.keys import SECRET_BYTES, Identity, Key
 
 _INFO = b"faceveil/v1/cluster-key-transport"
 _RAW = dict(encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw)
 PUBLIC_BYTES = 32
 NONCE_BYTES = 12
-SEALED_BYTES = PUBLIC_BYTES + NONCE_BYTES + SECRET_BYTES + 16  # ephemeral public | nonce | ciphertext + tag
+SEALED_BYTES = PUBLIC_BYTES + NONCE_BYTES + 1 + SECRET_BYTES + 16  # ephemeral public | nonce | kind, secret + tag
+_KINDS = {b"K": Key, b"I": Identity}  # a symmetric key, or an X25519 identity (recovering with it)
 
 
 def _cipher(shared: bytes, recipient: bytes, ephemeral: bytes) -> ChaCha20Poly1305:
@@ -48,8 +49,8 @@ class KeyReceiver:
     def __repr__(self) -> str:
         return f"KeyReceiver(public={self.public.hex()[:16]}...)"
 
-    def open(self, sealed: bytes) -> Key:
-        """The key sealed to this receiver; the private half is dropped afterwards (one use)."""
+    def open(self, sealed: bytes) -> Key | Identity:
+        """The key or identity sealed to this receiver; the private half is dropped afterwards (one use)."""
         if self._private is None:
             raise KeyFileError("this worker has already received its key")
         if not isinstance(sealed, bytes) or len(sealed) != SEALED_BYTES:
@@ -61,10 +62,13 @@ class KeyReceiver:
         except InvalidTag:
             raise KeyFileError("the sealed key does not open with this worker's key pair") from None
         self._private = None
-        return Key(secret)
+        kind = _KINDS.get(secret[:1])
+        if kind is None:
+            raise KeyFileError("the sealed key is of an unknown kind")
+        return kind(secret[1:])
 
 
-def seal_key(key: Key, recipient: bytes) -> bytes:
+def seal_key(key: Key | Identity, recipient: bytes) -> bytes:
     """The driver's side: ``key`` sealed to a worker's public key (only that worker can open it)."""
     if not isinstance(recipient, bytes) or len(recipient) != PUBLIC_BYTES:
         raise KeyFileError("a worker's public key is 32 bytes")
@@ -72,4 +76,5 @@ def seal_key(key: Key, recipient: bytes) -> bytes:
     ephemeral = ephemeral_private.public_key().public_bytes(**_RAW)
     shared = ephemeral_private.exchange(X25519PublicKey.from_public_bytes(recipient))
     nonce = secrets.token_bytes(NONCE_BYTES)
-    return ephemeral + nonce + _cipher(shared, recipient, ephemeral).encrypt(nonce, key.secret, recipient + ephemeral)
+    kind = b"I" if isinstance(key, Identity) else b"K"
+    return ephemeral + nonce + _cipher(shared, recipient, ephemeral).encrypt(nonce, kind + key.secret, recipient + ephemeral)

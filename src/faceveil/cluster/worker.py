@@ -22,7 +22,7 @@ from faceveil.batch import done_entry, failed_entry
 from faceveil.cluster import storage
 from faceveil.cluster.transport import KeyReceiver
 from faceveil.errors import FaceveilError, UsageError
-from faceveil.keys import Key
+from faceveil.keys import Identity, Key
 
 ADOPTED_NOTE = "written by an earlier attempt that was interrupted before its record was kept; checked and kept, not redone"
 
@@ -34,6 +34,7 @@ class Job:
     recovering: bool
     model: str | None = None  # anonymize: None is the embedded default; recover: None is the header's model
     options: dict = field(default_factory=dict)  # keyword arguments of faceveil.api.anonymize / recover
+    recipients: tuple[str, ...] = ()  # anonymize: public recipient strings (no secret needed for them)
 
 
 class FileWorker:
@@ -45,7 +46,7 @@ class FileWorker:
         torch.set_num_threads(max(1, threads))
         self._job = job
         self._receiver = KeyReceiver()
-        self._key: Key | None = None
+        self._key: Key | Identity | None = None
         self._models: dict = {}
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -56,6 +57,16 @@ class FileWorker:
     def public_key(self) -> bytes:
         """This worker's ephemeral X25519 public key: the driver seals the secret to it."""
         return self._receiver.public
+
+    def _ready(self) -> bool:
+        """Whether this worker can do its job: it holds the key, or it anonymizes to recipients only."""
+        return self._key is not None or (not self._job.recovering and bool(self._job.recipients))
+
+    def _keys(self):
+        """What files are anonymized for (the key and the recipients), or what recovers them (the key)."""
+        if self._job.recovering or not self._job.recipients:
+            return self._key
+        return ([self._key] if self._key is not None else []) + list(self._job.recipients)
 
     def accept_key(self, sealed: bytes) -> str:
         """Open the sealed key (only this process can); the key's public fingerprint as a receipt."""
@@ -88,7 +99,7 @@ class FileWorker:
         def outcome(record: dict, exit_code: int = 0) -> dict:
             return {"record": record, "seconds": time.perf_counter() - started, "exit_code": exit_code}
 
-        if self._key is None:
+        if not self._ready():
             return outcome(failed_entry(key, "internal error: this worker never received the key"), 1)
         try:
             if storage.exists(target):
@@ -109,7 +120,7 @@ class FileWorker:
         file's failure is its own record. Should the batch itself break (not one file's
         fault), the files are done one by one instead.
         """
-        if len(tasks) <= 1 or self._key is None:
+        if len(tasks) <= 1 or not self._ready():
             return [self.process(source, target) for source, target in tasks]
         started = time.perf_counter()
         outcomes: list[dict | None] = [None] * len(tasks)
@@ -164,7 +175,7 @@ class FileWorker:
 
         options = dict(self._job.options)
         if not self._job.recovering:
-            return anonymize_files(files, self._key, model=self._model(self._job.model), overwrite=False, **options)
+            return anonymize_files(files, self._keys(), model=self._model(self._job.model), overwrite=False, **options)
         by_model: dict = {}  # recovery: one batch per model named in the headers
         for index, (source, target) in enumerate(files):
             by_model.setdefault(self._job.model or _header_model(source), []).append(index)
@@ -189,7 +200,7 @@ class FileWorker:
         if self._job.recovering:
             model = self._model(self._job.model or _header_model(source))
             return recover(source, self._key, target, model=model, overwrite=False, **options)
-        return anonymize(source, self._key, target, model=self._model(self._job.model), overwrite=False, **options)
+        return anonymize(source, self._keys(), target, model=self._model(self._job.model), overwrite=False, **options)
 
     def _adopt(self, key: str, source: str, target: str) -> tuple[dict, int]:
         """A record for an output that is already there, after checking it is whole and made with this key."""
@@ -199,7 +210,9 @@ class FileWorker:
         veiled = source if self._job.recovering else target
         try:
             with storage.readable(veiled) as local:
-                public, _ = open_header(self._key, read_record(local))
+                record = read_record(local)
+                # anonymizing to recipients only: nothing here opens it; the record was read and checked whole
+                public = open_header(self._key, record)[0] if self._key is not None else record["public"]
             if self._job.recovering:
                 with storage.readable(target) as local:
                     read_image(local, max_pixels=None)

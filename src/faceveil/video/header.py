@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from faceveil.container import (
+    FORMAT_VERSION,
     MAGIC,
     check_record,
     header_bound,
+    blobs_v3,
     open_header,
     pack_record,
     seal_header,
@@ -138,7 +140,10 @@ class Sidecar:
             raise HeaderError(f"the video header of {where} is not valid JSON") from None
         check_record(record, where)
         _check_video_public(record["public"], where)
-        record["sealed"] = bytes(data[start + head_len:])
+        if record["faceveil"] == FORMAT_VERSION:
+            record["envelope"], record["sealed"], record["face_seals"] = blobs_v3(data, start + head_len, where)
+        else:
+            record["sealed"] = bytes(data[start + head_len:])
         public, private = open_header(key, record)
         digests = private.get("frame_records_sha256") if isinstance(private, dict) else None
         if not isinstance(digests, bytes) or len(digests) != 32 * self.count or public["video"]["frames"] != self.count:

@@ -40,12 +40,14 @@ from faceveil.api import (
     VEILED_TAG,
     Result,
     _check_output,
-    _key,
     _model,
+    _opener,
+    _recipients,
     default_output,
 )
 from faceveil.atomic import atomic_output, write_file
-from faceveil.container import open_header, pack_record, sidecar_path
+from faceveil.container import pack_record, sidecar_path, unlock
+from faceveil.envelope import Envelope, envelope_for, job_tag
 from faceveil.errors import NoFaceError, UsageError
 from faceveil.faces import DEFAULT_MIN_SIZE, detect_faces
 from faceveil.keys import Key, new_nonce
@@ -201,7 +203,7 @@ def _resumable(work: WorkFolder, identity: dict, key: Key) -> dict | None:
     if not plan or plan.get("identity") != identity:
         return None
     try:
-        same_key = key.check_tag(bytes.fromhex(plan["work_nonce"])).hex() == plan["key_check"]
+        same_key = job_tag(key, bytes.fromhex(plan["work_nonce"])).hex() == plan["key_check"]
     except (KeyError, ValueError, TypeError):
         return None
     return plan if same_key else None
@@ -209,7 +211,7 @@ def _resumable(work: WorkFolder, identity: dict, key: Key) -> dict | None:
 
 def _new_plan(identity: dict, key: Key, **fields) -> dict:
     nonce = new_nonce()
-    return {"identity": identity, "work_nonce": nonce.hex(), "key_check": key.check_tag(nonce).hex(), **fields}
+    return {"identity": identity, "work_nonce": nonce.hex(), "key_check": job_tag(key, nonce).hex(), **fields}
 
 
 def _time_json(t: Fraction | None) -> str | None:
@@ -365,7 +367,8 @@ def anonymize_video(
     if steps is not None:
         settings = replace(settings, engine=replace(settings.engine, steps=steps))
     treatment = treatment_of(style)
-    key, model = _key(key), _model(model)
+    # one file key for the whole video (its frames and tracks); a resumed run draws another for the frames it adds
+    key, model = envelope_for(_recipients(key)), _model(model)
     work = WorkFolder(target)
     identity = _identity("anonymize", source, settings=settings.to_json(), model=model.weights_hash, codec=codec,
                          chunk_frames=chunk_frames, mask=mask, min_face=min_face, residual=residual,
@@ -531,7 +534,7 @@ def recover_video(
     if target.suffix.lower() != ".mkv":
         raise UsageError(f"recovered videos are written losslessly (FFV1 in Matroska): use an .mkv name, not {target.name}")
     _check_output(target, [source], overwrite)
-    key = _key(key)
+    key = _opener(key)
     with Sidecar(sidecar_path(source), info.height, info.width) as sidecar:
         public = sidecar.open(key)  # wrong key or tampering stops here
         clip = public["video"]
@@ -558,7 +561,8 @@ def recover_video(
             next_record()  # read and checked, not needed: the chunk is done
 
         def process(frames: list[Frame]) -> list[tuple[np.ndarray, dict]]:
-            photos = [VeiledPhoto(frame.rgb, *open_header(key, next_record())) for frame in frames]
+            photos = [VeiledPhoto(frame.rgb, o.public, o.private, None, o.key)
+                      for frame, o in ((f, unlock(key, next_record())) for f in frames)]
             done = []
             for array, result in recover_arrays(photos, key, model, use_residual=use_residual, batch_size=batch):
                 reports.extend(result.reports)
