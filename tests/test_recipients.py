@@ -17,7 +17,7 @@ from faceveil.cli import main
 from faceveil.container import disclosure_token, read_record, unlock
 from faceveil.engine import EngineSettings
 from faceveil.envelope import DisclosureToken, Recipient
-from faceveil.errors import HeaderError, WrongKeyError
+from faceveil.errors import FaceveilError, HeaderError, WrongKeyError
 from faceveil.keys import Identity, Key
 from faceveil.pipeline import Settings
 
@@ -125,27 +125,44 @@ def _face_boxes(veiled: Path, key, model, shape):
     return masks
 
 
+def _regions_of(veiled: Path, key, model, shape):
+    """(face index, region bounds) of every face, in header order, from index 1 (the second face) on."""
+    from faceveil.faces.align import AlignTransform
+    from faceveil.pipeline import face_geometry
+
+    opened = unlock(key, read_record(veiled))
+    for i, (face, priv) in enumerate(zip(opened.public["faces"], opened.private["faces"])):
+        outline = np.frombuffer(priv["outline"], dtype="<f4").reshape(-1, 2)
+        if i >= 1:
+            yield i, face_geometry(shape, AlignTransform.from_json(face["transform"]), outline, model).region.bounds
+
+
 def test_a_disclosure_token_recovers_its_face_only(group, pixel_model, tmp_path):
     path, original = group
     key = Key.generate()
     result = api.anonymize(path, key, tmp_path / "v.png", model=pixel_model, settings=FAST)
-    assert len(result.faces) >= 3
+    faces = len(result.faces)
+    assert faces >= 3
     veiled = _read(tmp_path / "v.png")
     masks = _face_boxes(tmp_path / "v.png", key, pixel_model, original.shape)
-    token = disclosure_token(key, read_record(tmp_path / "v.png"), 1)
-    token.save(tmp_path / "face2.token")
-    assert os.stat(tmp_path / "face2.token").st_mode & 0o777 == 0o600
-    back = api.recover(tmp_path / "v.png", tmp_path / "face2.token", tmp_path / "r.png", model=pixel_model)
-    restored = _read(tmp_path / "r.png")
-    assert np.array_equal(restored[masks[1]], original[masks[1]])  # face 2: bit-exact
-    others = np.zeros(original.shape[:2], bool)
-    for i, m in enumerate(masks):
-        if i != 1:
-            others |= m
-    others &= ~masks[1]
-    assert np.array_equal(restored[others], veiled[others])  # the other faces stay veiled
-    assert not np.array_equal(restored[others], original[others])
-    assert any("left veiled" in n for n in back.notes)
+    tokens = {}
+    for face in (2, faces):  # a middle face, and the last (veiled last: never entangled, restored by the model)
+        saved, tokens[face] = api.disclose(tmp_path / "v.png", key, face, tmp_path / f"face{face}.token", model=pixel_model)
+        assert os.stat(saved).st_mode & 0o777 == 0o600
+        back = api.recover(tmp_path / "v.png", saved, tmp_path / f"r{face}.png", model=pixel_model)
+        restored = _read(tmp_path / f"r{face}.png")
+        mine = masks[face - 1]
+        assert np.array_equal(restored[mine], original[mine])  # its face: bit-exact
+        others = np.zeros(original.shape[:2], bool)
+        for i, m in enumerate(masks):
+            if i != face - 1:
+                others |= m
+        others &= ~mine
+        assert np.array_equal(restored[others], veiled[others])  # the other faces stay veiled
+        assert not np.array_equal(restored[others], original[others])
+        assert any("left veiled" in n for n in back.notes)
+    assert tokens[faces].original is None
+    token = tokens[2]
     # refused on another file (the same photo anonymized again) and for another face
     api.anonymize(path, key, tmp_path / "w.png", model=pixel_model, settings=FAST)
     with pytest.raises(WrongKeyError, match="another file"):
@@ -158,6 +175,18 @@ def test_a_disclosure_token_recovers_its_face_only(group, pixel_model, tmp_path)
     with pytest.raises(HeaderError):  # a face key for face 2 does not open face 1
         api.recover(tmp_path / "v.png", moved, tmp_path / "x.png", model=pixel_model)
     assert not (tmp_path / "x.png").exists()
+    # a carried region that is not the face's own: refused as corrupt, or restored and reported NOT EXACT
+    from faceveil.residual import encode_region
+
+    bounds = next(f for f in _regions_of(tmp_path / "v.png", key, pixel_model, original.shape))[1]
+    shape = (bounds[1] - bounds[0], bounds[3] - bounds[2])
+    other = encode_region(np.zeros((*shape, 3), np.uint8), np.ones(shape, bool))
+    bad = DisclosureToken(token.file_nonce, 1, token.face_nonce, token.secret, other)
+    try:
+        result = api.recover(tmp_path / "v.png", bad, tmp_path / "y.png", model=pixel_model)
+        assert any("NOT EXACT" in n for n in result.notes)
+    except FaceveilError as exc:
+        assert exc.exit_code == 3
 
 
 def test_disclose_and_recover_with_a_token_on_the_command_line(face_png, keyfile, pixel_model_dir, tmp_path):

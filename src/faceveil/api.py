@@ -363,6 +363,46 @@ def recover(
                               overwrite=overwrite, progress=progress, force=force))
 
 
+def disclose(
+    input: str | os.PathLike,
+    key: Opener,
+    face: int,
+    output: str | os.PathLike,
+    model: DiffusionModel | str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[Path, DisclosureToken]:
+    """Write a disclosure token for face ``face`` (1-based, header order) of an anonymized image.
+
+    The token recovers that face of that file and nothing else (SECURITY.md). It holds the
+    face's key; where a later face of the photo pastes into what this face's prediction
+    reads, it also holds the face's region, restored here with the whole key (the model named
+    in the header is loaded, unless ``model`` overrides it). Written 0600, never over a file.
+    """
+    from faceveil.container import disclosure_token
+    from faceveil.pipeline import disclosed_region
+
+    source, target = Path(input), Path(output)
+    opener = _opener(key)
+    if isinstance(opener, DisclosureToken):
+        raise UsageError("a disclosure token cannot disclose: give the key or identity the file is for")
+    if target.exists():
+        raise UsageError(f"{target} already exists; refusing to overwrite it")
+    record = read_record(source)
+    opened = unlock(opener, record)
+    count = len(opened.public.get("faces", []))
+    if not 1 <= face <= count:
+        raise UsageError(f"{source} has {count} face(s); --face must be between 1 and {count}")
+    if record.get("faceveil") != 3:
+        raise UsageError("this file predates per-face keys (header format 2): one face cannot be disclosed")
+    loaded = read_image(source, max_pixels=max_pixels)
+    check_binding(_raw_array(loaded), opened.public, opened.private, str(source))
+    spec = model if model is not None else opened.public.get("model", {}).get("id")
+    photo = VeiledPhoto(_raw_array(loaded), opened.public, opened.private, lambda rgb: to_output_array(loaded, rgb), opened.key)
+    original = disclosed_region(photo, opened.key, _model(spec), face - 1)
+    token = disclosure_token(opener, record, face - 1, original)
+    return token.save(target), token
+
+
 def _prepare_recover(source: Path, output, key: Key | Identity | DisclosureToken, max_pixels: int | None, overwrite: bool, force: bool = False) -> _Prepared:
     record = read_record(source)  # bounded by the image's declared size, validated, before any pixel is decoded
     loaded = read_image(source, max_pixels=max_pixels)

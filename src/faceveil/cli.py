@@ -403,13 +403,13 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
 
 
 def _cmd_disclose(args: argparse.Namespace) -> int:
-    from faceveil.container import disclosure_token, read_record
+    from faceveil.api import disclose
 
     opener = _load_key(args.key)
-    token = disclosure_token(opener, read_record(Path(args.input)), args.face - 1)
-    path = token.save(args.output)
-    print(f"wrote {path}: it recovers face {args.face} of {args.input} only (faceveil recover {args.input} "
-          f"--token {path}); send it as you would the face itself")
+    path, token = disclose(args.input, opener, args.face, args.output, model=args.model)
+    carried = " and its restored region (a later face touches what it reads)" if token.original else ""
+    print(f"wrote {path}: the key of face {args.face} of {args.input}{carried}; it recovers that face only "
+          f"(faceveil recover {args.input} --token {path}). Send it as you would the face itself")
     return 0
 
 
@@ -577,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face", type=int, required=True, metavar="N", help="the face to disclose, 1-based (header order)")
     p.add_argument("--key", required=True, metavar="KEYFILE", help="a key or identity the file is for")
     p.add_argument("-o", "--output", required=True, metavar="TOKEN", help="the token file to write (mode 0600, never overwritten)")
+    p.add_argument("--model", default=None, metavar="M",
+                   help="override the model named in the header (needed when the face must be restored to be disclosed)")
     p.set_defaults(func=_cmd_disclose)
 
     p = sub.add_parser("models", help="list model presets and whether each is available here")

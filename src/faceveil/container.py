@@ -364,6 +364,10 @@ def _open_face(token: DisclosureToken, record: dict, nonces: list[bytes], face_s
         face = _unpacked(token.key.open(blob[:12], blob[12:], _face_aad(record, index)))
     except (InvalidTag, ValueError):
         raise HeaderError(f"the disclosure token does not open face {index + 1} (the token or the header was altered)") from None
+    if token.original is not None:  # its region, restored by the key holder (verified against the sealed SHA-256)
+        if not isinstance(face, dict):
+            raise HeaderError("the faceveil header's private part is corrupt")
+        face = {**face, "original": token.original}
     faces: list = [None] * len(nonces)
     faces[index] = face
     return Opened(record["public"], {"faces": faces}, token.key, None, index)
@@ -408,8 +412,9 @@ def rekey_record(opener: Key | Identity, record: dict, add: list[Wrapper], remov
     return new, [n for n, _ in keep]
 
 
-def disclosure_token(opener: Key | Identity, record: dict, face: int) -> DisclosureToken:
-    """The token that opens face ``face`` (0-based) of this record's file, and nothing else."""
+def disclosure_token(opener: Key | Identity, record: dict, face: int, original: bytes | None = None) -> DisclosureToken:
+    """The token that opens face ``face`` (0-based) of this record's file, and nothing else
+    (``original``: the face's region, when it cannot be restored alone: ``pipeline.disclosed_region``)."""
     if record.get("faceveil") != FORMAT_VERSION:
         raise UsageError("this file predates per-face keys (header format 2): one face cannot be disclosed")
     opened = unlock(opener, record)
@@ -417,7 +422,7 @@ def disclosure_token(opener: Key | Identity, record: dict, face: int) -> Disclos
     if not 0 <= face < len(nonces):
         raise UsageError(f"the file has {len(nonces)} face(s); --face must be between 1 and {len(nonces)}")
     face_key = opened.key.face_key(nonces[face])  # type: ignore[attr-defined]
-    return DisclosureToken(unb64(record["file_nonce"]), face, nonces[face], face_key.secret)
+    return DisclosureToken(unb64(record["file_nonce"]), face, nonces[face], face_key.secret, original)
 
 
 # ---- the record on disk ---------------------------------------------------------------

@@ -43,7 +43,7 @@ STANZA_BYTES = 32 + SECRET_BYTES + 16  # ephemeral share or salt, wrapped file k
 MAX_RECIPIENTS = 64
 TOKEN_FORMAT = "faceveil-token"
 TOKEN_VERSION = 1
-MAX_TOKEN_BYTES = 4096
+MAX_TOKEN_BYTES = 64 << 20  # a token may carry its face's region (see ``DisclosureToken.original``)
 _ZERO_NONCE = bytes(12)  # every wrapping key below is used exactly once
 _LABEL = b"faceveil/v3/"
 
@@ -294,6 +294,9 @@ class DisclosureToken:
     face: int
     face_nonce: bytes
     secret: bytes = field(repr=False)
+    # the face's original region (lossless), when a later face of the file pastes into what the face's
+    # prediction reads, so that it cannot be restored alone from the model: checked against the sealed SHA-256
+    original: bytes | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"DisclosureToken(face={self.face})"
@@ -305,6 +308,8 @@ class DisclosureToken:
     def to_bytes(self) -> bytes:
         record = {"format": TOKEN_FORMAT, "version": TOKEN_VERSION, "file_nonce": _b64(self.file_nonce),
                   "face": self.face, "face_nonce": _b64(self.face_nonce), "secret": _b64(self.secret)}
+        if self.original is not None:
+            record["original"] = _b64(self.original)
         return (json.dumps(record, indent=2) + "\n").encode()
 
     @classmethod
@@ -320,7 +325,9 @@ class DisclosureToken:
             face = record["face"]
             if isinstance(face, bool) or not isinstance(face, int) or not 0 <= face < 1 << 20:
                 raise ValueError
-            token = cls(_unb64(record["file_nonce"]), face, _unb64(record["face_nonce"]), _unb64(record["secret"]))
+            original = record.get("original")
+            token = cls(_unb64(record["file_nonce"]), face, _unb64(record["face_nonce"]), _unb64(record["secret"]),
+                        None if original is None else _unb64(original))
         except KeyFileError:
             raise
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError, base64.binascii.Error):

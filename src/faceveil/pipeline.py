@@ -582,8 +582,13 @@ def _footprint(geometry: FaceGeometry) -> tuple[float, float, float, float]:
     return (corners[1].min() - reach, corners[1].max() + reach, corners[0].min() - reach, corners[0].max() + reach)
 
 
-def _entangled(geometries: list[FaceGeometry], index: int) -> bool:
-    """Whether a face veiled after face ``index`` pastes into the pixels face ``index``'s crop reads."""
+def entangled(geometries: list[FaceGeometry], index: int) -> bool:
+    """Whether a face veiled after face ``index`` pastes into the pixels face ``index``'s crop reads.
+
+    Recovery restores faces in reverse order, so face ``index`` is predicted from the photo
+    as anonymization saw it. Restored alone (a disclosure token), with the later faces still
+    veiled, such a face would be predicted from other pixels: its token carries its region instead.
+    """
     y0, y1, x0, x1 = _footprint(geometries[index])
     for later in geometries[index + 1 :]:
         b = later.region.bounds
@@ -647,9 +652,7 @@ def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: boo
             if ties.any():
                 coded["ties"] = encode_ties(ties)
             direct = encode_region(original, region.inside)
-            # the model predicts this face worse than the codec alone, or a later face changes what its
-            # prediction reads (then a disclosure token, which leaves that face veiled, could not replay it)
-            if len(direct) < sum(map(len, coded.values())) or _entangled(state.geometries, index):
+            if len(direct) < sum(map(len, coded.values())):  # the model predicts this face worse than the codec alone
                 private["original"] = direct
             else:
                 private.update(coded)
@@ -739,6 +742,24 @@ class _Recovering:
     def opened_index(self, position: int) -> int:
         """The header index of the ``position``-th face this recovery restores."""
         return [i for i in range(len(self.faces) + len(self.skipped)) if i not in self.skipped][position]
+
+
+def disclosed_region(photo: VeiledPhoto, key: Key, model: DiffusionModel, index: int) -> bytes | None:
+    """What a disclosure token for face ``index`` must carry besides the face key: ``None`` when the
+    face can be restored alone with the model, else its original region, coded losslessly
+    (a later face pastes into what its prediction reads, see :func:`entangled`). Needs the whole
+    file opened (``photo.private`` with every face) and, in the second case, a full recovery."""
+    state = prepare_recovery(photo, model)
+    geometries = [f[0] for f in state.faces]
+    treatment = state.treatments[index] if state.treatments else MODEL
+    if treatment != MODEL or "original" in state.faces[index][3] or not entangled(geometries, index):
+        return None
+    restored, info = recover_arrays([photo], key, model)[0]
+    if index in info.inexact_faces:
+        raise UsageError(f"face {index + 1} does not recover exactly on this machine; no token was written")
+    region = geometries[index].region
+    y0, y1, x0, x1 = region.bounds
+    return encode_region(_read_back_rgb(np.asarray(restored, dtype=np.uint8))[y0:y1, x0:x1], region.inside)
 
 
 def prepare_recovery(photo: VeiledPhoto, model: DiffusionModel) -> _Recovering:

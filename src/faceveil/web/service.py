@@ -29,7 +29,8 @@ from faceveil import api
 from faceveil.container import sidecar_path
 from faceveil.errors import FaceveilError, KeyFileError
 from faceveil.imageio import DEFAULT_MAX_PIXELS, read_image
-from faceveil.keys import Key
+from faceveil.envelope import TOKEN_FORMAT, DisclosureToken, Recipient
+from faceveil.keys import IDENTITY_KIND, Identity, Key
 from faceveil.models import DiffusionModel
 from faceveil.pipeline import Progress
 
@@ -114,7 +115,7 @@ def _place(work: Path, name: str, data: bytes) -> Path:
 
 def anonymize_upload(
     upload: Upload,
-    key: Key,
+    key: Key | Identity | Recipient | list,
     model: DiffusionModel,
     work_root: Path,
     allow_no_face: bool = False,
@@ -148,7 +149,7 @@ def anonymize_upload(
 
 def recover_upload(
     image: Upload,
-    key: Key,
+    key: Key | Identity | DisclosureToken,
     work_root: Path,
     sidecar: Upload | None = None,
     model: DiffusionModel | None = None,
@@ -180,11 +181,25 @@ def _protected(data: bytes) -> bool:
     return isinstance(record, dict) and record.get("protection", "none") != "none"
 
 
-def load_key(data: bytes, passphrase: str | None = None) -> Key:
-    """A key from an uploaded key file (``Key.from_file_bytes``); a clear ``KeyFileError`` otherwise."""
+def load_key(data: bytes, passphrase: str | None = None) -> Key | Identity | DisclosureToken:
+    """A key, an X25519 identity or a disclosure token from an uploaded file; a clear ``KeyFileError`` otherwise."""
+    try:
+        kind = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        kind = None
+    if isinstance(kind, dict) and kind.get("format") == TOKEN_FORMAT:
+        return DisclosureToken.from_bytes(data, "the uploaded token")
     if _protected(data) and not passphrase:
         raise KeyFileError("the uploaded key file is protected by a passphrase: type it in the passphrase field")
+    if isinstance(kind, dict) and kind.get("kind") == IDENTITY_KIND:
+        return Identity.from_file_bytes(data, passphrase or None, source="the uploaded identity file")
     return Key.from_file_bytes(data, passphrase or None, source="the uploaded key file")
+
+
+def parse_recipients(text: str) -> list[Recipient]:
+    """Recipient strings pasted in the page, one per line or separated by spaces or commas (``#`` lines ignored)."""
+    lines = [line for line in str(text or "").splitlines() if not line.lstrip().startswith("#")]
+    return [Recipient.parse(word) for word in re.split(r"[\s,]+", " ".join(lines)) if word]
 
 
 def new_key_file(passphrase: str | None = None) -> tuple[Key, bytes]:
