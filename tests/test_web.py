@@ -99,6 +99,40 @@ def test_service_messages_name_the_upload_not_the_private_folder(tmp_path):
         load_key(b"\x89PNG")
 
 
+def test_the_page_anonymizes_for_pasted_recipients_and_recovers_with_an_identity_or_a_token(tmp_path, pixel_model):
+    """Issue 23 in the page's service: recipients pasted (no key), an identity file uploaded to recover,
+    a disclosure token uploaded to recover its face; a token cannot anonymize."""
+    from conftest import free_face
+
+    from faceveil import api
+    from faceveil.errors import UsageError
+    from faceveil.keys import Identity
+    from faceveil.web.app import _targets
+    from faceveil.web.service import Upload, anonymize_upload, load_key, parse_recipients, recover_upload
+
+    identity = Identity.generate()
+    loaded = load_key(identity.to_file_bytes())
+    assert isinstance(loaded, Identity) and loaded.recipient == identity.recipient
+    assert [str(r) for r in parse_recipients(f"# controller\n{identity.recipient}\n")] == [identity.recipient]
+    with pytest.raises(UsageError, match="No key"):
+        _targets(None, "  ")
+    targets = _targets(None, identity.recipient)
+    photo = tmp_path / "face.png"
+    Image.fromarray(free_face("astronaut")).save(photo)
+    veiled = anonymize_upload(Upload("face.png", photo.read_bytes()), targets, pixel_model, tmp_path / "work")
+    assert veiled.faces >= 1
+    (tmp_path / "v.png").write_bytes(veiled.png)
+    back = recover_upload(Upload("v.png", veiled.png), loaded, tmp_path / "work", model=pixel_model)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(back.png)).convert("RGB")),
+                          np.asarray(Image.open(photo).convert("RGB")))
+    _, token = api.disclose(tmp_path / "v.png", identity, 1, tmp_path / "t.token", model=pixel_model)
+    uploaded = load_key((tmp_path / "t.token").read_bytes())
+    with pytest.raises(UsageError, match="only recovers"):
+        _targets(uploaded, "")
+    part = recover_upload(Upload("v.png", veiled.png), uploaded, tmp_path / "work", model=pixel_model)
+    assert part.png and list((tmp_path / "work").iterdir()) == []
+
+
 def test_uploads_are_taken_only_from_the_upload_folder(tmp_path):
     from faceveil.web.app import take_upload, upload_paths
 

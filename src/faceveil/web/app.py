@@ -24,7 +24,8 @@ from typing import Any
 
 from faceveil.errors import FaceveilError, NoFaceError, UsageError
 from faceveil.imageio import DEFAULT_MAX_PIXELS
-from faceveil.keys import Key, passphrase_warning
+from faceveil.envelope import DisclosureToken
+from faceveil.keys import Identity, Key, passphrase_warning
 from faceveil.models import DiffusionModel
 from faceveil.web import service
 from faceveil.web.service import Upload
@@ -202,10 +203,24 @@ def _failure(exc: Exception, action: str) -> str:
     return f"unexpected error ({type(exc).__name__}) while trying to {action}; nothing was kept"
 
 
-def _key_status(key: Key | None, origin: str) -> str:
+def _key_status(key: Key | Identity | DisclosureToken | None, origin: str) -> str:
     if key is None:
-        return _box("fv-warn", "No key yet: create one or upload your key file.")
+        return _box("fv-warn", "No key yet: create one or upload your key file (or paste recipients to anonymize).")
+    if isinstance(key, DisclosureToken):
+        return _box("fv-ok", f"Disclosure token in use: it recovers face {key.face + 1} of one file only ({origin}).")
+    if isinstance(key, Identity):
+        return _box("fv-ok", f"Identity in use: recipient {key.recipient} ({origin}).")
     return _box("fv-ok", f"Key in use: fingerprint {key.fingerprint} ({origin}).")
+
+
+def _targets(key: Key | Identity | DisclosureToken | None, recipients: str) -> list:
+    """Whom the page anonymizes for: the key or identity in use, and the pasted recipients (``UsageError`` if none)."""
+    if isinstance(key, DisclosureToken):
+        raise UsageError("a disclosure token only recovers its face: use a key, an identity or recipients to anonymize")
+    found = ([key] if key is not None else []) + service.parse_recipients(recipients)
+    if not found:
+        raise UsageError("No key: create one, upload your key file, or paste a recipient (faceveil1...) first.")
+    return found
 
 
 def build_app(
@@ -261,10 +276,12 @@ def build_app(
         pending = _box("fv-warn fv-pending", "Key file chosen: press “Use this key”.") if value else ""
         return pending + _key_status(current, origin), ""
 
-    def anonymize(key: Key | None, photos: dict[str, Upload] | None, allow_no_face: bool, style: str = "face",
-                  progress=gr.Progress()) -> str:
-        if key is None:
-            return _box("fv-error", "No key: create one or upload your key file first.")
+    def anonymize(key: Key | Identity | DisclosureToken | None, photos: dict[str, Upload] | None, allow_no_face: bool,
+                  style: str = "face", recipients: str = "", progress=gr.Progress()) -> str:
+        try:
+            targets = _targets(key, recipients)
+        except FaceveilError as exc:
+            return _box("fv-error", str(exc))
         uploads = list((photos or {}).values())
         if not uploads:
             return _box("fv-error", "Drop one or more photos first.")
@@ -274,7 +291,7 @@ def build_app(
             tick = _counter(lambda n, index=index, name=name: progress(
                 (index, len(uploads)), desc=f"{name}: {n} UNet evaluations", unit="photos"))
             try:
-                veiled = service.anonymize_upload(Upload(name, upload.data), key, model, work_root,
+                veiled = service.anonymize_upload(Upload(name, upload.data), targets, model, work_root,
                                                   allow_no_face=allow_no_face, max_pixels=max_pixels, progress=tick,
                                                   style=style or "face")
             except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a trace
@@ -300,7 +317,7 @@ def build_app(
     def recover(key: Key | None, images: dict[str, Upload] | None, sidecars: dict[str, Upload] | None,
                 progress=gr.Progress()) -> str:
         if key is None:
-            return _box("fv-error", "No key: upload the key the photo was anonymized with.")
+            return _box("fv-error", "No key: upload the key, identity or disclosure token the photo is for.")
         uploads = list((images or {}).values())
         if not uploads:
             return _box("fv-error", "Choose a veiled photo first.")
@@ -338,7 +355,7 @@ def build_app(
                     create_button = gr.Button("Create a new key", elem_id="create-key")
                 with gr.Column():
                     gr.Markdown("**Or use your key file**")
-                    key_upload = gr.File(label="Key file", elem_id="key-file", height=140)
+                    key_upload = gr.File(label="Key file, identity, or disclosure token", elem_id="key-file", height=140)
                     key_ready = gr.HTML("", elem_id="key-file-ready")
                     key_passphrase = gr.Textbox(label="Its passphrase (if it has one)", type="password",
                                                 elem_id="key-passphrase")
@@ -353,6 +370,9 @@ def build_app(
                                             elem_id="allow-no-face")
                 style = gr.Dropdown(STYLE_CHOICES, value="face", label="How faces are replaced (all recover exactly with the key)",
                                     elem_id="style")
+                recipients = gr.Textbox(label="Recipients (faceveil1..., one per line, optional): they recover the photos; "
+                                              "with recipients alone this page needs no key and cannot recover them",
+                                        lines=2, elem_id="recipients")
                 anonymize_button = gr.Button("Anonymize", variant="primary", elem_id="anonymize")
                 results = gr.HTML("", elem_id="results")
             with gr.Tab("3. Recover", id="recover-tab"):
@@ -378,7 +398,7 @@ def build_app(
         create_button.click(create_key, new_passphrase, [key_state, key_origin, key_status, key_notice])
         use_button.click(use_key, [key_files, key_passphrase, key_state, key_origin],
                          [key_state, key_origin, key_status, key_notice])
-        anonymize_button.click(anonymize, [key_state, photo_files, allow_no_face, style], results)
+        anonymize_button.click(anonymize, [key_state, photo_files, allow_no_face, style, recipients], results)
         recover_button.click(recover, [key_state, veiled_files, sidecar_files], recovered)
     return page
 
