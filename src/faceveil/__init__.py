@@ -49,11 +49,12 @@ def quiet_diffusers() -> None:
 _quiet_native_logs()
 
 _EXPORTS = {
-    "anonymize": "faceveil.api", "recover": "faceveil.api", "Result": "faceveil.api",
+    "anonymize": "faceveil.api", "recover": "faceveil.api", "disclose": "faceveil.api", "Result": "faceveil.api",
+    "Recipient": "faceveil.envelope", "DisclosureToken": "faceveil.envelope",
     "EngineSettings": "faceveil.engine",
     "FaceveilError": "faceveil.errors", "HeaderError": "faceveil.errors", "NoFaceError": "faceveil.errors",
     "UsageError": "faceveil.errors", "WrongKeyError": "faceveil.errors",
-    "Key": "faceveil.keys", "generate_key": "faceveil.keys",
+    "Key": "faceveil.keys", "Identity": "faceveil.keys", "generate_key": "faceveil.keys",
     "PRESETS": "faceveil.models", "DiffusionModel": "faceveil.models", "load_model": "faceveil.models",
     "default_model": "faceveil.models",
     "Settings": "faceveil.pipeline",
