@@ -266,6 +266,19 @@ def test_a_video_anonymized_to_a_recipient_recovers_with_its_identity_only(short
     recovered = recover_video(video, identity, tmp_path / "r.mkv", model=pixel_model)
     assert all(np.array_equal(a, b) for a, b in zip(original, _frames(recovered.outputs[0]), strict=True))
 
+    # rekey: the identity removed, another added; the video itself untouched, the new identity recovers exactly
+    from faceveil.envelope import Recipient
+    from faceveil.rekey import rekey_paths
+
+    new = Identity.generate()
+    before = video.read_bytes()
+    assert rekey_paths([str(video)], identity, [Recipient(new.public)], [identity.recipient], quiet=True) == 0
+    assert video.read_bytes() == before
+    with pytest.raises(WrongKeyError):
+        recover_video(video, identity, tmp_path / "x.mkv", model=pixel_model)
+    again = recover_video(video, new, tmp_path / "n.mkv", model=pixel_model)
+    assert all(np.array_equal(a, b) for a, b in zip(original, _frames(again.outputs[0]), strict=True))
+
 
 def test_h264_output_recovers_approximately_and_says_so(short, pixel_model, tmp_path):
     source, _, centres = short

@@ -412,6 +412,17 @@ def rekey_record(opener: Key | Identity, record: dict, add: list[Wrapper], remov
     return new, [n for n, _ in keep]
 
 
+def reseal(record: dict, file_key: FileKey, private: Any) -> dict:
+    """``record`` (format 3, no face seals) with its file-level private part replaced, under a fresh seal nonce:
+    how ``rekey`` updates a video record's list of frame-record digests once the frames were rewrapped."""
+    if record.get("faceveil") != FORMAT_VERSION or record.get("face_seals"):
+        raise ValueError("only a format-3 record without face seals is resealed")
+    new = dict(record)
+    new["seal_nonce"] = b64(secrets.token_bytes(12))
+    new["sealed"] = file_key.seal(unb64(new["seal_nonce"]), pack_private(private), _aad(new))
+    return new
+
+
 def disclosure_token(opener: Key | Identity, record: dict, face: int, original: bytes | None = None) -> DisclosureToken:
     """The token that opens face ``face`` (0-based) of this record's file, and nothing else
     (``original``: the face's region, when it cannot be restored alone: ``pipeline.disclosed_region``)."""

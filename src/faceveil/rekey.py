@@ -1,6 +1,7 @@
 """``faceveil rekey``: rewrap anonymized files' keys in place, atomically, over files and folders.
 
-Only the header's recipient stanzas and its sealed recipient list change
+Only the header's recipient stanzas and its sealed recipient list change (for a video, in
+every frame record, and the video record's sealed list of their digests with them)
 (:func:`faceveil.container.rekey_record`): the pixels, the public part and every seal
 stay byte for byte, so recovery stays bit-exact. A PNG's ``veIL`` chunk is replaced in
 the file's own bytes (no re-encoding); a sidecar is rewritten. Rekeying is idempotent,
@@ -18,6 +19,7 @@ import zlib
 from pathlib import Path
 
 from faceveil.atomic import write_file
+from faceveil.batch import VIDEO_SUFFIXES
 from faceveil.container import PNG_CHUNK, pack_record, read_record, rekey_record, sidecar_path
 from faceveil.envelope import Wrapper
 from faceveil.errors import FaceveilError, UsageError
@@ -73,6 +75,36 @@ def rekey_file(path: Path, opener: Key | Identity, add: list[Wrapper], remove: l
     return True, len(names)
 
 
+def rekey_video(path: Path, opener: Key | Identity, add: list[Wrapper], remove: list[str]) -> tuple[bool, int]:
+    """Rekey a veiled video's sidecar in place: every frame record rewrapped, and the video record
+    rewrapped with its list of frame-record digests resealed; the frames' own seals and pixels untouched."""
+    from faceveil.atomic import atomic_output
+    from faceveil.container import reseal, unlock
+    from faceveil.video.header import Sidecar, digest, write_sidecar
+    from faceveil.video.io import probe
+
+    info = probe(path)
+    sidecar = sidecar_path(path)
+    with Sidecar(sidecar, info.height, info.width) as reader:
+        reader.open(opener)
+        video = reader.record
+        frames = list(reader.frames())
+        count = reader.count
+    packed, changed = [], False
+    for record in frames:
+        new, _ = rekey_record(opener, record, add, remove)
+        changed |= new is not record
+        packed.append(pack_record(new))
+    new_video, names = rekey_record(opener, video, add, remove)
+    if not changed and new_video is video:
+        return False, len(names)
+    opened = unlock(opener, video)  # the file key, opened before this opener may have been removed
+    new_video = reseal(new_video, opened.key, {"frame_records_sha256": b"".join(digest(f) for f in packed)})  # type: ignore[arg-type]
+    with atomic_output(sidecar, os.stat(sidecar).st_mode & 0o777) as handle:
+        write_sidecar(handle, new_video, iter(packed), count)
+    return True, len(names)
+
+
 def _files(inputs: list[str], recursive: bool) -> list[tuple[Path | None, Path]]:
     """(folder given or None, file) for every anonymized image named or found."""
     found = []
@@ -81,7 +113,7 @@ def _files(inputs: list[str], recursive: bool) -> list[tuple[Path | None, Path]]
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             for f in sorted(path.glob(pattern)):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.endswith(".recovered" + f.suffix):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and ".recovered" not in f.name:
                     if f.suffix.lower() == ".png" or sidecar_path(f).is_file():
                         found.append((path, f))
         elif path.exists():
@@ -102,7 +134,8 @@ def rekey_paths(inputs: list[str], opener: Key | Identity, add: list[Wrapper], r
     for folder, path in files:
         entry: dict = {"file": str(path.relative_to(folder)) if folder else path.name}
         try:
-            changed, count = rekey_file(path, opener, add, remove)
+            video = path.suffix.lower() in VIDEO_SUFFIXES
+            changed, count = (rekey_video if video else rekey_file)(path, opener, add, remove)
             entry.update(status="rekeyed" if changed else "unchanged", recipients=count)
             counts[entry["status"]] += 1
             if not quiet:

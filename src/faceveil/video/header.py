@@ -149,6 +149,7 @@ class Sidecar:
         if not isinstance(digests, bytes) or len(digests) != 32 * self.count or public["video"]["frames"] != self.count:
             raise HeaderError(f"the video header of {where} has been tampered with (frame list)")
         self._digests = digests
+        self.record = record  # the video record as read (``faceveil rekey`` rewraps it)
         return public
 
     def frames(self) -> Iterator[dict]:
