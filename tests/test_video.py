@@ -266,6 +266,19 @@ def test_a_video_anonymized_to_a_recipient_recovers_with_its_identity_only(short
     recovered = recover_video(video, identity, tmp_path / "r.mkv", model=pixel_model)
     assert all(np.array_equal(a, b) for a, b in zip(original, _frames(recovered.outputs[0]), strict=True))
 
+    # a disclosure token of the track: its face restored in every frame, and it is the only face
+    from faceveil.api import disclose
+
+    _, token = disclose(video, identity, 1, tmp_path / "track.token")
+    alone = recover_video(video, tmp_path / "track.token", tmp_path / "t.mkv", model=pixel_model)
+    assert all(np.array_equal(a, b) for a, b in zip(original, _frames(alone.outputs[0]), strict=True))
+    assert any("only track 1" in n for n in alone.notes)
+    with pytest.raises(WrongKeyError):  # another track of this video: there is none, and the nonce must match
+        from faceveil.envelope import DisclosureToken
+
+        recover_video(video, DisclosureToken(token.file_nonce, 1, token.face_nonce, token.secret), tmp_path / "y.mkv",
+                      model=pixel_model)
+
     # rekey: the identity removed, another added; the video itself untouched, the new identity recovers exactly
     from faceveil.envelope import Recipient
     from faceveil.rekey import rekey_paths

@@ -371,7 +371,8 @@ def disclose(
     model: DiffusionModel | str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tuple[Path, DisclosureToken]:
-    """Write a disclosure token for face ``face`` (1-based, header order) of an anonymized image.
+    """Write a disclosure token for face ``face`` (1-based, header order) of an anonymized image,
+    or for track ``face`` of a veiled video.
 
     The token recovers that face of that file and nothing else (SECURITY.md). It holds the
     face's key; where a later face of the photo pastes into what this face's prediction
@@ -387,6 +388,13 @@ def disclose(
         raise UsageError("a disclosure token cannot disclose: give the key or identity the file is for")
     if target.exists():
         raise UsageError(f"{target} already exists; refusing to overwrite it")
+    from faceveil.batch import VIDEO_SUFFIXES
+
+    if source.suffix.lower() in VIDEO_SUFFIXES:  # a video: ``face`` is a track, its key opens it in every frame
+        from faceveil.video.veil import disclose_track
+
+        token = disclose_track(source, opener, face - 1)
+        return token.save(target), token
     record = read_record(source)
     opened = unlock(opener, record)
     count = len(opened.public.get("faces", []))

@@ -35,10 +35,12 @@ from faceveil.container import (
     open_header,
     pack_record,
     seal_header,
+    unb64,
     unpack_record,
 )
-from faceveil.errors import HeaderError
-from faceveil.keys import Key
+from faceveil.envelope import DisclosureToken
+from faceveil.errors import HeaderError, WrongKeyError
+from faceveil.keys import Identity, Key
 
 VIDEO_MAGIC = b"faceveil-video"
 VIDEO_VERSION = 1
@@ -110,6 +112,7 @@ class Sidecar:
             raise HeaderError(f"{self.path.name} announces {count} frames, more than its size allows: refused")
         self.count = count
         self._digests: bytes | None = None
+        self._unverified = False  # opened by a track's token: frames read without the (sealed) digest list
         self._next = 0
 
     def _read(self, bound: int, what: str) -> bytes:
@@ -124,8 +127,12 @@ class Sidecar:
             raise HeaderError(f"{self.path.name} is truncated ({what})")
         return data
 
-    def open(self, key: Key) -> dict:
-        """Read and open the video record (wrong key and tampering stop here); returns its public part."""
+    def open(self, key: Key | Identity | DisclosureToken) -> dict:
+        """Read and open the video record (wrong key and tampering stop here); returns its public part.
+
+        A disclosure token (one track) cannot open the video record's seal: it is checked to be
+        this video's and one of its tracks', and the frames are then read without the digest list.
+        """
         data = self._read((1 << 20) + 32 * self.count, "the video record")
         where = self.path.name
         if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 5:
@@ -144,22 +151,36 @@ class Sidecar:
             record["envelope"], record["sealed"], record["face_seals"] = blobs_v3(data, start + head_len, where)
         else:
             record["sealed"] = bytes(data[start + head_len:])
+        self.record = record  # the video record as read (``faceveil rekey`` rewraps it)
+        if isinstance(key, DisclosureToken):
+            return self._open_for_track(key, record)
         public, private = open_header(key, record)
         digests = private.get("frame_records_sha256") if isinstance(private, dict) else None
         if not isinstance(digests, bytes) or len(digests) != 32 * self.count or public["video"]["frames"] != self.count:
             raise HeaderError(f"the video header of {where} has been tampered with (frame list)")
         self._digests = digests
-        self.record = record  # the video record as read (``faceveil rekey`` rewraps it)
+        return public
+
+    def _open_for_track(self, token: DisclosureToken, record: dict) -> dict:
+        public = record["public"]
+        if record.get("faceveil") != FORMAT_VERSION or unb64(record["file_nonce"]) != token.file_nonce:
+            raise WrongKeyError("this disclosure token is for another file")
+        tracks = public["video"]["tracks"]
+        if token.face >= len(tracks) or str(tracks[token.face].get("nonce")) != token.face_nonce.hex():
+            raise WrongKeyError(f"this disclosure token is not for track {token.face + 1} of this video")
+        if public["video"]["frames"] != self.count:
+            raise HeaderError(f"the video header of {self.path.name} has been tampered with (frame list)")
+        self._unverified = True
         return public
 
     def frames(self) -> Iterator[dict]:
         """Each frame's record in order, checked against the video record's digests."""
-        if self._digests is None:
+        if self._digests is None and not self._unverified:
             raise RuntimeError("open the video record first")
         bound = header_bound(*self.shape)
         for i in range(self.count):
             data = self._read(bound, f"frame {i}'s record")
-            if digest(data) != self._digests[32 * i: 32 * (i + 1)]:
+            if self._digests is not None and digest(data) != self._digests[32 * i: 32 * (i + 1)]:
                 raise HeaderError(f"the video header of {self.path.name} has been tampered with (frame {i})")
             yield unpack_record(data, f"frame {i} of {self.path.name}", shape=self.shape)
 

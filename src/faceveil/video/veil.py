@@ -46,9 +46,9 @@ from faceveil.api import (
     default_output,
 )
 from faceveil.atomic import atomic_output, write_file
-from faceveil.container import pack_record, sidecar_path, unlock
-from faceveil.envelope import Envelope, envelope_for, job_tag
-from faceveil.errors import NoFaceError, UsageError
+from faceveil.container import Opened, pack_record, sidecar_path, unb64, unlock
+from faceveil.envelope import DisclosureToken, Envelope, envelope_for, job_tag
+from faceveil.errors import HeaderError, NoFaceError, UsageError
 from faceveil.faces import DEFAULT_MIN_SIZE, detect_faces
 from faceveil.keys import Key, new_nonce
 from faceveil.models import DiffusionModel
@@ -438,6 +438,45 @@ def anonymize_video(
                        seconds=clock.seconds, frames_run=clock.frames, resumed_at=first, frame_faces=per_frame)
 
 
+def disclose_track(input: str | os.PathLike, key, track: int) -> DisclosureToken:
+    """The disclosure token of track ``track`` (0-based, the header's order) of a veiled video: its face key,
+    which opens that track's face in every frame the run sealed with the video's file key, and nothing else."""
+    source = Path(input)
+    info = probe(source)
+    opener = _opener(key)
+    if isinstance(opener, DisclosureToken):
+        raise UsageError("a disclosure token cannot disclose: give the key or identity the video is for")
+    with Sidecar(sidecar_path(source), info.height, info.width) as sidecar:
+        public = sidecar.open(opener)
+        record = sidecar.record
+    if record.get("faceveil") != 3:
+        raise UsageError("this video predates per-face keys (header format 2): one track cannot be disclosed")
+    tracks = public["video"]["tracks"]
+    if not 0 <= track < len(tracks):
+        raise UsageError(f"{source} has {len(tracks)} track(s); --face must be between 1 and {len(tracks)}")
+    nonce = bytes.fromhex(tracks[track]["nonce"])
+    face_key = unlock(opener, record).key.face_key(nonce)  # type: ignore[attr-defined]
+    return DisclosureToken(unb64(record["file_nonce"]), track, nonce, face_key.secret)
+
+
+def _unlock_frame(opener, record: dict, closed: list[int]):
+    """A frame record opened by a key or identity, or for a track's disclosure token: the track's face in
+    this frame (found by its nonce) opened with the token's face key, the frame's other faces left shut."""
+    if not isinstance(opener, DisclosureToken):
+        return unlock(opener, record)
+    public = record["public"]
+    faces = public.get("faces", [])
+    shut = Opened(public, {"faces": [None] * len(faces)}, opener.key)
+    index = next((i for i, f in enumerate(faces) if f.get("nonce") == opener.face_nonce.hex()), None)
+    if index is None:
+        return shut  # the track has no face in this frame
+    try:
+        return unlock(DisclosureToken(unb64(record["file_nonce"]), index, opener.face_nonce, opener.secret), record)
+    except HeaderError:
+        closed.append(index)
+        return shut
+
+
 def _track_noises(work: WorkFolder, source: Path, tracks: list[Track], per_frame: list[list[TrackFace]], key: Key,
                   model: DiffusionModel, settings: Settings, max_pixels: int | None) -> dict[int, torch.Tensor]:
     """Each track's keyed noise, from the frame of its first detection (a whole face, not a flow-followed
@@ -550,6 +589,7 @@ def recover_video(
         total = sidecar.count
         records = sidecar.frames()
         reports: list[FaceReport] = []
+        closed: list[int] = []  # frames whose track face a token could not open
 
         def next_record() -> dict:
             record = next(records, None)
@@ -562,7 +602,7 @@ def recover_video(
 
         def process(frames: list[Frame]) -> list[tuple[np.ndarray, dict]]:
             photos = [VeiledPhoto(frame.rgb, o.public, o.private, None, o.key)
-                      for frame, o in ((f, unlock(key, next_record())) for f in frames)]
+                      for frame, o in ((f, _unlock_frame(key, next_record(), closed)) for f in frames)]
             done = []
             for array, result in recover_arrays(photos, key, model, use_residual=use_residual, batch_size=batch):
                 reports.extend(result.reports)
@@ -582,6 +622,11 @@ def recover_video(
     notes = []
     if first:
         notes.append(f"resumed at frame {first} of {total} (earlier frames from the unfinished run)")
+    if isinstance(key, DisclosureToken):
+        notes.append(f"only track {key.face + 1} was restored (a disclosure token); the other faces stay veiled")
+        if closed:
+            notes.append(f"the token did not open track {key.face + 1} in {len(closed)} frame(s) (made by a resumed "
+                         "anonymization run with another file key, or altered): they stay veiled")
     changed = sum(e["changed"] for e in entries)
     if changed:
         why = (f"the veiled video is lossy H.264 ({H264_QUALITY})" if not clip["lossless"]
