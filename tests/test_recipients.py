@@ -293,6 +293,10 @@ def test_bad_recipients_are_usage_errors(face_png, pixel_model_dir, tmp_path, ca
     good = Identity.generate().recipient
     typo = good[:-1] + ("q" if good[-1] != "q" else "p")
     assert main(["anonymize", str(face_png), "-o", out, "--recipient", typo, *model, *STEPS]) == 2
+    import bech32
+
+    zero = bech32.bech32_encode("faceveil", bech32.convertbits([0] * 32, 8, 5))  # a low-order point
+    assert main(["anonymize", str(face_png), "-o", out, "--recipient", zero, *model, *STEPS]) == 2
     listing = tmp_path / "recipients.txt"
     listing.write_text(f"# the controller\n{good}\n\n")
     assert main(["anonymize", str(face_png), "-o", out, "--recipients-file", str(listing), *model, *STEPS]) == 0

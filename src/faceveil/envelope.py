@@ -81,6 +81,10 @@ class Recipient:
         raw = bech32.convertbits(data, 5, 8, False)
         if raw is None or len(raw) != 32:
             raise UsageError(f"{text!r} is not a faceveil recipient (wrong length)")
+        try:  # a low-order point would make every exchange zero: refused here, not in the middle of a batch
+            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(bytes(raw)))
+        except ValueError:
+            raise UsageError(f"{text!r} is not a usable X25519 public key") from None
         return cls(bytes(raw))
 
     def wrap(self, file_secret: bytes, file_nonce: bytes) -> bytes:
