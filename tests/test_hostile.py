@@ -253,15 +253,18 @@ def test_rewritten_header_json_is_refused(tmp_path, reshape):
     path = tmp_path / "v.jpg"
     write_veiled(path, image, record)
     open_header(key, read_record(path))  # as written: fine
-    fields = {k: record[k] for k in ("faceveil", "file_nonce", "check", "public", "seal_nonce")}
+    fields = {k: record[k] for k in ("faceveil", "file_nonce", "recipients", "check", "public", "seal_nonce")}
     text = {
         "indent": json.dumps(fields, sort_keys=True, indent=2),
         "reorder": json.dumps(dict(reversed(list(fields.items()))), separators=(",", ":")),
         "escape": json.dumps(fields, sort_keys=True, separators=(",", ":")).replace('"faces"', '"\\u0066aces"'),
     }[reshape].encode()
-    assert json.loads(text) == json.loads(pack_record(record)[len(MAGIC) + 5 : -len(record["sealed"])])  # same content
+    packed = pack_record(record)
+    (head_len,) = struct.unpack_from(">I", packed, len(MAGIC) + 1)
+    head, tail = packed[len(MAGIC) + 5 : len(MAGIC) + 5 + head_len], packed[len(MAGIC) + 5 + head_len :]
+    assert json.loads(text) == json.loads(head)  # same content
     sidecar = tmp_path / "v.jpg.veil"
-    sidecar.write_bytes(MAGIC + struct.pack(">BI", FORMAT_VERSION, len(text)) + text + record["sealed"])
+    sidecar.write_bytes(MAGIC + struct.pack(">BI", FORMAT_VERSION, len(text)) + text + tail)
     with pytest.raises(HeaderError, match="byte for byte"):
         read_record(path)
 

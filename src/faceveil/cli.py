@@ -509,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image or video files (videos: -o NAME.mp4 for lossy H.264, else FFV1 .mkv), or folders")
     p.add_argument("--key", default=None, metavar="KEYFILE",
-                   help="a symmetric key file (or an identity file, for its recipient): it will recover the files")
+                   help="the secret key file made by `faceveil keygen` (or an identity file, for its recipient): "
+                        "it will recover the files")
     _recipient_options(p)
     p.add_argument("-o", "--output", metavar="OUT", help=OUTPUT_HELP.format(name="photo.veiled.png"))
     p.add_argument("--model", default=None, metavar="M",

@@ -229,13 +229,15 @@ def seal_header(keys: Key | Envelope | object, public: dict, private: Any) -> di
         "public": public,
         "seal_nonce": b64(secrets.token_bytes(12)),
     }
-    if isinstance(private, dict) and isinstance(private.get("faces"), list) and private["faces"]:
+    try:  # faces sealed apart need their public nonces (a baseline's record may have none: sealed whole)
+        nonces = _face_nonces(public)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        nonces = []
+    split = isinstance(private, dict) and isinstance(private.get("faces"), list) and private["faces"]
+    if split and len(nonces) >= len(private["faces"]):
         rest, faces = {k: v for k, v in private.items() if k != "faces"}, private["faces"]
     else:
         rest, faces = private, []
-    nonces = _face_nonces(public) if faces else []
-    if len(nonces) < len(faces):
-        raise ValueError("more private faces than public ones")
     seals = []
     for index, (face, nonce) in enumerate(zip(faces, nonces)):
         seal_nonce = secrets.token_bytes(12)
@@ -308,7 +310,7 @@ def unlock(opener: Key | Identity | DisclosureToken, record: dict) -> Opened:
             if not isinstance(envelope, bytes) or not all(isinstance(b, bytes) and len(b) > 12 for b in face_seals):
                 raise TypeError
             stanzas = [unb64(s) for s in record["recipients"]]
-            nonces = _face_nonces(public)
+            nonces = _face_nonces(public) if face_seals else []
         aad = _aad(record)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
         raise HeaderError("the faceveil header is malformed (missing or invalid fields)") from None

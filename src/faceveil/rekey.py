@@ -113,7 +113,7 @@ def _files(inputs: list[str], recursive: bool) -> list[tuple[Path | None, Path]]
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             for f in sorted(path.glob(pattern)):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and ".recovered" not in f.name:
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + tuple(VIDEO_SUFFIXES) and ".recovered" not in f.name:
                     if f.suffix.lower() == ".png" or sidecar_path(f).is_file():
                         found.append((path, f))
         elif path.exists():

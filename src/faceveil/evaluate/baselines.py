@@ -29,7 +29,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from faceveil.container import open_header, pixels_sha256, seal_header
+from faceveil.container import open_header, pixels_sha256, seal_header, unlock
 from faceveil.engine import EngineSettings
 from faceveil.faces import CANONICAL_LANDMARKS5, detect_faces, face_outline, outline_region, transform_points
 from faceveil.faces.paste import blend_region, paste_crop, sample_crop
@@ -187,7 +187,8 @@ class DiffusionMethod:
     def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:
         if not self.recompute_mask:
             return recover_array(array, record, key, self.model, use_residual=self.residual)[0]
-        public, private = open_header(key, record)
+        opened = unlock(key, record)
+        public, private = opened.public, opened.private
         faces = []
         for pub, priv in zip(public["faces"], private["faces"]):
             transform = AlignTransform.from_json(pub["transform"])
@@ -198,7 +199,8 @@ class DiffusionMethod:
             else:
                 self.masks_recomputed += 1
                 faces.append({**priv, "outline": outline.astype("<f4").tobytes()})
-        return recover_opened(array, public, {**private, "faces": faces}, key, self.model, use_residual=self.residual)[0]
+        return recover_opened(array, public, {**private, "faces": faces}, opened.key, self.model,
+                              use_residual=self.residual)[0]
 
 
 def paper_reference(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from faceveil.container import encode_png, open_header, pack_record
+from faceveil.container import encode_png, pack_record, unlock
 from faceveil.engine import EngineSettings, Schedule, masked_noise
 from faceveil.errors import FaceveilError, HeaderError, WrongKeyError
 from faceveil.evaluate.baselines import Anonymized, DiffusionMethod, Method, face_region
@@ -171,10 +171,13 @@ def key_protocol(
     without the sealed residual or region, which a wrong key could never decrypt: what the
     model alone gives back under that key); check that a wrong key and a tampered header
     are refused by ``recover_array``."""
-    public, private = open_header(key, record)
+    opened = unlock(key, record)
+    public, private, pattern_key = opened.public, opened.private, opened.key  # the file's own key (format 3)
     recovered = recover_array(anonymized, record, key, model, use_residual=use_residual)[0]
-    wrong = recover_opened(anonymized, public, private, Key.generate(), model, use_residual=False)[0]
-    one_bit = recover_opened(anonymized, public, private, flip_one_bit(key), model, use_residual=False)[0]
+    kind = type(pattern_key)  # a wrong key and a one-bit-off key of the same kind: they draw the faces' patterns alike
+    wrong = recover_opened(anonymized, public, private, kind(Key.generate().secret), model, use_residual=False)[0]
+    one_bit = recover_opened(anonymized, public, private, kind(flip_one_bit(pattern_key).secret), model,
+                             use_residual=False)[0]
     refusals = {
         "wrong_key": _refusal(lambda: recover_array(anonymized, record, Key.generate(), model), WrongKeyError),
         "tampered_header": _refusal(lambda: recover_array(anonymized, tamper_header(record), key, model), HeaderError),
