@@ -54,17 +54,17 @@ class FaceCount:
         self.evaluations = 0
         self.done = 0
         self._clock = clock
-        self._started: float | None = None  # at the first evaluation: detection and loading are not model work
+        self._started: float | None = None  # at the first plan: detection and loading before it are not model work
         self._on_change = on_change
 
     def plan(self, faces: int, evaluations: int) -> None:
+        if self._started is None and evaluations:
+            self._started = self._clock()  # the model's work starts now
         self.faces += faces
         self.evaluations += evaluations
         self._changed()
 
     def __call__(self, n: int) -> None:
-        if self._started is None:
-            self._started = self._clock()
         self.done += n
         self._changed()
 
@@ -77,7 +77,7 @@ class FaceCount:
         return face_under_way(self.faces, self.evaluations, self.done) if self.faces else 0
 
     def seconds_left(self) -> float | None:
-        """From the pace of the evaluations so far; ``None`` before the first one or without a plan."""
+        """From the pace of the evaluations since the first plan; ``None`` before the first one or without a plan."""
         if self._started is None or not self.evaluations or not self.done:
             return None
         pace = (self._clock() - self._started) / self.done
