@@ -84,6 +84,21 @@ def measure(settings: list[str], repeats: int, baseline_repeats: int, env: dict,
     return times, loads, picks
 
 
+def machine() -> str:
+    """The CPU model, online CPUs and kernel, for the results file."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs online, {platform.system()} {platform.release()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="DDIM steps (fewer: shorter runs)")
@@ -100,6 +115,9 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     lines = [
         "# Threads: the command's choice against fixed thread counts",
+        "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}; load average "
+        f"{load_average():.2f} when it started.",
         "",
         f"`python benchmarks/threads_benchmark.py --steps {args.steps} --repeats {args.repeats} "
         f"--baseline-repeats {args.baseline_repeats} --busy {args.busy}`; "

@@ -179,3 +179,60 @@ def demo_clip(path: Path, frames: int) -> Path:
             canvas.paste(Image.fromarray(free_face(free, 178, 2.3)), (0, 20))
             canvas.save(images / f"{name}.jpg", quality=95)
     return write_demo_clip(path, shared, frames=frames)
+
+
+# ---- a stand-in for ../shared's CelebA and LFW folders, from the free faces -------------
+def free_variant(name: str, variant: int, size: int = 256, scale: float = 2.5, down: int = 0) -> np.ndarray:
+    """Variant ``variant`` (0 to 7) of the free face ``name``, ``size`` px, the face box ``1/scale`` of it
+    and moved ``down`` px: mirrored or not, and warped by a gentle wave of its own phase (a few pixels; the
+    FFHQ alignment, a similarity, cannot undo it, so the fine detail of two variants disagrees as that of
+    two photos does), with its own grain. Each stays a clear, detectable face."""
+    import cv2
+
+    face = free_face(name, size, scale, flip=bool(variant % 2)).astype(np.float32)
+    if down:
+        face = np.pad(face[:-down], ((down, 0), (0, 0), (0, 0)), mode="edge")
+    phase = 2 * np.pi * (variant // 2) / 4
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    amplitude, wave = 0.025 * size, 2 * np.pi / (0.25 * size)
+    map_x = xx + amplitude * np.sin(wave * yy + phase)
+    map_y = yy + amplitude * np.sin(wave * xx + 1.7 * phase)
+    image = cv2.remap(face, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    noise = np.random.default_rng([variant, len(name)]).normal(0.0, 2.0, image.shape)
+    return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
+
+
+def stand_in_shared(root: Path) -> Path:
+    """A folder in ../shared's layout (``data/celeba``, ``data/lfw``) whose photos are :func:`free_variant`s.
+
+    CelebA: seven identities (``101`` to ``107``), two 256 px photos each, in ``identity.txt``: the
+    astronaut's and Grace Hopper's variants, the face about 75 px wide a little below the middle, as in
+    the shared crops. LFW (250 px photos): the cameraman's variants, ``Eileen_Collins`` (two photos, the
+    evaluation pair of ``pairs.txt`` and ``pairsDevTest.txt``), ``Grace_Hopper`` and ``Lav_Varshney``
+    (three each, free to train on; names only: the photos are all the cameraman's). Every photo is a
+    distinct variant, so deduplication finds only the copies a test plants.
+    """
+    celeba = root / "data" / "celeba"
+    (celeba / "images").mkdir(parents=True, exist_ok=True)
+    lines, index = ["image identity"], 0
+    for pid in range(101, 108):
+        for k in range(2):
+            name = f"{100000 + index + 1:06d}.jpg"
+            if index % 2 == 0:
+                photo = free_variant("astronaut", index // 2, 256, 3.4, down=20)
+            else:  # Grace Hopper's photo is too tight to frame wider: framed at 196 px, then widened
+                photo = np.pad(free_variant("hopper", index // 2, 196, 2.5), ((40, 20), (30, 30), (0, 0)), mode="edge")
+            Image.fromarray(photo).save(celeba / "images" / name, quality=95)
+            lines.append(f"{name} {pid}")
+            index += 1
+    (celeba / "identity.txt").write_text("\n".join(lines) + "\n")
+    lfw, variant = root / "data" / "lfw", 0
+    for person, count in (("Eileen_Collins", 2), ("Grace_Hopper", 3), ("Lav_Varshney", 3)):
+        (lfw / "images" / person).mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            photo = Image.fromarray(free_variant("cameraman", variant, 250, 2.3))
+            photo.save(lfw / "images" / person / f"{person}_{k + 1:04d}.jpg", quality=95)
+            variant += 1
+    (lfw / "pairs.txt").write_text("1\t1\nEileen_Collins\t1\t2\n")
+    (lfw / "pairsDevTest.txt").write_text("1\nEileen_Collins\t1\t2\n")
+    return root

@@ -22,6 +22,14 @@ def test_version_is_semantic_and_in_the_changelog():
     assert (ROOT / "src" / "faceveil" / "py.typed").is_file() and (ROOT / "LICENSE").is_file()
 
 
+def test_project_urls_are_complete():
+    import tomllib
+
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert {"Homepage", "Documentation", "Changelog", "Issues"} <= set(urls)
+    assert all(re.fullmatch(r"https://[\w./-]+", url) for url in urls.values())
+
+
 def test_version_names_the_default_model_and_its_weights(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])

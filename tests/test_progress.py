@@ -100,3 +100,22 @@ def test_no_bar_when_quiet(pixel_model_dir, tmp_path, monkeypatch, quiet):
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(["anonymize", str(photo), "--key", str(key), "--model", str(pixel_model_dir), "--steps", "2", "--quiet"]) == 0
     assert "face" not in terminal.getvalue()
+
+
+def test_face_count_says_the_face_under_way_and_the_time_left():
+    from faceveil.progress import FaceCount, duration
+
+    now = [100.0]
+    shown = []
+    count = FaceCount(lambda c: shown.append(c.text()), clock=lambda: now[0])
+    assert count.text() == "" and count.seconds_left() is None
+    count.plan(3, 120)  # 40 evaluations per face
+    assert shown[-1] == "face 1 of 3"  # no pace yet, no time
+    now[0] += 20.0
+    count(40)  # 0.5 s per evaluation: 80 left, 40 s
+    assert count.face() == 2 and count.seconds_left() == pytest.approx(40.0)
+    assert shown[-1] == "face 2 of 3, about 40 s left"
+    now[0] += 40.0
+    count(80)
+    assert count.face() == 3 and shown[-1] == "face 3 of 3, about 1 s left"
+    assert duration(5400) == "about 1 h 30 min" and duration(150) == "about 2 min"

@@ -1,9 +1,10 @@
 """Tests of the chunked training set: external sources, exclusions, deduplication, fill, chunks.
 
 A tiny shared folder and tiny external sources are built here from a few real photos of
-``../shared`` (skipped without it, or without mediapipe), in the layout of the real ones:
-CelebA-numbered files (full images and tight crops), UTKFace-named files and LFW folders.
-Nothing here needs the network, a GPU or the fetched mirrors.
+``../shared`` or, without it, from distinct variants of the free photos
+(``conftest.stand_in_shared``), in the layout of the real ones: CelebA-numbered files (full
+images and tight crops), UTKFace-named files and LFW folders. Nothing here needs the
+network, a GPU or the fetched mirrors (mediapipe, a requirement, detects the faces).
 """
 
 from __future__ import annotations
@@ -27,15 +28,8 @@ from faceveil.train.crops import align_filled, filled_fraction, hamming, percept
 from faceveil.train.data import celeba_holdout_identities, load_faces
 from faceveil.train.prepare import _close_pairs, _distance, prepare_face_set
 
-from conftest import SHARED  # ../shared, or $FACEVEIL_SHARED
-CELEBA = SHARED / "data" / "celeba"
-LFW = SHARED / "data" / "lfw"
+from conftest import SHARED, stand_in_shared  # ../shared, or $FACEVEIL_SHARED
 RES = 32
-
-needs_photos = pytest.mark.skipif(
-    not (CELEBA / "images").is_dir() or not (LFW / "images").is_dir(),
-    reason="needs the shared CelebA and LFW photos in ../shared",
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -178,9 +172,11 @@ def test_extract_source_from_a_bare_mirror(tmp_path):
 def world(tmp_path_factory):
     """A shared folder and external sources with planted exclusions and duplicates."""
     pytest.importorskip("mediapipe")
-    if not (CELEBA / "images").is_dir() or not (LFW / "images").is_dir():
-        pytest.skip("needs the shared CelebA and LFW photos in ../shared")
     root = tmp_path_factory.mktemp("world")
+    photos_from = SHARED
+    if not (SHARED / "data" / "celeba" / "images").is_dir() or not (SHARED / "data" / "lfw" / "images").is_dir():
+        photos_from = stand_in_shared(root / "stand-in")  # the free photos, in ../shared's layout
+    CELEBA, LFW = photos_from / "data" / "celeba", photos_from / "data" / "lfw"
     shared, sources = root / "shared", root / "sources"
     # Six shared CelebA identities, two photos each.
     ident: dict[str, str] = {}
@@ -263,7 +259,6 @@ def world(tmp_path_factory):
     }
 
 
-@needs_photos
 def test_exclusions_drop_every_reserved_identity(world):
     prov = world["report"].provenance
     fd = tchunks.load_face_set(world["out"])
@@ -280,7 +275,6 @@ def test_exclusions_drop_every_reserved_identity(world):
     assert prov["exclusions"]["celeba_holdout"]["identities"] == world["held"]
 
 
-@needs_photos
 def test_dedup_by_number_and_by_content(world):
     prov = world["report"].provenance
     c = {k: v["counts"] for k, v in prov["sources"].items()}
@@ -303,7 +297,6 @@ def test_dedup_by_number_and_by_content(world):
     assert kept == prov["images"] == len(fd) == len(set(fd.sources))
 
 
-@needs_photos
 def test_chunks_fit_and_provenance_records_sources(world):
     out, prov = world["out"], world["report"].provenance
     assert len(prov["chunks"]) >= 2
@@ -332,7 +325,6 @@ def test_chunks_fit_and_provenance_records_sources(world):
     assert fd.manifest["format"] == tchunks.SET_FORMAT
 
 
-@needs_photos
 def test_rerun_from_cache_is_identical(world, tmp_path):
     again = prepare_face_set(
         world["shared"], tmp_path / "set32", RES, sources_root=world["sources"],
@@ -343,7 +335,6 @@ def test_rerun_from_cache_is_identical(world, tmp_path):
     assert again.seconds < world["report"].seconds
 
 
-@needs_photos
 def test_load_face_set_refuses_missing_or_corrupt_chunks(world, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(world["out"], copy)
@@ -359,7 +350,6 @@ def test_load_face_set_refuses_missing_or_corrupt_chunks(world, tmp_path):
         tchunks.load_face_set(copy)
 
 
-@needs_photos
 def test_tiny_training_on_the_chunked_set(world, tmp_path):
     from faceveil.train.trainer import TrainConfig, load_checkpoint, train
 
@@ -376,7 +366,6 @@ def test_tiny_training_on_the_chunked_set(world, tmp_path):
     assert len(summary["chunks"]) == len(world["report"].provenance["chunks"])
 
 
-@needs_photos
 def test_face_framed_set_with_masks_trains_an_inpainting_model(world, tmp_path):
     """The chunked set also carries each crop's inference mask, in the face-centred framing."""
     from faceveil.train.trainer import TrainConfig, load_checkpoint, train
@@ -399,7 +388,6 @@ def test_face_framed_set_with_masks_trains_an_inpainting_model(world, tmp_path):
     assert result.step == 1 and load_checkpoint(result.checkpoint)["data_summary"]["framing"] == "face"
 
 
-@needs_photos
 def test_cli_prepare_data_writes_a_chunked_set(world, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="faceveil")
     register(parser.add_subparsers(dest="command", required=True))
@@ -420,7 +408,6 @@ def test_cli_prepare_data_writes_a_chunked_set(world, tmp_path, capsys):
         bad.func(bad)
 
 
-@needs_photos
 def test_checks_compare_crops_with_inference_crops(world, tmp_path):
     from faceveil.train.checks import check_face_set
 

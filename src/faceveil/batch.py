@@ -29,14 +29,20 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 class Task:
     source: Path
     target: Path | None  # None: the default name beside the input
+    rel: str = ""  # the input's path relative to the folder it was found in (a file given: its name), POSIX
 
 
 def _is_output_name(path: Path) -> bool:
     return any(tag in path.name for tag in (".veiled.", ".recovered."))
 
 
-def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recovering: bool, tag: str) -> list[Task]:
-    """Expand files and folders into (input, output) pairs; ``-o`` is a file for one input file, else a folder."""
+def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recovering: bool, tag: str,
+               renamer=None) -> list[Task]:
+    """Expand files and folders into (input, output) pairs; ``-o`` is a file for one input file, else a folder.
+
+    With ``renamer`` (a :class:`faceveil.names.Renamer`, ``--rename hash``) outputs are named by
+    the keyed hash of their relative path, flat in the output folder (or beside each input).
+    """
     from faceveil.api import default_output
 
     pairs: list[tuple[Path, Path]] = []  # (file, path relative to its root)
@@ -52,17 +58,25 @@ def plan_tasks(inputs: list[str], output: str | None, recursive: bool, recoverin
         else:
             check_regular(item, "input")  # a FIFO or device named on the command line would hang the reader
             pairs.append((item, Path(item.name)))
+    if renamer is not None:
+        hashed = {rel: renamer.stem(rel) for _, rel in pairs}  # every name first: a collision refuses the batch
     if output is None:
-        return [Task(path, None) for path, _ in pairs]
+        if renamer is not None:
+            return [Task(path, default_output(path.with_name(hashed[rel] + path.suffix), tag), rel.as_posix())
+                    for path, rel in pairs]
+        return [Task(path, None, rel.as_posix()) for path, rel in pairs]
     out = Path(output)
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
     if single and not out.is_dir():
-        return [Task(pairs[0][0], out)]
+        return [Task(pairs[0][0], out, pairs[0][1].as_posix())]
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out} must be a folder when the input is a folder or several files")
+    if renamer is not None:  # flat: subfolder names are names too
+        out.mkdir(parents=True, exist_ok=True)
+        return [Task(path, default_output(out / (hashed[rel] + path.suffix), tag), rel.as_posix()) for path, rel in pairs]
     for _, rel in pairs:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-    return [Task(path, default_output(out / rel, tag)) for path, rel in pairs]
+    return [Task(path, default_output(out / rel, tag), rel.as_posix()) for path, rel in pairs]
 
 
 
@@ -105,7 +119,12 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
 
     from faceveil.api import default_output
 
-    tasks = plan_tasks(args.inputs, args.output, getattr(args, "recursive", False), recovering, tag)
+    renamer = None
+    if getattr(args, "rename", "keep") == "hash":
+        from faceveil.names import Renamer
+
+        renamer = Renamer(key)
+    tasks = plan_tasks(args.inputs, args.output, getattr(args, "recursive", False), recovering, tag, renamer)
     if not tasks:
         raise UsageError("no input images found" + ("" if getattr(args, "recursive", False) else " (folders: add --recursive to go into subfolders)"))
     batch = getattr(args, "batch", 1) or 1
@@ -188,7 +207,7 @@ def run_batch(args: argparse.Namespace, action, recovering: bool, tag: str, show
             print(f"  refused: {source}: {reason}", file=sys.stderr)
     if args.output and Path(args.output).is_dir():
         try:
-            write_manifest(Path(args.output) / "manifest.json", manifest)
+            write_manifest(Path(args.output) / "manifest.json", manifest, manifest_names(Path(args.output), tasks, renamer))
         except FaceveilError as exc:  # a full disk: say so in one line, keep the exit code of the batch
             print(f"faceveil: manifest not written: {exc}", file=sys.stderr)
             first_failure = first_failure or exc.exit_code
@@ -288,9 +307,27 @@ def merge_manifest(previous: list[dict], entries: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
-def write_manifest(path: Path, entries: list[dict]) -> None:
+def manifest_names(folder: Path, tasks: list[Task], renamer=None):
+    """How the manifest in ``folder`` names this batch's files (:class:`faceveil.names.ManifestNames`):
+    inputs relative to the folder they were found in, or by their hashed name with the path sealed."""
+    from faceveil.names import ManifestNames
+
+    inputs, sealed, rels = {}, {}, {}
+    for task in tasks:
+        source = str(task.source.resolve())
+        inputs[source] = rels[source] = task.rel or task.source.name
+        if renamer is not None:
+            stem = renamer.stem(inputs[source])
+            inputs[source], sealed[source] = stem, renamer.sealed(stem, inputs[source])
+    return ManifestNames(str(folder.resolve()), inputs, sealed, rels if renamer is not None else None)
+
+
+def write_manifest(path: Path, entries: list[dict], names=None) -> None:
     """Merge this run's entries into the folder's ``manifest.json``, atomically.
 
+    ``names`` (:class:`faceveil.names.ManifestNames`) writes paths relative (inputs to their
+    folder, outputs to this one) and reads an earlier manifest's relative records back in this
+    run's absolute terms; records of older manifests with absolute paths merge as they are.
     An unreadable manifest is kept aside (``manifest.json.unreadable-N``), never dropped.
     """
     import json
@@ -311,5 +348,11 @@ def write_manifest(path: Path, entries: list[dict]) -> None:
             aside = path.with_name(f"{path.name}.unreadable-{n}")
             os.replace(path, aside)
             print(f"faceveil: note: {path} was unreadable; kept as {aside.name}, a new one started", file=sys.stderr)
-    data = {"faceveil": __version__, "files": merge_manifest(previous, entries)}
+    if names is None:
+        from faceveil.names import ManifestNames
+
+        names = ManifestNames(str(path.parent.resolve()))
+    previous = [names.from_file(entry) if isinstance(entry, dict) else entry for entry in previous]
+    files = [names.to_file(entry) for entry in merge_manifest(previous, entries)]
+    data = {"faceveil": __version__, "files": files}
     write_file(path, (json.dumps(data, indent=1) + "\n").encode(), overwrite=True)

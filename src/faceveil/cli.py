@@ -291,7 +291,7 @@ def _verifier(args: argparse.Namespace):
     from faceveil.verify import Verifier
 
     several = len(args.inputs) > 1 or any(Path(i).is_dir() for i in args.inputs)
-    return Verifier(args.verify, args.audit_log, args.draw_boxes, several)
+    return Verifier(args.verify, args.audit_log, args.draw_boxes, several, renamed=args.rename == "hash")
 
 
 def _detection_settings(args: argparse.Namespace):
@@ -464,7 +464,7 @@ class _VersionAction(argparse.Action):
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)``.
-COMMAND_MODULES = ["faceveil.evaluate.command", "faceveil.train.command", "faceveil.web.command"]
+COMMAND_MODULES = ["faceveil.evaluate.command", "faceveil.train.command", "faceveil.web.command", "faceveil.names"]
 
 KEY_HELP = ("the secret key or X25519 identity file made by `faceveil keygen` (asks for its passphrase if it has "
             "one), or a disclosure token")
@@ -540,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", choices=FALLBACKS, default=DEFAULT_FALLBACK,
                    help="for a face the model cannot align (no mesh, cut by the border, tiny): a visible treatment "
                         "of its box, or the model on its box; each such face is reported")
+    p.add_argument("--rename", choices=("keep", "hash"), default="keep",
+                   help="hash: name outputs by a keyed hash of the input's relative path, flat in the output folder, "
+                        "so names and folders name nobody; `faceveil names` maps them back (docs/command-line.md)")
     _detection_options(p)
     _batch_options(p)
     p.set_defaults(func=_cmd_anonymize)

@@ -204,8 +204,9 @@ class Verifier:
     """
 
     def __init__(self, verify: bool = True, audit_log: str | os.PathLike | None = None,
-                 draw: str | os.PathLike | None = None, several: bool = False) -> None:
+                 draw: str | os.PathLike | None = None, several: bool = False, renamed: bool = False) -> None:
         self.verify = verify
+        self.renamed = renamed  # --rename hash: a preview is named after the output, not the input
         self.audit_log = Path(audit_log) if audit_log else None
         self.draw = Path(draw) if draw else None
         self.several = several
@@ -249,7 +250,8 @@ class Verifier:
         if self.audit_log:
             self._audit(source, result, faces, verification)
         if self.draw:
-            target = self.draw / f"{source.stem}.boxes.png" if self.several or self.draw.is_dir() else self.draw
+            stem = Path(result.outputs[0]).name.split(".veiled")[0] if self.renamed else source.stem
+            target = self.draw / f"{stem}.boxes.png" if self.several or self.draw.is_dir() else self.draw
             draw_boxes(output, faces, verification, target, [getattr(r, "treatment", "model") for r in result.faces])
         return verification
 

@@ -112,6 +112,8 @@ def run_from_args(args: argparse.Namespace, key, recovering: bool, settings=None
     if args.overwrite:
         raise UsageError("--overwrite is not offered with --ray (a retried file must never replace an output); "
                          "delete the outputs to redo them")
+    if getattr(args, "rename", "keep") != "keep":
+        raise UsageError("--rename hash is not offered with --ray yet; run without --ray, or rename afterwards")
     if recovering:
         options = dict(use_residual=not args.no_residual, max_pixels=args.max_pixels)
     else:

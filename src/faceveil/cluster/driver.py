@@ -246,7 +246,9 @@ def run_dataset(
     if not tasks:
         raise UsageError("no input images found" + ("" if recursive else " (folders: add --recursive to go into subfolders)"))
     manifest = storage.manifest_url(output, tasks)
-    previous_done = {r.get("input") for r in storage.read_manifest(manifest) if r.get("status") == "done"} if manifest else set()
+    names = storage.manifest_names(manifest, inputs, tasks) if manifest else None
+    previous_done = ({names.from_file(r).get("input") for r in storage.read_manifest(manifest) if r.get("status") == "done"}
+                     if manifest else set())
     todo: deque = deque()
     for source, target in tasks:
         source_key = storage.source_key(source)
@@ -270,12 +272,13 @@ def run_dataset(
             count = workers or None
             local_cpus = count if address == LOCAL else None
             with _ray_session(address, local_cpus) as ray, _StopRequest() as stop:  # after ray.init's own SIGTERM handler
-                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started, stop, gpus_per_worker, batch)
+                _schedule(ray, todo, key, job, count, summary, manifest, show, quiet, started, stop, gpus_per_worker, batch,
+                          names)
     except Interrupted as stop:  # SIGINT or SIGTERM: what finished is recorded, --resume does the rest
         summary.interrupted, summary.exit_code = True, stop.exit_code
     finally:
         if manifest:
-            storage.save_manifest(manifest, summary.records)
+            storage.save_manifest(manifest, summary.records, names)
         storage.sweep_leftovers(folders)
         _print_summary(summary, len(tasks))
     return summary
@@ -283,7 +286,7 @@ def run_dataset(
 
 def _schedule(ray, todo: deque, key: Key | Identity | None, job: Job, count: int | None, summary: DatasetSummary,
               manifest: str | None, show: bool, quiet: bool, started: float, stop: _StopRequest,
-              gpus_per_worker: float, batch: int) -> None:
+              gpus_per_worker: float, batch: int, names=None) -> None:
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     share = gpus_per_worker if gpus >= gpus_per_worker > 0 else 0
@@ -325,7 +328,7 @@ def _schedule(ray, todo: deque, key: Key | Identity | None, job: Job, count: int
                     progress.advance()
             if manifest and time.monotonic() - last_flush > max(5.0, 20 * flush_cost):
                 t = time.monotonic()
-                storage.save_manifest(manifest, summary.records)
+                storage.save_manifest(manifest, summary.records, names)
                 last_flush, flush_cost = time.monotonic(), time.monotonic() - t
     except Exception:
         stop.check()  # Ray torn down by the same signal: an interruption, not a crash

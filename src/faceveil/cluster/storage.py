@@ -202,14 +202,29 @@ def read_manifest(url: str) -> list[dict]:
         return []
 
 
-def save_manifest(url: str, entries: list[dict]) -> None:
-    """Merge ``entries`` into the manifest at ``url``, atomically (the batch's own writer where local)."""
+def manifest_names(url: str, inputs: list[str], tasks: list[tuple[str, str]]):
+    """The manifest's relative names (:class:`faceveil.names.ManifestNames`): inputs relative to the
+    folder they were found in, outputs relative to the manifest's folder."""
+    from faceveil.names import ManifestNames, input_names
+
+    folder = str(local_path(url).parent.resolve()) if is_local(url) else url.rsplit("/", 1)[0]
+    local = [str(local_path(i)) if is_local(i) else i for i in inputs]
+    return ManifestNames(folder, input_names(local, [str(local_path(s)) if is_local(s) else s for s, _ in tasks]))
+
+
+def save_manifest(url: str, entries: list[dict], names=None) -> None:
+    """Merge ``entries`` into the manifest at ``url``, atomically (the batch's own writer where local);
+    ``names`` writes its paths relative (``manifest_names``)."""
     if is_local(url):
-        write_manifest(local_path(url), entries)
+        write_manifest(local_path(url), entries, names)
         return
     from faceveil import __version__
 
-    data = {"faceveil": __version__, "files": merge_manifest(read_manifest(url), entries)}
+    previous = read_manifest(url)
+    if names is not None:
+        previous = [names.from_file(e) for e in previous]
+    merged = merge_manifest(previous, entries)
+    data = {"faceveil": __version__, "files": [names.to_file(e) for e in merged] if names is not None else merged}
     fs, path = _fs(url)
     temporary = f"{path}{UPLOAD_MARK}{secrets.token_hex(6)}"
     fs.pipe_file(temporary, (json.dumps(data, indent=1) + "\n").encode())

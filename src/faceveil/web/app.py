@@ -182,17 +182,27 @@ def take_upload(path: str | os.PathLike, upload_folder: Path) -> Upload | None:
     return Upload(Path(path).name, data)
 
 
-def _counter(show: Callable[[int], None]) -> Callable[[int], None]:
-    """A ``progress`` callback for the API: adds up UNet evaluations and shows the running total."""
-    total = 0
+def photo_progress(progress: Callable[..., Any], name: str, index: int = 0, count: int = 1,
+                   waiting: str = "finding faces"):
+    """The API's ``progress`` for one photo of the page, shown on Gradio's bar (``progress``, a ``gr.Progress``).
 
-    def tick(n: int) -> None:
-        nonlocal total
-        total += n
-        show(total)
+    The CLI's count (:class:`faceveil.progress.FaceCount`): the bar at the model's work done,
+    its line ``NAME: face 2 of 3, about 40 s left`` (with ``(photo 2 of 5)`` when several);
+    before the faces are known, ``waiting``."""
+    from faceveil.progress import FaceCount
 
-    show(0)
-    return tick
+    photo = f" (photo {index + 1} of {count})" if count > 1 else ""
+
+    def show(counter: FaceCount) -> None:
+        if not counter.evaluations:
+            progress((index, count), desc=f"{name}{photo}: {counter.text() or waiting}", unit="photos")
+            return
+        progress((min(counter.done, counter.evaluations), counter.evaluations), desc=f"{name}{photo}: {counter.text()}",
+                 unit="face-evals")
+
+    counter = FaceCount(show)
+    show(counter)
+    return counter
 
 
 def _failure(exc: Exception, action: str) -> str:
@@ -288,8 +298,7 @@ def build_app(
         parts, files = [], []
         names = service.unique_names([service.safe_name(u.name) for u in uploads])
         for index, (upload, name) in enumerate(zip(uploads, names)):
-            tick = _counter(lambda n, index=index, name=name: progress(
-                (index, len(uploads)), desc=f"{name}: {n} UNet evaluations", unit="photos"))
+            tick = photo_progress(progress, name, index, len(uploads))
             try:
                 veiled = service.anonymize_upload(Upload(name, upload.data), targets, model, work_root,
                                                   allow_no_face=allow_no_face, max_pixels=max_pixels, progress=tick,
@@ -322,7 +331,7 @@ def build_app(
         if not uploads:
             return _box("fv-error", "Choose a veiled photo first.")
         sidecar = next(iter((sidecars or {}).values()), None)
-        tick = _counter(lambda n: progress((n, None), desc=f"{n} UNet evaluations", unit="evals"))
+        tick = photo_progress(progress, uploads[-1].name, waiting="opening the header")
         try:
             result = service.recover_upload(uploads[-1], key, work_root, sidecar=sidecar, max_pixels=max_pixels,
                                             progress=tick)
