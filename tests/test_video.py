@@ -265,6 +265,9 @@ def test_a_video_anonymized_to_a_recipient_recovers_with_its_identity_only(short
         recover_video(video, Identity.generate(), tmp_path / "x.mkv", model=pixel_model)
     recovered = recover_video(video, identity, tmp_path / "r.mkv", model=pixel_model)
     assert all(np.array_equal(a, b) for a, b in zip(original, _frames(recovered.outputs[0]), strict=True))
+    import os
+
+    assert os.stat(recovered.outputs[0]).st_mode & 0o077 == 0  # the original faces: owner only, as photos are
 
     # a disclosure token of the track: its face restored in every frame, and it is the only face
     from faceveil.api import disclose

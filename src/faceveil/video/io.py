@@ -133,13 +133,14 @@ class VideoWriter:
     """
 
     def __init__(self, target: Path, width: int, height: int, rate: Fraction, codec: str = LOSSLESS,
-                 audio_from: Path | None = None, overwrite: bool = False) -> None:
+                 audio_from: Path | None = None, overwrite: bool = False, mode: int | None = None) -> None:
         if codec not in CODECS:
             raise UsageError(f"unknown video codec {codec!r}; choose one of {', '.join(CODECS)}")
         self.target, self.codec, self.overwrite = Path(target), codec, overwrite
         self.rate = Fraction(rate)
         self.width, self.height = width, height
         self.audio_from = audio_from
+        self.mode = mode  # e.g. atomic.PRIVATE for a recovered video (it holds the original faces); None: the umask's
         self._temp: Path | None = None
         self._count = 0
         self._last_pts = -1
@@ -243,6 +244,10 @@ class VideoWriter:
             if exc_type is not None:
                 self._temp.unlink(missing_ok=True)
         if exc_type is None:
+            if self.mode is not None:
+                from faceveil.atomic import effective_mode
+
+                os.chmod(self._temp, effective_mode(self.mode))
             publish(self._temp, self.target, self.overwrite)
 
 

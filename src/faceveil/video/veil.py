@@ -45,7 +45,7 @@ from faceveil.api import (
     _recipients,
     default_output,
 )
-from faceveil.atomic import atomic_output, write_file
+from faceveil.atomic import PRIVATE, atomic_output, write_file
 from faceveil.container import Opened, pack_record, sidecar_path, unb64, unlock
 from faceveil.envelope import DisclosureToken, Envelope, envelope_for, job_tag
 from faceveil.errors import HeaderError, NoFaceError, UsageError
@@ -533,9 +533,10 @@ def _assemble_veiled(work, source, target, key, model, plan, tracks, per_frame, 
     _write_from_chunks(work, source, target, [_time_of(t) for t in plan["times"]], info, codec, chunks, overwrite, progress)
 
 
-def _write_from_chunks(work, source, target, times, info, codec, chunks, overwrite, progress) -> None:
+def _write_from_chunks(work, source, target, times, info, codec, chunks, overwrite, progress, mode=None) -> None:
     total = len(times)
-    with VideoWriter(target, info.width, info.height, info.rate, codec, audio_from=source, overwrite=overwrite) as writer:
+    with VideoWriter(target, info.width, info.height, info.rate, codec, audio_from=source, overwrite=overwrite,
+                     mode=mode) as writer:
         i = 0
         for c in range(chunks):
             for rgb in work.chunk_frames(c):
@@ -617,7 +618,7 @@ def recover_video(
     if len(entries) != total:
         raise UsageError(f"{source} has fewer frames than its header describes ({len(entries)} of {total})")
     frame_times = [_time_of(e["time"]) for e in entries]
-    _write_from_chunks(work, source, target, frame_times, info, LOSSLESS, chunks, overwrite, progress)
+    _write_from_chunks(work, source, target, frame_times, info, LOSSLESS, chunks, overwrite, progress, mode=PRIVATE)
     work.remove()
     notes = []
     if first:
