@@ -11,11 +11,12 @@ import torch
 
 from faceveil import pipeline
 from faceveil.api import anonymize, anonymize_files, recover, recover_files
-from faceveil.container import open_header
+from faceveil.container import open_header, unlock
 from faceveil.engine import EngineSettings, Schedule, scramble, veil
 from faceveil.errors import FaceveilError, HeaderError
 from faceveil.faces.align import AlignTransform
 from faceveil.faces.mask import default_outline
+from faceveil.envelope import Envelope
 from faceveil.keys import Key, new_nonce, public_gaussian
 from faceveil.pipeline import (
     FaceJob,
@@ -137,13 +138,14 @@ def test_photos_anonymized_in_a_batch_recover_exactly_alone_in_a_batch_and_on_ot
                 out, info = pipeline.recover_array(array, record, key, pixel_model)
             assert np.array_equal(out, photo.rgb), f"not exact with {threads} threads"
             assert info.verified and info.inexact_faces == []
-    veiled = [VeiledPhoto(array, *open_header(key, record)) for array, record, _ in results]
+    opened = [(array, unlock(key, record)) for array, record, _ in results]  # the file key draws the patterns
+    veiled = [VeiledPhoto(array, o.public, o.private, None, o.key) for array, o in opened]
     for (out, info), photo in zip(recover_arrays(veiled, key, pixel_model, batch_size=3), photos):
         assert np.array_equal(out, photo.rgb) and info.verified
 
 
 def test_a_batch_gives_each_photo_what_it_gets_alone(pixel_model):
-    key, photos = Key.generate(), _photos()
+    key, photos = Envelope.new([Key.generate()]), _photos()  # one file key for the batch and the photos alone
     nonces = [[new_nonce() for _ in p.faces] for p in photos]
     fixed = [PhotoJob(p.rgb, [FaceJob(f.transform, f.outline, n) for f, n in zip(p.faces, ns)]) for p, ns in zip(photos, nonces)]
     batched = anonymize_arrays(fixed, key, pixel_model, residual=False)
@@ -189,10 +191,11 @@ def test_the_tie_codes_round_the_way_anonymization_did():
 def test_a_header_from_before_hashes_and_ties_recovers_unverified(pixel_model, residual_always):
     key, photo = Key.generate(), _photos()[0]
     array, record, _ = anonymize_array(photo.rgb, key, pixel_model, faces=photo.faces)
-    public, private = open_header(key, record)
+    opened = unlock(key, record)
+    public, private = opened.public, opened.private
     assert all("ties" in f for f in private["faces"])  # about 9 % of samples lie within 1/64 of a tie
     old = {**private, "faces": [{k: v for k, v in f.items() if k not in ("sha256", "ties")} for f in private["faces"]]}
-    out, info = recover_opened(array, public, old, key, pixel_model)  # same process, same floats: exact still
+    out, info = recover_opened(array, public, old, opened.key, pixel_model)  # same process, same floats: exact still
     assert np.array_equal(out, photo.rgb) and not info.verified and not info.inexact_faces
 
 

@@ -819,7 +819,8 @@ def recover_opened(
     use_residual: bool = True,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, RecoverInfo]:
-    """``recover_array`` from an already opened header; ``key`` supplies the sign patterns.
+    """``recover_array`` from an already opened header; ``key`` supplies the sign patterns: for a
+    format-3 file, the file key that ``container.unlock(...).key`` gives, not the key file's own.
 
     Evaluations use it to try a wrong key with the header check bypassed on purpose.
     """
