@@ -110,12 +110,14 @@ def test_default_alias_loads_under_its_real_name(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not _draft_available(), reason="the draft model's weights are not in this checkout")
-def test_shipped_default_is_the_draft_and_loads_offline(monkeypatch):
+def test_shipped_default_is_the_cpu_inpainting_model_and_both_load_offline(monkeypatch):
     from faceveil.models import default_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert default_model() == DRAFT  # until faceveil-faces-64 ships
-    assert load_model().model_id == DRAFT
+    assert default_model() == "faceveil-faces-96"  # until faceveil-faces-64 (GPU) ships
+    model = load_model()
+    assert model.model_id == "faceveil-faces-96" and model.framing == "face" and model.image_size == 96
+    assert load_model(DRAFT).model_id == DRAFT  # the draft still loads by name
 
 
 def test_hub_presets_are_chosen_by_name_with_one_line_when_unreachable(monkeypatch):
