@@ -48,6 +48,15 @@ def face_png(tmp_path):
 
 
 @pytest.fixture()
+def group_photo(tmp_path):
+    """Three LFW people side by side (../shared's photos, or free stand-ins framed alike): (path, pixels)."""
+    image = np.concatenate([lfw_face(n) for n in ("Abel_Pacheco", "Angela_Bassett", "Ann_Veneman")], axis=1)
+    path = tmp_path / "group.png"
+    Image.fromarray(image).save(path)
+    return path, image
+
+
+@pytest.fixture()
 def keyfile(tmp_path):
     """A fresh key file made by ``faceveil keygen``."""
     from faceveil.cli import main

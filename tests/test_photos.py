@@ -25,14 +25,6 @@ def _lfw(name):
     return lfw_face(name)  # LFW's 150 px photo from ../shared, or a free stand-in framed alike
 
 
-@pytest.fixture()
-def group_photo(tmp_path):
-    image = np.concatenate([_lfw(n) for n in ("Abel_Pacheco", "Angela_Bassett", "Ann_Veneman")], axis=1)
-    path = tmp_path / "group.png"
-    Image.fromarray(image).save(path)
-    return path, image
-
-
 def _regions(veiled_path, key, model, shape):
     public, private = open_header(key, read_record(veiled_path))
     union = np.zeros(shape[:2], bool)

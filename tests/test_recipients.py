@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import lfw_face
 from faceveil import api
 from faceveil.cli import main
 from faceveil.container import disclosure_token, read_record, unlock
@@ -105,14 +104,6 @@ def test_rekey_removes_one_recipient_and_adds_another(face_png, keyfile, pixel_m
     assert veiled.read_bytes() == kept
 
 
-@pytest.fixture()
-def group(tmp_path):
-    image = np.concatenate([lfw_face(n) for n in ("Abel_Pacheco", "Angela_Bassett", "Ann_Veneman")], axis=1)
-    path = tmp_path / "group.png"
-    Image.fromarray(image).save(path)
-    return path, image
-
-
 def _face_boxes(veiled: Path, key, model, shape):
     from faceveil.faces.align import AlignTransform
     from faceveil.pipeline import face_geometry
@@ -137,8 +128,8 @@ def _regions_of(veiled: Path, key, model, shape):
             yield i, face_geometry(shape, AlignTransform.from_json(face["transform"]), outline, model).region.bounds
 
 
-def test_a_disclosure_token_recovers_its_face_only(group, pixel_model, tmp_path):
-    path, original = group
+def test_a_disclosure_token_recovers_its_face_only(group_photo, pixel_model, tmp_path):
+    path, original = group_photo
     key = Key.generate()
     result = api.anonymize(path, key, tmp_path / "v.png", model=pixel_model, settings=FAST)
     faces = len(result.faces)

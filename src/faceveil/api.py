@@ -103,11 +103,6 @@ def _opener(key: Opener) -> Key | Identity | DisclosureToken:
     return load_secret(key)
 
 
-def _key(key: Key | str | os.PathLike) -> Key:
-    """A symmetric key, or a path to one (the video and cluster paths that need one)."""
-    return key if isinstance(key, Key) else Key.load(key)
-
-
 def _model(model: DiffusionModel | str | None) -> DiffusionModel:
     """A loaded model as is; a name, hub id or folder loaded; ``None`` the best embedded model."""
     return model if isinstance(model, DiffusionModel) else load_model(model)

@@ -188,8 +188,12 @@ def _aad(record: dict) -> bytes:
     return head + b"".join(hashlib.sha256(blob).digest() for blob in record["face_seals"])
 
 
-def _face_aad(record: dict, index: int) -> bytes:
-    public_digest = hashlib.sha256(canonical_json(record["public"])).hexdigest()
+def _public_digest(record: dict) -> str:
+    """SHA-256 of the public part, which every face seal authenticates (hashed once per record, not per face)."""
+    return hashlib.sha256(canonical_json(record["public"])).hexdigest()
+
+
+def _face_aad(record: dict, index: int, public_digest: str) -> bytes:
     return canonical_json({"faceveil": record["faceveil"], "file_nonce": record["file_nonce"], "face": index,
                            "public_sha256": public_digest})
 
@@ -238,10 +242,10 @@ def seal_header(keys: Key | Envelope | object, public: dict, private: Any) -> di
         rest, faces = {k: v for k, v in private.items() if k != "faces"}, private["faces"]
     else:
         rest, faces = private, []
-    seals = []
+    seals, digest = [], _public_digest(record)
     for index, (face, nonce) in enumerate(zip(faces, nonces)):
         seal_nonce = secrets.token_bytes(12)
-        seals.append(seal_nonce + file_key.face_key(nonce).seal(seal_nonce, pack_private(face), _face_aad(record, index)))
+        seals.append(seal_nonce + file_key.face_key(nonce).seal(seal_nonce, pack_private(face), _face_aad(record, index, digest)))
     record["face_seals"] = seals
     record["envelope"] = _seal_envelope(file_key, record, envelope.names)
     record["sealed"] = file_key.seal(unb64(record["seal_nonce"]), pack_private(rest), _aad(record))
@@ -341,7 +345,8 @@ def unlock(opener: Key | Identity | DisclosureToken, record: dict) -> Opened:
     try:
         rest = _unpacked(file_key.open(seal_nonce, sealed, aad))
         names = json.loads(ChaCha20Poly1305(file_key.derive(b"envelope")).decrypt(envelope[:12], envelope[12:], _envelope_aad(record)))
-        faces = [_unpacked(file_key.face_key(n).open(b[:12], b[12:], _face_aad(record, i)))
+        digest = _public_digest(record)
+        faces = [_unpacked(file_key.face_key(n).open(b[:12], b[12:], _face_aad(record, i, digest)))
                  for i, (n, b) in enumerate(zip(nonces, face_seals))]
     except InvalidTag:
         raise HeaderError("the faceveil header has been tampered with (authentication failed)") from None
@@ -363,7 +368,7 @@ def _open_face(token: DisclosureToken, record: dict, nonces: list[bytes], face_s
         raise WrongKeyError(f"this disclosure token is not for face {index + 1} of this file")
     blob = face_seals[index]
     try:
-        face = _unpacked(token.key.open(blob[:12], blob[12:], _face_aad(record, index)))
+        face = _unpacked(token.key.open(blob[:12], blob[12:], _face_aad(record, index, _public_digest(record))))
     except (InvalidTag, ValueError):
         raise HeaderError(f"the disclosure token does not open face {index + 1} (the token or the header was altered)") from None
     if token.original is not None:  # its region, restored by the key holder (verified against the sealed SHA-256)

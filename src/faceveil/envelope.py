@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from faceveil.atomic import PRIVATE, open_regular, write_new_file
 from faceveil.errors import KeyFileError, UsageError, WrongKeyError
-from faceveil.keys import NONCE_BYTES, SECRET_BYTES, Identity, Key
+from faceveil.keys import NONCE_BYTES, SECRET_BYTES, Identity, Key, _b64, _unb64, json_record
 
 RECIPIENT_HRP = "faceveil"
 STANZA_BYTES = 32 + SECRET_BYTES + 16  # ephemeral share or salt, wrapped file key, Poly1305 tag
@@ -282,14 +282,6 @@ def read_recipients_file(path: str | os.PathLike) -> list[Recipient]:
 
 
 # ---- disclosure tokens -------------------------------------------------------------------
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 @dataclass(frozen=True, repr=False)
 class DisclosureToken:
     """The key of face ``face`` (0-based) of the one file whose nonce is ``file_nonce``: recovers that face only."""
@@ -318,23 +310,17 @@ class DisclosureToken:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "token") -> DisclosureToken:
+        record = json_record(data, source, TOKEN_FORMAT, MAX_TOKEN_BYTES, "faceveil disclosure token")
+        if record.get("version") != TOKEN_VERSION:
+            raise KeyFileError(f"{source} has unsupported token version {record.get('version')!r}")
         try:
-            if len(data) > MAX_TOKEN_BYTES:
-                raise ValueError
-            record = json.loads(data.decode("utf-8"))
-            if not isinstance(record, dict) or record.get("format") != TOKEN_FORMAT:
-                raise ValueError
-            if record.get("version") != TOKEN_VERSION:
-                raise KeyFileError(f"{source} has unsupported token version {record.get('version')!r}")
             face = record["face"]
             if isinstance(face, bool) or not isinstance(face, int) or not 0 <= face < 1 << 20:
                 raise ValueError
             original = record.get("original")
             token = cls(_unb64(record["file_nonce"]), face, _unb64(record["face_nonce"]), _unb64(record["secret"]),
                         None if original is None else _unb64(original))
-        except KeyFileError:
-            raise
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError, base64.binascii.Error):
+        except (ValueError, KeyError, TypeError, base64.binascii.Error):
             raise KeyFileError(f"{source} is not a faceveil disclosure token") from None
         if len(token.file_nonce) != NONCE_BYTES or len(token.face_nonce) != NONCE_BYTES or len(token.secret) != SECRET_BYTES:
             raise KeyFileError(f"{source} is not a faceveil disclosure token (bad field sizes)")

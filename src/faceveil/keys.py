@@ -281,17 +281,25 @@ def _protected_file(record: dict, secret: bytes, passphrase: str | None, argon2:
     return (json.dumps(record, indent=2) + "\n").encode()
 
 
-def _key_file_record(data: bytes, source: str) -> dict:
-    """The JSON record of a key or identity file (bounded, a dict of the faceveil-key format), else KeyFileError."""
+def json_record(data: bytes, source: str, fmt: str = KEY_FILE_FORMAT, limit: int = MAX_KEY_FILE_BYTES,
+                what: str = "faceveil key file") -> dict:
+    """The JSON object of a small faceveil file whose ``format`` is ``fmt`` (at most ``limit`` bytes), else KeyFileError.
+
+    Key and identity files read through it, and disclosure tokens (``faceveil.envelope``)."""
     try:
-        if len(data) > MAX_KEY_FILE_BYTES:
+        if len(data) > limit:
             raise ValueError
         record = json.loads(data.decode("utf-8"))
-        if not isinstance(record, dict) or record.get("format") != KEY_FILE_FORMAT:
+        if not isinstance(record, dict) or record.get("format") != fmt:
             raise ValueError
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise KeyFileError(f"{source} is not a faceveil key file") from None
+        raise KeyFileError(f"{source} is not a {what}") from None
     return record
+
+
+def _key_file_record(data: bytes, source: str) -> dict:
+    """The JSON record of a key or identity file (bounded, a dict of the faceveil-key format), else KeyFileError."""
+    return json_record(data, source)
 
 
 def _unprotected_secret(record: dict, passphrase: str | None, source: str) -> bytes:

@@ -47,7 +47,7 @@ from faceveil.api import (
 )
 from faceveil.atomic import PRIVATE, atomic_output, write_file
 from faceveil.container import Opened, pack_record, sidecar_path, unb64, unlock
-from faceveil.envelope import DisclosureToken, Envelope, envelope_for, job_tag
+from faceveil.envelope import DisclosureToken, envelope_for, job_tag
 from faceveil.errors import HeaderError, NoFaceError, UsageError
 from faceveil.faces import DEFAULT_MIN_SIZE, detect_faces
 from faceveil.keys import Key, new_nonce
