@@ -23,8 +23,6 @@ from faceveil.video.track import (
     track_faces,
 )
 
-CELEBA = SHARED / "data" / "celeba" / "images"
-needs_celeba = pytest.mark.skipif(not (CELEBA / "000176.jpg").is_file(), reason="../shared/data/celeba is absent (real photos needed)")
 ARCFACE_FAR_1E3 = 0.324  # README: ArcFace threshold at FAR 1e-3, calibrated on LFW View 2
 LM = np.array([[-8.0, -6.0], [8.0, -6.0], [0.0, 2.0], [-6.0, 9.0], [6.0, 9.0]])  # a face's 5 points about its centre
 
@@ -312,19 +310,20 @@ def test_h264_output_recovers_approximately_and_says_so(short, pixel_model, tmp_
 
 
 # ---- the issue's clip: real photos, the real detector, the embedded model --------------------
-@needs_celeba
 def test_real_clip_every_face_anonymized_one_identity_per_track_exact(tmp_path):
+    """The demo clip of two real people (CelebA's, or the free stand-ins' without ../shared), judged by ArcFace.
+    dlib cannot judge it: its similarity of these 2-step veils to the originals, 0.86 to 0.92 in two runs,
+    straddles its own FAR 1e-3 threshold (docs/tests.md)."""
     from faceveil.errors import ModelUnavailableError
     from faceveil.evaluate.embedders import ArcFaceOnnxEmbedder
     from faceveil.faces import detect_faces
     from faceveil.models import load_model
-    from faceveil.video.demo import write_demo_clip
 
     try:
         embedder = ArcFaceOnnxEmbedder()
     except ModelUnavailableError as exc:
         pytest.skip(f"ArcFace model unavailable: {exc}")
-    clip = write_demo_clip(tmp_path / "clip.mp4", SHARED, frames=16)
+    clip = demo_clip(tmp_path / "clip.mp4", frames=16)
     original = _frames(clip)
     from faceveil.faces.ensemble import settings
 

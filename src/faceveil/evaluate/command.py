@@ -256,7 +256,7 @@ def _methods(names: Sequence[str], model: Any, steps: int) -> list[Any]:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``faceveil evaluate``: returns 0 on success (raises ``FaceveilError`` otherwise)."""
-    from faceveil.evaluate.embedders import YuNetDetector, available_embedders, get_embedder
+    from faceveil.evaluate.embedders import available_embedders, evaluation_detector, get_embedder
     from faceveil.evaluate.protocols import run_protocols
     from faceveil.evaluate.report import write_report
 
@@ -280,7 +280,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"embedder(s) not available here: {', '.join(missing)} (available: {', '.join(available_embedders()) or 'none'})"
         )
     embedders = [get_embedder(n) for n in names]
-    detector = YuNetDetector()
+    detector = evaluation_detector()
     if args.lfw:
         if not (lfw_dir / "pairs.txt").is_file():
             raise UsageError(f"LFW not found in {lfw_dir} (pass --shared)")
@@ -320,6 +320,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "methods": [m.name for m in methods],
         "embedders": names,
+        "detector": detector.name,
         "resolution": args.resolution or "native",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, torch {torch.__version__}, "

@@ -49,6 +49,8 @@ __all__ = [
     "TFLiteMobileFaceNetEmbedder",
     "FaceDetection",
     "YuNetDetector",
+    "DlibDetector",
+    "evaluation_detector",
     "select_primary_face",
     "SELECTION_POLICIES",
     "similarity_transform",
@@ -479,6 +481,8 @@ class YuNetDetector:
     chooses the main face (see :func:`select_primary_face`).
     """
 
+    name = "yunet"
+
     def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,
@@ -539,6 +543,75 @@ class YuNetDetector:
         """ArcFace-order landmarks of the main face, or ``None`` if none is found."""
         d = self.primary(image_rgb_uint8)
         return None if d is None else d.landmarks5
+
+
+class DlibDetector:
+    """dlib's HOG face detector with its 68-point shape predictor, giving boxes and ArcFace-order
+    landmarks (eye centres, nose tip, mouth corners): the evaluation detector where no YuNet file
+    is found, from PyPI alone (``pip install faceveil[eval]``: dlib-bin, face-recognition-models).
+
+    Images whose shorter side is below ``min_side`` are upsampled once, as dlib's own examples do
+    for small faces. ``policy`` chooses the main face (see :func:`select_primary_face`).
+    """
+
+    name = "dlib"
+
+    def __init__(
+        self, model_dir: str | os.PathLike[str] | None = None, min_side: int = 400, policy: str = "largest",
+    ) -> None:
+        _require("dlib", "dlib-bin")
+        import dlib
+
+        if policy not in SELECTION_POLICIES:
+            raise ValueError(f"policy must be one of {SELECTION_POLICIES}, not {policy!r}")
+        predictor = _dlib_model_dir(model_dir) / "shape_predictor_68_face_landmarks.dat"
+        if not predictor.is_file():
+            raise ModelUnavailableError(f"dlib model file not found: {predictor}")
+        self.policy = policy
+        self.min_side = int(min_side)
+        self._dlib = dlib
+        self._det = dlib.get_frontal_face_detector()
+        self._sp = dlib.shape_predictor(str(predictor))
+        self._lock = threading.Lock()
+
+    def detect(self, image_rgb_uint8: np.ndarray) -> list[FaceDetection]:
+        """All faces, best score first."""
+        img = np.ascontiguousarray(_check_image(image_rgb_uint8))
+        up = 1 if min(img.shape[:2]) < self.min_side else 0
+        out = []
+        with self._lock:
+            rects, scores, _ = self._det.run(img, up, 0.0)
+            for rect, score in zip(rects, scores):
+                p = np.array([(q.x, q.y) for q in self._sp(img, rect).parts()], dtype=np.float64)
+                # 36-41: the eye on the image's left; 42-47: the other; 30: nose tip; 48, 54: mouth corners
+                lm = np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]])
+                box = np.array([rect.left(), rect.top(), rect.width(), rect.height()], dtype=np.float64)
+                out.append(FaceDetection(box=box, landmarks5=lm, score=float(score)))
+        out.sort(key=lambda d: -d.score)
+        return out
+
+    def primary(self, image_rgb_uint8: np.ndarray) -> FaceDetection | None:
+        """The main face (see :func:`select_primary_face`) or ``None``."""
+        return select_primary_face(
+            self.detect(image_rgb_uint8), np.asarray(image_rgb_uint8).shape, self.policy
+        )
+
+    def landmarks5(self, image_rgb_uint8: np.ndarray) -> np.ndarray | None:
+        """ArcFace-order landmarks of the main face, or ``None`` if none is found."""
+        d = self.primary(image_rgb_uint8)
+        return None if d is None else d.landmarks5
+
+
+def evaluation_detector(policy: str = "largest") -> YuNetDetector | DlibDetector:
+    """The detector that judges anonymized photos, independent of the anonymizer's (MediaPipe and
+    CenterFace): YuNet where its onnx file is found (the reference figures' detector), else dlib."""
+    try:
+        return YuNetDetector(policy=policy)
+    except ModelUnavailableError as yunet:
+        try:
+            return DlibDetector(policy=policy)
+        except ModelUnavailableError as dlib:
+            raise ModelUnavailableError(f"no evaluation detector: {yunet}; and {dlib}") from None
 
 
 # --------------------------------------------------------------------------- registry

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from faceveil.evaluate.embedders import Embedder, YuNetDetector
+from faceveil.evaluate.embedders import DlibDetector, Embedder, YuNetDetector
 from faceveil.evaluate.metrics import roc_auc
 
 __all__ = [
@@ -136,7 +136,7 @@ def load_image(path: str | os.PathLike[str], resolution: int | None = None) -> n
 
 
 # --------------------------------------------------------------------------- embeddings
-def _cache_meta(embedder: Embedder, resolution: int | None, detector: YuNetDetector) -> str:
+def _cache_meta(embedder: Embedder, resolution: int | None, detector: YuNetDetector | DlibDetector) -> str:
     extra = {k: getattr(embedder, k) for k in ("alignment", "num_jitters") if hasattr(embedder, k)}
     return json.dumps(
         {
@@ -145,6 +145,7 @@ def _cache_meta(embedder: Embedder, resolution: int | None, detector: YuNetDetec
             "face_policy": getattr(detector, "policy", None),
             "score_threshold": getattr(detector, "score_threshold", None),
             **extra,
+            **({} if getattr(detector, "name", "yunet") == "yunet" else {"detector": detector.name}),
         },
         sort_keys=True,
     )
@@ -154,7 +155,7 @@ def compute_embeddings(
     images: Iterable[str],
     images_dir: str | os.PathLike[str],
     embedder: Embedder,
-    detector: YuNetDetector | None = None,
+    detector: YuNetDetector | DlibDetector | None = None,
     resolution: int | None = None,
     cache_file: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -375,7 +376,7 @@ def evaluate_lfw(
     *,
     resolution: int | None = None,
     folds: Sequence[int] | None = None,
-    detector: YuNetDetector | None = None,
+    detector: YuNetDetector | DlibDetector | None = None,
     cache_file: str | os.PathLike[str] | None = None,
     fars: Sequence[float] = (1e-2, 1e-3),
     pairs_file: str = "pairs.txt",

@@ -273,7 +273,8 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         rows.append([name, _pct(u.get("detected_rate")), fmt(u.get("landmark_drift_mean")),
                      fmt(u.get("yaw_drift_mean_deg"), 1), fmt(u.get("roll_drift_mean_deg"), 1),
                      _pct(u.get("outside_unchanged_rate")), fmt(u.get("changed_outside_pixels"))])
-    lines += _table(["method", "still detected (YuNet)", "landmark drift / IOD", "yaw drift (deg)",
+    judge = {"yunet": "YuNet", "dlib": "dlib"}.get(results.get("config", {}).get("detector", "yunet"), "YuNet")
+    lines += _table(["method", f"still detected ({judge})", "landmark drift / IOD", "yaw drift (deg)",
                      "roll drift (deg)", "outside unchanged", "changed outside px"], rows)
 
     lines += ["## 7. Linkage attack (|z_T| magnitudes)", ""]
