@@ -14,7 +14,12 @@ Per face, for each model (default anonymize settings, one fresh key per face):
   the new face's against the original's, in degrees.
 - **identity**: ArcFace (onnx in ``../shared/models``) cosine similarity between the original
   and the anonymized face; a match is a similarity above the FAR 1e-3 threshold 0.325 that
-  ``../shared/README.md`` measured on LFW View 2 for this embedder.
+  ``../shared/README.md`` measured on LFW View 2 for this embedder. The same with dlib's ResNet
+  embedder (face-recognition-models) at its FAR 1e-3 threshold 0.921 (same calibration).
+
+With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anonymized with K fresh
+keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
+different people (similarity at most the FAR 1e-3 threshold).
 
 Blur (Gaussian, sigma a tenth of the face) and pixelation (8 blocks across) are measured the
 same way as references. With ``--out``: ``figures.json``, ``report.md`` and a picture grid (grid.png)
@@ -39,6 +44,7 @@ from faceveil.pipeline import Settings, anonymize_array, face_geometry
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ARCFACE_FAR_1E3 = 0.325  # ../shared/README.md, LFW View 2, faces aligned from YuNet's 5 points
+DLIB_FAR_1E3 = 0.921  # the same calibration for dlib's embedder
 # A generic head (mm, x right, y down, z away from the camera as in OpenCV's camera frame):
 # image-left eye, image-right eye, nose tip, image-left and image-right mouth corners.
 HEAD = np.array([[-32.0, -35.0, 25.0], [32.0, -35.0, 25.0], [0.0, 0.0, 0.0], [-24.0, 32.0, 20.0], [24.0, 32.0, 20.0]])
@@ -96,10 +102,11 @@ class Judges:
     """The independent detectors and the embedder (from ../shared and dlib)."""
 
     def __init__(self) -> None:
-        from faceveil.evaluate.embedders import ArcFaceOnnxEmbedder, YuNetDetector
+        from faceveil.evaluate.embedders import ArcFaceOnnxEmbedder, DlibEmbedder, YuNetDetector
 
         self.yunet = YuNetDetector(SHARED / "models" / "face_detection_yunet_2026may.onnx")
         self.arcface = ArcFaceOnnxEmbedder(SHARED / "models" / "arcface_mobilefacenet_fr_feature.onnx")
+        self.dlib = DlibEmbedder()
         import dlib
 
         self.hog = dlib.get_frontal_face_detector()
@@ -145,7 +152,7 @@ def summarise(rows: list[dict]) -> dict:
     def arr(k: str) -> np.ndarray:
         return np.array([r[k] for r in rows if r.get(k) is not None and np.isfinite(r[k])], float)
 
-    d, y, p, s = arr("detail"), arr("yaw_diff"), arr("pitch_diff"), arr("arcface")
+    d, y, p, s, sd = arr("detail"), arr("yaw_diff"), arr("pitch_diff"), arr("arcface"), arr("dlib_sim")
     n = len(rows)
     return {
         "faces": n,
@@ -156,8 +163,20 @@ def summarise(rows: list[dict]) -> dict:
         "pose_diff_median": float(np.median(np.maximum(y, p))) if len(y) else None,
         "arcface_similarity_median": float(np.median(s)) if len(s) else None,
         "arcface_match_rate": float(np.mean(s > ARCFACE_FAR_1E3)) if len(s) else None,
+        "dlib_similarity_median": float(np.median(sd)) if len(sd) else None,
+        "dlib_match_rate": float(np.mean(sd > DLIB_FAR_1E3)) if len(sd) else None,
         "seconds_per_face": float(np.mean([r["seconds"] for r in rows])) if rows else None,
     }
+
+
+def key_diversity(rgb: np.ndarray, jobs, model, keys: int, judges: Judges, landmarks5: np.ndarray) -> list[float]:
+    """ArcFace similarities of every pair of new faces that ``keys`` fresh keys give one photo (embedded
+    at the original's landmarks: the new faces keep the pose)."""
+    embs = []
+    for _ in range(keys):
+        out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=Settings())
+        embs.append(judges.arcface.embed(out, landmarks5))
+    return [float(np.dot(embs[i], embs[j])) for i in range(keys) for j in range(i + 1, keys)]
 
 
 def main() -> None:
@@ -166,6 +185,8 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=40)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--grid", type=int, default=8, help="faces shown in the picture grid")
+    ap.add_argument("--keys", type=int, default=0, help="keys per face for the diversity measure (0: off)")
+    ap.add_argument("--diversity-faces", type=int, default=5, help="faces that get --keys keys")
     args = ap.parse_args()
     if not (SHARED / "data" / "lfw").is_dir():
         raise SystemExit(f"needs the LFW photos in {SHARED}")
@@ -173,6 +194,7 @@ def main() -> None:
     models = {name: load_model(name) for name in args.models}
     methods = list(models) + ["blur", "pixelate"]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
+    diversity: dict[str, list[float]] = {m: [] for m in models}
     tiles: list[list[np.ndarray]] = []
     photos = held_out_photos(args.faces)
     used = 0
@@ -187,6 +209,7 @@ def main() -> None:
         box = np.array([x, y, x + w, y + h])
         ref_yaw, ref_pitch = pose(np.asarray(ref.landmarks5), rgb.shape)
         ref_emb = judges.arcface.embed(rgb, np.asarray(ref.landmarks5))
+        ref_dlib = judges.dlib.embed(rgb, np.asarray(ref.landmarks5))
         row_tiles = [rgb]
         outputs: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], float]] = {}
         for name, model in models.items():
@@ -212,6 +235,8 @@ def main() -> None:
             if best is None:
                 break
             outputs[name] = (out, best[1], best[2], seconds)
+            if args.keys >= 2 and used < args.diversity_faces:
+                diversity[name] += key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5))
         if len(outputs) != len(models):
             continue
         alpha, rbox = next(iter(outputs.values()))[1:3]
@@ -225,9 +250,10 @@ def main() -> None:
             if found is not None:
                 yaw, pitch = pose(np.asarray(found.landmarks5), out.shape)
                 r["yaw_diff"], r["pitch_diff"] = abs(yaw - ref_yaw), abs(pitch - ref_pitch)
-                r["arcface"] = float(np.dot(judges.arcface.embed(out, np.asarray(found.landmarks5)), ref_emb))
-            else:  # an undetected face: embed at the original's landmarks
-                r["arcface"] = float(np.dot(judges.arcface.embed(out, np.asarray(ref.landmarks5)), ref_emb))
+            # an undetected face is embedded at the original's landmarks
+            at = np.asarray((found if found is not None else ref).landmarks5)
+            r["arcface"] = float(np.dot(judges.arcface.embed(out, at), ref_emb))
+            r["dlib_sim"] = float(np.dot(judges.dlib.embed(out, at), ref_dlib))
             rows[name].append(r)
             row_tiles.append(out)
         if len(tiles) < args.grid:
@@ -236,17 +262,30 @@ def main() -> None:
         print(f"{used:3d} {path.name}: " + ", ".join(f"{m} {rows[m][-1]['detail']:.2f}" for m in methods), flush=True)
 
     summary = {m: summarise(rows[m]) for m in methods}
+    for m, sims in diversity.items():
+        if sims:
+            summary[m]["diversity_pairs"] = len(sims)
+            summary[m]["diversity_different_rate"] = float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))
+            summary[m]["diversity_similarity_median"] = float(np.median(sims))
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "figures.json").write_text(json.dumps({"summary": summary, "faces": rows}, indent=1) + "\n")
-        lines = ["| method | faces | detail median (min) | YuNet | dlib | pose diff median | ArcFace sim. median | ArcFace match rate | s/face |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = ["| method | faces | detail median (min) | YuNet | dlib | pose diff median | ArcFace sim. median | ArcFace match rate | "
+                 "dlib sim. median | dlib match rate | s/face |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for m, s in summary.items():
             fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
             lines.append(f"| {m} | {s['faces']} | {fmt(s['detail_median'])} ({fmt(s['detail_min'])}) | {s['yunet_rate']:.0%} | "
                          f"{s['dlib_rate']:.0%} | {fmt(s['pose_diff_median'], '{:.1f}°')} | {fmt(s['arcface_similarity_median'])} | "
-                         f"{fmt(s['arcface_match_rate'], '{:.0%}')} | {fmt(s['seconds_per_face'], '{:.1f}')} |")
+                         f"{fmt(s['arcface_match_rate'], '{:.0%}')} | {fmt(s['dlib_similarity_median'])} | "
+                         f"{fmt(s['dlib_match_rate'], '{:.0%}')} | {fmt(s['seconds_per_face'], '{:.1f}')} |")
+        div = [(m, s) for m, s in summary.items() if "diversity_pairs" in s]
+        if div:
+            lines += ["", f"Diversity: {args.keys} keys on each of the first {args.diversity_faces} faces.", "",
+                      "| method | pairs | ArcFace: different people | pair similarity median |", "|---|---:|---:|---:|"]
+            lines += [f"| {m} | {s['diversity_pairs']} | {s['diversity_different_rate']:.0%} | "
+                      f"{s['diversity_similarity_median']:.2f} |" for m, s in div]
         (args.out / "report.md").write_text("\n".join(lines) + "\n")
         if tiles:
             cells = [[cv2.resize(t, (256, 256), interpolation=cv2.INTER_CUBIC) for t in row] for row in tiles]

@@ -53,6 +53,11 @@ CANONICAL_LANDMARKS5 = np.array(
     dtype=np.float64,
 )
 
+#: The face outline above the eyes is stretched this much (capped to stay inside the crop): the mesh
+#: oval stops at mid-forehead, and the strip of original forehead it left under the hairline showed
+#: as a band above every new face (docs/images, TRAINING.md "The forehead band").
+FOREHEAD = 1.4
+
 _MARGIN = 0.015  # full-strength margin outside the outline (fraction of size)
 _FEATHER = 0.035  # width of the soft ramp outside that margin (fraction of size)
 
@@ -150,6 +155,25 @@ def _ellipse_points(lm_crop: np.ndarray, n: int = 72) -> np.ndarray:
     return centre + np.outer(np.cos(ang) * rx, right) + np.outer(np.sin(ang) * ry, down)
 
 
+def _with_forehead(outline: np.ndarray, lm_crop: np.ndarray, size: int) -> np.ndarray:
+    """``outline`` with its part above the eyes stretched up by :data:`FOREHEAD`, less where the
+    stretched outline and its feathered edge would leave the crop's top."""
+    eye, right, down, _, _ = _face_frame(lm_crop)
+    rel = outline - eye
+    u, v = rel @ right, rel @ down
+    above = v < 0
+    stretch = FOREHEAD
+    reach = sum(outline_reach(size)) + 0.5
+    rising = above & (v * down[1] < 0)  # points whose crop y falls as they are stretched
+    if rising.any():
+        base = outline[rising, 1]  # y at a stretch of 1; y(k) = base + (k - 1) * v * down_y
+        slope = v[rising] * down[1]
+        stretch = min(stretch, float(np.min(1.0 + (reach - base) / slope)))
+    stretch = max(1.0, stretch)
+    v = np.where(above, v * stretch, v)
+    return eye + np.outer(u, right) + np.outer(v, down)
+
+
 def _with_hair(outline: np.ndarray, lm_crop: np.ndarray) -> np.ndarray:
     """Convex outline also covering the ears and the hair above the face."""
     _, right, down, _, _ = _face_frame(lm_crop)
@@ -174,7 +198,7 @@ def face_outline(face: Face | np.ndarray, transform: AlignTransform, include: st
 
     ``face`` is a :class:`~faceveil.faces.detect.Face` (its mesh oval is used when
     present, else an ellipse fitted to its 5 landmarks) or a 5x2 landmark array in
-    image coordinates.
+    image coordinates. Above the eyes the outline reaches towards the hairline (:data:`FOREHEAD`).
     """
     _check(include)
     mesh = getattr(face, "mesh", None)
@@ -186,6 +210,7 @@ def face_outline(face: Face | np.ndarray, transform: AlignTransform, include: st
         outline = transform_points(np.asarray(mesh, dtype=np.float64)[list(FACE_OVAL)], transform.matrix)
     else:
         outline = _ellipse_points(lm_crop)
+    outline = _with_forehead(outline, lm_crop, transform.size)
     if include == "face+hair":
         outline = _with_hair(outline, lm_crop)
     return np.asarray(outline, dtype=np.float64)

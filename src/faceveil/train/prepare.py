@@ -44,6 +44,7 @@ from faceveil.atomic import atomic_output
 from faceveil.errors import UsageError
 from faceveil.train import sources as srcmod
 from faceveil.train.chunks import DEFAULT_CHUNK_BYTES, MANIFEST_NAME, SET_FORMAT, file_sha256, write_chunks
+from faceveil.faces.mask import FOREHEAD
 from faceveil.train.data import (
     HOLDOUT_SALT,
     LFW_EXCLUSION_FILES,
@@ -183,6 +184,8 @@ def _align_all(
     from faceveil.train.data import inference_mask
 
     options = [] if (framing, masks) == ("ffhq", False) else [framing, masks]  # older caches keep their keys
+    if masks and FOREHEAD != 1.0:
+        options.append(["forehead", FOREHEAD])  # the masks' outline reaches up the forehead (faces.mask)
     key = hashlib.sha256(
         json.dumps([ALIGN_VERSION, size, s.info["sha256"], s.selected, *options]).encode()
     ).hexdigest()[:16]
