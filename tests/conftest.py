@@ -142,6 +142,27 @@ def lfw_face_file(name: str, folder: Path) -> Path:
     return out
 
 
+BORDER_CUT = 0.38  # the stand-in's cut: the share of the astronaut's face width left of the border
+
+
+def border_photo() -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """LFW's Tony_Blair_0001 (a man in profile cut by the left border beside Tony Blair; issue 20)
+    and a box around the cut face; without ../shared, a stand-in: the astronaut's face cut by the
+    left border (MediaPipe misses it; CenterFace and dlib find it) beside her whole face."""
+    path = LFW_IMAGES / "Tony_Blair" / "Tony_Blair_0001.jpg"
+    if path.is_file():
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+        side = image.shape[1] / 250  # the box was measured on the 250 px original
+        return image, (-12 * side, 30 * side, 52 * side, 140 * side)
+    face = free_face("astronaut")
+    width = face.shape[1] / 2.3  # free_face frames the face box 2.3 times
+    left = (face.shape[1] - width) / 2
+    cut = int(round(left + BORDER_CUT * width))
+    image = np.ascontiguousarray(np.concatenate([face[:, cut:], face], axis=1))
+    return image, (left - cut - 5, left - 18, left + width - cut + 5, left + width + 10)
+
+
 def large_portrait() -> np.ndarray:
     """faceveil.testing's 1024 px portrait (a face of about 600 px) from ../shared's CelebA, or,
     without it, the same kind of picture from the free Grace Hopper photo."""

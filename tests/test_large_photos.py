@@ -43,6 +43,7 @@ def test_portrait_1024_exact_small_header_and_seamless(draft_model, tmp_path):
     limits = (PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY)
     result = anonymize(src, key, model=draft_model)  # the defaults, as the README's main command
     veiled_path = result.outputs[0]
+    assert len(result.faces) == 1  # one face, and no turned false find inside it
     sides = [r.transform.size / r.transform.scale for r in result.faces]
     assert max(sides) > 900  # the crop of a ~600 px face (FFHQ crops are ~1.6x the face)
     with Image.open(veiled_path) as opened:  # a plain Pillow open works: no oversized text chunk

@@ -22,7 +22,7 @@ from faceveil.pipeline import FaceJob, Settings, anonymize_array, recover_array,
 from faceveil.schema import check_public  # noqa: E402
 from faceveil.treatments import box_geometry, plan_face  # noqa: E402
 
-from conftest import SHARED  # noqa: E402
+from conftest import border_photo  # noqa: E402
 
 FAST = Settings(EngineSettings(steps=2, refine_iters=2))
 VISIBLE = ("pixelate", "blur", "solid")
@@ -272,16 +272,10 @@ def test_mixed_treatments_in_one_photo_recover_exactly(key, pixel_model):
     assert np.array_equal(recover_array(out, record, key, pixel_model)[0], image)
 
 
-LFW = SHARED / "data" / "lfw" / "images"
-
-
-@pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data/lfw is absent (Tony_Blair_0001.jpg needed)")
 def test_blair_profile_cut_by_the_left_border_given_explicitly(key, pixel_model):
-    """LFW Tony_Blair_0001: the man on the left (a profile cut by the left border) is not detected
-    (the detector's part, issue 20); given his box, the fallback veils him exactly."""
-    image = np.asarray(Image.open(LFW / "Tony_Blair" / "Tony_Blair_0001.jpg").convert("RGB"))
-    side = image.shape[1] / 250  # the box is measured on the 250 px original
-    box = (-12 * side, 30 * side, 52 * side, 140 * side)
+    """LFW Tony_Blair_0001: the man on the left (a profile cut by the left border; or the cut face
+    of the free stand-in); given his box, the fallback veils him exactly."""
+    image, box = border_photo()
     face = Face(box=box, score=0.5, landmarks5=np.zeros((5, 2)))
     job, problem = plan_face(face, image.shape, pixel_model.image_size)
     assert problem and job.treatment == "pixelate"

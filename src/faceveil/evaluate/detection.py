@@ -166,12 +166,12 @@ def yaw_ratio(landmarks5: np.ndarray) -> float:
     return float(np.dot(lm[2] - mid, eyes / d) / d)
 
 
-def _label(img: np.ndarray) -> tuple[list[dict], list[list[float]]]:
+def _label(img: np.ndarray, labellers: tuple[str, ...] = LABELLERS) -> tuple[list[dict], list[list[float]]]:
     """Faces two labellers agree on (box: YuNet's where it has one), and ignore regions."""
     from faceveil.faces import ensemble
 
     found: list[tuple[str, ensemble.Candidate]] = []
-    for name in LABELLERS:
+    for name in labellers:
         found += [(name, c) for c in ensemble.BACKENDS[name](img, ensemble.THRESHOLDS[name])]
     groups: list[list[tuple[str, ensemble.Candidate]]] = []
     for name, c in found:
@@ -305,11 +305,15 @@ def _make(cat: str, img: np.ndarray, faces: list[list[float]], ignore: list[list
 def build_benchmark(
     shared: str | Path, out: str | Path, per_category: int = 100, seed: int = 0,
     scan_lfw: int = 2500, scan_celeba: int = 800, log: Callable[[str], None] = print,
+    labellers: tuple[str, ...] = LABELLERS,
 ) -> list[BenchItem]:
     """Label base photos from ``shared/data`` and write ``per_category`` photos per category to ``out``.
 
-    Needs the labellers (YuNet onnx, dlib, MediaPipe). Deterministic for a seed.
+    Needs the labellers (by default YuNet onnx, dlib and MediaPipe; at least two, since a label is
+    where two agree). Deterministic for a seed.
     """
+    if len(set(labellers)) < 2 or not set(labellers) <= set(LABELLERS):
+        raise UsageError(f"the benchmark needs two or more labellers of {', '.join(LABELLERS)}, got {labellers}")
     shared, out = Path(shared), Path(out)
     lfw = sorted((shared / "data" / "lfw" / "images").glob("*/*.jpg"))
     celeba = sorted((shared / "data" / "celeba" / "images").glob("*.jpg"))
@@ -322,7 +326,7 @@ def build_benchmark(
     bases = []
     for k, p in enumerate(pool):
         img = cv2.imread(str(p))[:, :, ::-1].copy()
-        faces, ignore = _label(img)
+        faces, ignore = _label(img, tuple(labellers))
         main = _main_face(faces, img.shape[1], img.shape[0])
         if main is not None:
             bases.append((p, faces, ignore, main))
@@ -348,7 +352,7 @@ def build_benchmark(
             rel = str(p.relative_to(shared))
             entries.append({"file": name, "category": cat, "faces": fb, "ignore": ib, "source": rel})
             items.append(BenchItem(out / name, cat, fb, ib, rel))
-    meta = {"seed": seed, "per_category": per_category, "labellers": list(LABELLERS),
+    meta = {"seed": seed, "per_category": per_category, "labellers": list(labellers),
             "rule": "a face is a label where >= 2 labellers agree; one alone marks an ignore region",
             "items": entries}
     (out / "labels.json").write_text(json.dumps(meta, indent=1))

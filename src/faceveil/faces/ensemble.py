@@ -244,14 +244,18 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 def merge(cands: list[Candidate], order: list[str]) -> list[Candidate]:
     """Greedy duplicate removal: earlier members of ``order`` win (their landmarks and mesh
-    are better), upright runs before turned ones, then higher scores; see :func:`_same_face` for duplicates."""
+    are better), upright runs before turned ones, then higher scores; see :func:`_same_face` for duplicates.
+    A turned run's box half inside an upright face is dropped, whatever its size."""
     rank = {n: i for i, n in enumerate(order)}
     ordered = sorted(cands, key=lambda c: ("@" in c.detector, rank.get(c.detector.split("@")[0], 99), -c.score,
                                            c.box[0], c.box[1]))
     kept: list[Candidate] = []
     for c in ordered:
-        if not any(_same_face(c.box, k.box) for k in kept):
-            kept.append(c)
+        if any(_same_face(c.box, k.box) for k in kept):
+            continue
+        if "@" in c.detector and any("@" not in k.detector and _overlap(c.box, k.box) >= 0.5 for k in kept):
+            continue  # a face lying sideways inside an upright one is a false find (an eye and a cheek, turned)
+        kept.append(c)
     return kept
 
 
@@ -315,7 +319,8 @@ def member_candidates(img: np.ndarray, name: str, threshold: float, rot: bool) -
             small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         for quarter in (1, 3):
             turned, back = _rotated(small, quarter)
-            found += [_scaled(_unrotate(c, back, quarter), small.shape, img.shape) for c in BACKENDS[name](turned, threshold)]
+            found += [_scaled(_unrotate(c, back, quarter), small.shape, img.shape) for c in BACKENDS[name](turned, threshold)
+                      if c.score >= threshold]  # MediaPipe can report a blended score below its own threshold
     return found
 
 
