@@ -17,6 +17,11 @@ Per face, for each model (default anonymize settings, one fresh key per face):
   ``../shared/README.md`` measured on LFW View 2 for this embedder. The same with dlib's ResNet
   embedder (face-recognition-models) at its FAR 1e-3 threshold 0.921 (same calibration).
 
+- **realism**: the Fréchet distance between the ArcFace embeddings of each method's new faces
+  and those of as many real held-out faces of other people (LFW first photos not used above);
+  the originals' own distance to that set is the floor at this number of faces (the figure is
+  biased upwards for small sets: compare figures of the same size only).
+
 With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anonymized with K fresh
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
 different people (similarity at most the FAR 1e-3 threshold).
@@ -38,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from faceveil.api import find_faces
+from faceveil.evaluate.metrics import frechet_distance
 from faceveil.keys import Key
 from faceveil.models import load_model
 from faceveil.pipeline import Settings, anonymize_array, face_geometry
@@ -60,6 +66,15 @@ def held_out_photos(count: int) -> list[Path]:
         if first.is_file():
             photos.append(first)
     return photos
+
+
+def other_real_photos(count: int, used: set[str]) -> list[Path]:
+    """First photos of ``count`` held-out LFW people not in ``used`` (file names), spread over the list."""
+    from faceveil.train.data import parse_lfw_pairs
+
+    names = [n for n in sorted(parse_lfw_pairs(SHARED / "data" / "lfw" / "pairs.txt")) if f"{n}_0001.jpg" not in used]
+    paths = [SHARED / "data" / "lfw" / "images" / n / f"{n}_0001.jpg" for n in names[:: max(1, len(names) // (2 * count))]]
+    return [p for p in paths if p.is_file()]
 
 
 def band_energy(grey: np.ndarray, inside: np.ndarray) -> float:
@@ -196,6 +211,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     diversity: dict[str, list[float]] = {m: [] for m in models}
     tiles: list[list[np.ndarray]] = []
+    embeddings: dict[str, list[np.ndarray]] = {}  # ArcFace embeddings of the new faces, and of the originals
     photos = held_out_photos(args.faces)
     used = 0
     for path in photos:
@@ -211,6 +227,7 @@ def main() -> None:
         ref_emb = judges.arcface.embed(rgb, np.asarray(ref.landmarks5))
         ref_dlib = judges.dlib.embed(rgb, np.asarray(ref.landmarks5))
         row_tiles = [rgb]
+        original_emb = ref_emb
         outputs: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], float]] = {}
         for name, model in models.items():
             jobs, _ = find_faces(rgb, model.image_size, framing=model.framing)
@@ -252,16 +269,33 @@ def main() -> None:
                 r["yaw_diff"], r["pitch_diff"] = abs(yaw - ref_yaw), abs(pitch - ref_pitch)
             # an undetected face is embedded at the original's landmarks
             at = np.asarray((found if found is not None else ref).landmarks5)
-            r["arcface"] = float(np.dot(judges.arcface.embed(out, at), ref_emb))
+            emb = judges.arcface.embed(out, at)
+            embeddings.setdefault(name, []).append(emb)
+            r["arcface"] = float(np.dot(emb, ref_emb))
             r["dlib_sim"] = float(np.dot(judges.dlib.embed(out, at), ref_dlib))
             rows[name].append(r)
             row_tiles.append(out)
+        embeddings.setdefault("originals", []).append(original_emb)
         if len(tiles) < args.grid:
             tiles.append(row_tiles)
         used += 1
         print(f"{used:3d} {path.name}: " + ", ".join(f"{m} {rows[m][-1]['detail']:.2f}" for m in methods), flush=True)
 
     summary = {m: summarise(rows[m]) for m in methods}
+    real = []
+    for path in other_real_photos(used, {r["photo"] for r in rows[methods[0]]}):
+        if len(real) >= used:
+            break
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        ref = judges.yunet.primary(rgb)
+        if ref is not None:
+            real.append(judges.arcface.embed(rgb, np.asarray(ref.landmarks5)))
+    frechet = {}
+    if len(real) >= 2:
+        frechet = {m: frechet_distance(np.asarray(e), np.asarray(real)) for m, e in embeddings.items()}
+        for m in methods:
+            summary[m]["frechet_arcface"] = frechet[m]
+        summary["frechet_reference"] = {"real_faces": len(real), "originals": frechet["originals"]}
     for m, sims in diversity.items():
         if sims:
             summary[m]["diversity_pairs"] = len(sims)
@@ -274,13 +308,19 @@ def main() -> None:
         lines = ["| method | faces | detail median (min) | YuNet | dlib | pose diff median | ArcFace sim. median | ArcFace match rate | "
                  "dlib sim. median | dlib match rate | s/face |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for m, s in summary.items():
+        for m in methods:
+            s = summary[m]
             fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
             lines.append(f"| {m} | {s['faces']} | {fmt(s['detail_median'])} ({fmt(s['detail_min'])}) | {s['yunet_rate']:.0%} | "
                          f"{s['dlib_rate']:.0%} | {fmt(s['pose_diff_median'], '{:.1f}°')} | {fmt(s['arcface_similarity_median'])} | "
                          f"{fmt(s['arcface_match_rate'], '{:.0%}')} | {fmt(s['dlib_similarity_median'])} | "
                          f"{fmt(s['dlib_match_rate'], '{:.0%}')} | {fmt(s['seconds_per_face'], '{:.1f}')} |")
-        div = [(m, s) for m, s in summary.items() if "diversity_pairs" in s]
+        if frechet:
+            lines += ["", f"Realism: ArcFace Fréchet distance to {len(real)} real held-out faces of other people "
+                      f"(the originals themselves: {frechet['originals']:.3f}; lower is closer to real faces).", "",
+                      "| method | Fréchet distance |", "|---|---:|"]
+            lines += [f"| {m} | {frechet[m]:.3f} |" for m in methods]
+        div = [(m, summary[m]) for m in methods if "diversity_pairs" in summary[m]]
         if div:
             lines += ["", f"Diversity: {args.keys} keys on each of the first {args.diversity_faces} faces.", "",
                       "| method | pairs | ArcFace: different people | pair similarity median |", "|---|---:|---:|---:|"]

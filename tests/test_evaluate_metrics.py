@@ -137,6 +137,23 @@ def test_identity_match_rate():
 
 
 # ----------------------------------------------------------------------------- ROC
+def test_frechet_distance_known_values():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3))
+    assert M.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    # a shift adds its squared length; Gaussians with diagonal covariances add sum (sqrt(a) - sqrt(b))^2
+    assert M.frechet_distance(x, x + [3.0, 0.0, 4.0]) == pytest.approx(25.0, rel=1e-9)
+    y = rng.normal(size=(4000, 3)) * [1.0, 2.0, 3.0]
+    sa, sb = np.diag(np.cov(x, rowvar=False)), np.diag(np.cov(y, rowvar=False))
+    expected = np.sum((np.sqrt(sa) - np.sqrt(sb)) ** 2) + np.sum((x.mean(0) - y.mean(0)) ** 2)
+    assert M.frechet_distance(x, y) == pytest.approx(expected, abs=0.05)  # off-diagonals near zero
+    assert M.frechet_distance(y, x) == pytest.approx(M.frechet_distance(x, y), rel=1e-9)
+    with pytest.raises(ValueError):
+        M.frechet_distance(x, x[:, :2])
+    with pytest.raises(ValueError):
+        M.frechet_distance(x[:1], x)
+
+
 def test_auc_perfect_inverted_and_ties():
     scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.0])
     labels = np.array([1, 1, 1, 0, 0, 0])

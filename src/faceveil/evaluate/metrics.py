@@ -28,6 +28,7 @@ __all__ = [
     "cosine_similarity",
     "pairwise_cosine",
     "identity_match_rate",
+    "frechet_distance",
     "roc_auc",
     "roc_curve",
     "SimilarityStats",
@@ -175,6 +176,33 @@ def identity_match_rate(similarities: np.ndarray, threshold: float) -> float:
 
 
 # --------------------------------------------------------------------------- ROC
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of embeddings (rows), as FID
+    computes it on Inception features: ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2)``.
+
+    The matrix root is taken as ``(S_a^1/2 S_b S_a^1/2)^1/2``, which has the same trace and is
+    symmetric, so eigendecompositions suffice (no complex parts to discard). With fewer rows
+    than dimensions the covariances are singular and the figure is biased upwards: compare
+    sets of the same size only.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"two (N, D) sets of one dimension are needed, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("each set needs at least two embeddings")
+
+    def psd_sqrt(m: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh((m + m.T) / 2)
+        return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = psd_sqrt(sa)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sb @ root_a), 0.0, None)).sum()
+    diff = a.mean(0) - b.mean(0)
+    return float(max(diff @ diff + np.trace(sa) + np.trace(sb) - 2.0 * cross, 0.0))
+
+
 def _scores_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel().astype(bool)
