@@ -292,3 +292,23 @@ def test_mesh_mask_and_paste_back_on_real_photo():
     np.testing.assert_array_equal(out[~union], img[~union])
     assert (out[union] != img[union]).mean() > 0.5
     assert union[:, :150].any() and union[:, 150:].any()
+
+
+def test_colour_fit_matches_the_skin_not_teeth_or_hair():
+    """A dark face with bright teeth, under dark hair at the top edge: the new face takes the skin's
+    colour (before, teeth pulled it lighter and greyer, and hair on the edge tinted it all)."""
+    from faceveil.faces.colour import fit_colour
+
+    size = 96
+    yy, xx = np.mgrid[0:size, 0:size]
+    inside = ((xx - 48) / 30.0) ** 2 + ((yy - 50) / 38.0) ** 2
+    interior, edge = inside < 0.8, (inside >= 0.8) & (inside < 1.2)
+    rng = np.random.default_rng(0)
+    skin = np.array([96.0, 58.0, 38.0])
+    original = np.broadcast_to(skin, (size, size, 3)) + rng.normal(0, 4, (size, size, 3))
+    original[(np.abs(yy - 70) < 4) & (np.abs(xx - 48) < 12)] = 235.0  # teeth
+    original[(yy < 30) & edge] = 20.0  # hair across the top of the edge band
+    generated = np.full((size, size, 3), 128.0) + rng.normal(0, 6, (size, size, 3))
+    new = fit_colour(generated, original, interior, edge).forward(generated)
+    centre = inside < 0.4  # the edge's lighting meets the hair at the edge and fades inwards
+    assert np.abs(np.median(new[centre], axis=0) - skin).max() < 5.0

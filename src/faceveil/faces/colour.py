@@ -1,7 +1,7 @@
 """Colour and grain of a new face: what makes a model's face sit in the photo it replaces a face of.
 
-``fit_colour`` matches the generated face's mean colour, contrast and (on the face's edge
-only) the photo's lighting; ``Colour`` applies it and undoes it exactly at recovery.
+``fit_colour`` matches the generated face's skin colour, contrast and (on the face's edge
+only) the variation of the photo's lighting; ``Colour`` applies it and undoes it exactly at recovery.
 ``photo_grain`` gives a face the model enlarges the photo's own noise level, from public
 noise, so recovery recomputes it bit for bit.
 """
@@ -74,18 +74,38 @@ class Colour:
         return cls(tuple(values[:3]), tuple(values[3:6]), values[6], bytes(shading))
 
 
-def fit_colour(generated: np.ndarray, original: np.ndarray, interior: np.ndarray, edge: np.ndarray) -> Colour:
-    """Match the generated face to the original's colour and contrast, then its lighting at the edge.
+_LUMA = np.array([0.299, 0.587, 0.114])
 
+
+def skin_statistics(pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean colour of a face's skin and the spread of its luma, from (K, 3) pixels of the face.
+
+    Only the middle half of the pixels by luma count: teeth, eye whites and highlights above,
+    hair, brows and shadows below, which would pull a dark face lighter or a pale one darker.
+    The spread is the luma's interquartile range.
+    """
+    y = pixels @ _LUMA
+    lo, hi = np.percentile(y, [25.0, 75.0])
+    middle = (y >= lo) & (y <= hi)
+    return pixels[middle].mean(axis=0), float(max(hi - lo, 1e-3))
+
+
+def fit_colour(generated: np.ndarray, original: np.ndarray, interior: np.ndarray, edge: np.ndarray) -> Colour:
+    """Match the generated face to the original's skin colour and contrast, then its lighting at the edge.
+
+    Colour and contrast come from the skin of the face's interior (:func:`skin_statistics`).
     Only the face's edge band (``edge``, crop pixels) informs the shading field, spread
-    inwards by normalised Gaussian filtering: the new face's interior is never copied.
+    inwards by normalised Gaussian filtering, and only its variation across the face is
+    kept (its mean over the interior is removed): the edge also runs over hair and
+    background, whose colour, spread over the whole face, tinted it (a pale face tanned, a
+    dark one greyed). The new face's interior is never copied.
     """
     if interior.sum() < 16:
         return Colour()
-    g, o = generated[interior], original[interior]
-    luma = np.array([0.299, 0.587, 0.114])
-    gain = float(np.clip((o @ luma).std() / max((g @ luma).std(), 1e-3), 0.6, 1.5))
-    base = Colour(tuple(float(v) for v in g.mean(axis=0)), tuple(float(v) for v in o.mean(axis=0)), gain)
+    g_mean, g_spread = skin_statistics(generated[interior])
+    o_mean, o_spread = skin_statistics(original[interior])
+    gain = float(np.clip(o_spread / g_spread, 0.6, 1.5))
+    base = Colour(tuple(float(v) for v in g_mean), tuple(float(v) for v in o_mean), gain)
     if edge.sum() < 16:
         return base
     size = generated.shape[0]
@@ -95,6 +115,7 @@ def fit_colour(generated: np.ndarray, original: np.ndarray, interior: np.ndarray
     num = cv2.GaussianBlur(diff, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     den = cv2.GaussianBlur(weight, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     full = np.where(den[..., None] > 1e-4, num / np.maximum(den[..., None], 1e-4), 0.0)
+    full = full - full[interior].mean(axis=0)  # the lighting's variation only: the colour is matched above
     grid = cv2.resize(full.astype(np.float32), (SHADING_GRID, SHADING_GRID), interpolation=cv2.INTER_AREA)
     grid = np.clip(grid, -80.0, 80.0).astype("<f2")
     return dataclasses.replace(base, shading=grid.tobytes())
