@@ -22,6 +22,8 @@ Per face, for each model (default anonymize settings, one fresh key per face):
   the originals' own distance to that set is the floor at this number of faces (the figure is
   biased upwards for small sets: compare figures of the same size only).
 
+With ``--noise-gain G1 G2 ...`` every model is measured at each engine noise gain (``EngineSettings.noise_gain``).
+
 With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anonymized with K fresh
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
 different people (similarity at most the FAR 1e-3 threshold).
@@ -43,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from faceveil.api import find_faces
+from faceveil.engine import EngineSettings
 from faceveil.evaluate.metrics import frechet_distance
 from faceveil.keys import Key
 from faceveil.models import load_model
@@ -184,12 +187,13 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
-def key_diversity(rgb: np.ndarray, jobs, model, keys: int, judges: Judges, landmarks5: np.ndarray) -> list[float]:
+def key_diversity(rgb: np.ndarray, jobs, model, keys: int, judges: Judges, landmarks5: np.ndarray,
+                  settings: Settings) -> list[float]:
     """ArcFace similarities of every pair of new faces that ``keys`` fresh keys give one photo (embedded
     at the original's landmarks: the new faces keep the pose)."""
     embs = []
     for _ in range(keys):
-        out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=Settings())
+        out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=settings)
         embs.append(judges.arcface.embed(out, landmarks5))
     return [float(np.dot(embs[i], embs[j])) for i in range(keys) for j in range(i + 1, keys)]
 
@@ -202,11 +206,16 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=8, help="faces shown in the picture grid")
     ap.add_argument("--keys", type=int, default=0, help="keys per face for the diversity measure (0: off)")
     ap.add_argument("--diversity-faces", type=int, default=5, help="faces that get --keys keys")
+    ap.add_argument("--noise-gain", type=float, nargs="+", default=[1.0],
+                    help="engine noise gains to measure each model at (each model x gain is one method)")
     args = ap.parse_args()
     if not (SHARED / "data" / "lfw").is_dir():
         raise SystemExit(f"needs the LFW photos in {SHARED}")
     judges = Judges()
-    models = {name: load_model(name) for name in args.models}
+    loaded = {name: load_model(name) for name in args.models}
+    # each model at each gain is one method, named "model" (gain 1 alone) or "model @ gain g"
+    models = {(name if args.noise_gain == [1.0] else f"{name} @ gain {g:g}"): (model, g)
+              for name, model in loaded.items() for g in args.noise_gain}
     methods = list(models) + ["blur", "pixelate"]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     diversity: dict[str, list[float]] = {m: [] for m in models}
@@ -229,12 +238,13 @@ def main() -> None:
         row_tiles = [rgb]
         original_emb = ref_emb
         outputs: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], float]] = {}
-        for name, model in models.items():
+        for name, (model, gain) in models.items():
+            settings = Settings(EngineSettings(noise_gain=gain))
             jobs, _ = find_faces(rgb, model.image_size, framing=model.framing)
             if not jobs:
                 break
             t0 = time.perf_counter()
-            out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=Settings())
+            out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=settings)
             seconds = (time.perf_counter() - t0) / len(jobs)
             # the replaced region of the face the judges saw (largest overlap)
             best = None
@@ -253,7 +263,7 @@ def main() -> None:
                 break
             outputs[name] = (out, best[1], best[2], seconds)
             if args.keys >= 2 and used < args.diversity_faces:
-                diversity[name] += key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5))
+                diversity[name] += key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5), settings)
         if len(outputs) != len(models):
             continue
         alpha, rbox = next(iter(outputs.values()))[1:3]

@@ -465,3 +465,21 @@ def test_key_info_prints_fingerprint_and_which_files_a_key_made(tmp_path, face_p
     assert main(["key", "info", str(keyfile)]) == 0
     captured = capsys.readouterr()
     assert "warning" in captured.err and "chmod 600" in captured.err and "too open" in captured.out
+
+
+def test_noise_gain_round_trip_through_the_cli(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
+    veiled, back = tmp_path / "v.png", tmp_path / "r.png"
+    args = ["--key", str(keyfile), "--model", str(pixel_model_dir)]
+    assert main(["anonymize", str(face_png), "-o", str(veiled), "--noise-gain", "1.25", *args, *STEPS]) == 0
+    from faceveil.container import open_header, read_record
+    from faceveil.keys import Key
+
+    public, _ = open_header(Key.load(keyfile), read_record(veiled))
+    assert public["settings"]["engine"]["noise_gain"] == 1.25
+    assert main(["recover", str(veiled), "-o", str(back), *args]) == 0
+    assert np.array_equal(_read(back), _read(face_png))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it: exit 2 with a message
+        main(["anonymize", str(face_png), "-o", str(tmp_path / "x.png"), "--noise-gain", "3", *args, *STEPS])
+    assert stop.value.code == 2 and "noise_gain must be between" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

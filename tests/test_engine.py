@@ -142,3 +142,23 @@ def test_unconverged_inversion_is_still_exact_with_the_residual(pixel_model):
     assert info.used_residual and np.array_equal(back, rgb)
     without, _ = recover_array(veiled, record, key, pixel_model, use_residual=False)
     assert np.abs(without.astype(int) - rgb).max() > 10  # what the residual had to repair
+
+
+def test_noise_gain_round_trip_and_header(pixel_model):
+    """A noise gain multiplies the scrambled noise; recovery (``inverse``) divides by it, so the
+    round trip holds as without it; a gain of 1 writes the header it always did."""
+    z0, mask, nonce, schedule, noise, context = _setup(pixel_model)
+    key = Key.generate()
+    settings = EngineSettings(steps=10, refine_iters=10, refine_tol=1e-6, noise_gain=1.3)
+    signs = _signs(key, nonce, z0)
+    anon, _ = veil(pixel_model.eps, schedule, z0, mask, signs, settings, context, noise)
+    back, _ = veil(pixel_model.eps, schedule, anon, mask, signs, settings, context, noise, inverse=True)
+    wrong, _ = veil(pixel_model.eps, schedule, anon, mask, signs, settings, context, noise)  # multiplied twice
+    inside = mask.expand_as(z0) > 0
+    assert (back - z0)[inside].abs().max() < 1e-3 < (wrong - z0)[inside].abs().max()
+    plain, _ = veil(pixel_model.eps, schedule, z0, mask, signs, EngineSettings(steps=10, refine_iters=10, refine_tol=1e-6), context, noise)
+    assert not torch.allclose(plain, anon)  # the gain changes the new face
+    assert EngineSettings.from_json(settings.to_json()) == settings
+    assert "noise_gain" not in EngineSettings().to_json() and EngineSettings.from_json(EngineSettings().to_json()).noise_gain == 1.0
+    with pytest.raises(ValueError, match="noise_gain"):
+        EngineSettings(noise_gain=3.0)

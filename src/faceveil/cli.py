@@ -245,7 +245,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
     settings = Settings(
         EngineSettings(
             steps=args.steps, refine_iters=args.refine_iters, refine_tol=args.refine_tol, context=args.context,
-            mixing=args.mixing,
+            mixing=args.mixing, noise_gain=args.noise_gain,
         ),
         decoder_iters=args.decoder_iters,
         hint=args.hint,
@@ -472,6 +472,19 @@ OUTPUT_HELP = ("output file (one input file) or folder (several inputs, or folde
                "manifest.json merged there) (default: beside each input, {name})")
 
 
+def _noise_gain(text: str) -> float:
+    """``--noise-gain``: a number in the engine's range, refused by argparse (exit 2) otherwise."""
+    from faceveil.engine.veil import MAX_NOISE_GAIN, MIN_NOISE_GAIN
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not MIN_NOISE_GAIN <= value <= MAX_NOISE_GAIN:
+        raise argparse.ArgumentTypeError(f"noise_gain must be between {MIN_NOISE_GAIN} and {MAX_NOISE_GAIN}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from faceveil.engine import CONTEXTS, MIXINGS, EngineSettings
     from faceveil.faces.detect import DEFAULT_MIN_SIZE
@@ -525,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixing", choices=MIXINGS, default=defaults.mixing,
                    help="what the key does to the noise: flip signs (the paper), or also swap secret pairs of "
                         "coordinates, which stops linking an original to its anonymized version by noise magnitudes")
+    p.add_argument("--noise-gain", type=_noise_gain, default=defaults.noise_gain, metavar="G",
+                   help="gain of the keyed noise inside the face (0.5-2; above 1: more detail and variety "
+                        "from the model, and more of its flaws; 1 is the paper's)")
     p.add_argument("--decoder-iters", type=int, default=0, help="decoder inversion steps for latent models")
     p.add_argument("--hint", action="store_true", help="also store a sealed latent hint (about 5 KB per face; the residual already makes recovery exact)")
     p.add_argument("--no-residual", action="store_true",

@@ -301,14 +301,15 @@ def _masks(faces: list[_Face], device: torch.device) -> torch.Tensor:
     return torch.cat([f.geometry.latent for f in faces]).to(device)
 
 
-def _engine(run: _Run, z_start: torch.Tensor, faces: list[_Face]) -> tuple[torch.Tensor, list[FaceReport]]:
-    """The keyed transform of a batch of latents (one per face), the context taken from each face's image."""
+def _engine(run: _Run, z_start: torch.Tensor, faces: list[_Face], inverse: bool = False) -> tuple[torch.Tensor, list[FaceReport]]:
+    """The keyed transform of a batch of latents (one per face), the context taken from each face's image
+    (``inverse``: recovery's direction, which divides by the noise gain)."""
     context, noise = _contexts(run.model, faces)
     signs, partner = _key_patterns(run, faces, (1, *z_start.shape[1:]))
     masks = _masks(faces, z_start.device)
     eps = run.eps(len(faces), condition=run.model.condition(context, masks))
     z_out, stats = veil(eps, run.schedule, z_start, masks, signs.to(z_start.device),
-                        run.settings.engine, context, noise, partner)
+                        run.settings.engine, context, noise, partner, inverse)
     return z_out, [FaceReport(f.geometry.transform, stats.unet_evals, stats.sample_residual(i)) for i, f in enumerate(faces)]
 
 
@@ -360,7 +361,7 @@ def keyed_noise(rgb: np.ndarray, key: Key | Envelope, model: DiffusionModel, fac
                          settings.engine, context, public)
     signs, partner = _key_patterns(run, [one], tuple(zN.shape))
     mask = geometry.latent.to(zN.device).expand_as(zN)
-    return mask * scramble(zN, signs.to(zN.device), partner) + (1 - mask) * zN
+    return mask * settings.engine.noise_gain * scramble(zN, signs.to(zN.device), partner) + (1 - mask) * zN
 
 
 def _read_latents(run: _Run, faces: list[_Face], colours: list[Colour]) -> torch.Tensor:
@@ -397,7 +398,7 @@ def _predict(
     """
     z_in = _read_latents(run, faces, colours)
     z_in = z_in + torch.cat([_hint_tensor(h, f.geometry, z_in[:1]) for f, h in zip(faces, hints)])
-    z_back, reports = _engine(run, z_in, faces)
+    z_back, reports = _engine(run, z_in, faces, inverse=True)
     read, back = run.model.decode(z_in), run.model.decode(z_back)
     predictions = []
     for i, (face, colour) in enumerate(zip(faces, colours)):

@@ -30,7 +30,7 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 PUBLIC_FIELDS = {"model", "settings", "image", "faces"}
 MODEL_FIELDS = {"id", "weights_sha256", "kind"}
 SETTINGS_FIELDS = {"engine", "decoder_iters", "hint", "colour", "grain", "residual_codec"}
-ENGINE_FIELDS = {"steps", "refine_iters", "refine_tol", "context", "mixing"}
+ENGINE_FIELDS = {"steps", "refine_iters", "refine_tol", "context", "mixing", "noise_gain"}
 IMAGE_FIELDS = {"height", "width", "pixels_sha256"}
 FACE_FIELDS = {"nonce", "transform", "treatment"}  # treatment: absent in files made before it ("model")
 TREATMENTS = ("model", "pixelate", "blur", "solid")
@@ -92,6 +92,7 @@ def check_public(public: Any, height: int | None = None, width: int | None = Non
     Returns ``public`` unchanged, or raises ``HeaderError`` naming the first bad field.
     """
     from faceveil.engine import CONTEXTS, MIXINGS
+    from faceveil.engine.veil import MAX_NOISE_GAIN, MIN_NOISE_GAIN
     from faceveil.residual import CODEC
 
     _dict(public, "public part", PUBLIC_FIELDS)
@@ -101,13 +102,15 @@ def check_public(public: Any, height: int | None = None, width: int | None = Non
     _text(model["kind"], "model.kind", choices=MODEL_KINDS)
 
     settings = _dict(public["settings"], "settings", SETTINGS_FIELDS)
-    engine = _dict(settings["engine"], "settings.engine", ENGINE_FIELDS, optional=frozenset({"mixing"}))
+    engine = _dict(settings["engine"], "settings.engine", ENGINE_FIELDS, optional=frozenset({"mixing", "noise_gain"}))
     _int(engine["steps"], "settings.engine.steps", 1, MAX_STEPS)
     _int(engine["refine_iters"], "settings.engine.refine_iters", 0, MAX_ITERS)
     _number(engine["refine_tol"], "settings.engine.refine_tol", 0.0, 1e6)
     _text(engine["context"], "settings.engine.context", choices=tuple(CONTEXTS))
     if "mixing" in engine:
         _text(engine["mixing"], "settings.engine.mixing", choices=tuple(MIXINGS))
+    if "noise_gain" in engine:
+        _number(engine["noise_gain"], "settings.engine.noise_gain", MIN_NOISE_GAIN, MAX_NOISE_GAIN)
     _int(settings["decoder_iters"], "settings.decoder_iters", 0, MAX_ITERS)
     for name in ("hint", "colour", "grain"):
         _bool(settings[name], f"settings.{name}")

@@ -32,6 +32,7 @@ from faceveil.engine.ddim import EpsFn, Schedule, ddim_step, invert, sample_step
 
 CONTEXTS = ("inverted", "noised", "own")
 MIXINGS = ("signs", "pairs")
+MIN_NOISE_GAIN, MAX_NOISE_GAIN = 0.5, 2.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class EngineSettings:
     # measured no worse in identity removal, detection and exactness (README, "Security").
     # "signs" is the paper's operation. Headers without the field were made with "signs".
     mixing: str = "pairs"
+    # The scrambled noise's gain inside the mask (recovery divides by it). DDIM inversion of a
+    # face gives noise of standard deviation about 0.65 there with faceveil-faces-96 (1.0 is a
+    # sample's): sampled back as it is, that is a low temperature, a smooth face near the mean,
+    # much the same for every key; a gain above 1 draws from nearer the model's real
+    # distribution (TRAINING.md, "Noise gain"). 1.0 is the paper's; headers without the field had 1.0.
+    noise_gain: float = 1.0
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXTS:
@@ -59,13 +66,19 @@ class EngineSettings:
             raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}")
         if self.steps < 1 or self.refine_iters < 0 or self.refine_tol < 0:
             raise ValueError("steps must be >= 1, refine_iters and refine_tol >= 0")
+        if not MIN_NOISE_GAIN <= self.noise_gain <= MAX_NOISE_GAIN:
+            raise ValueError(f"noise_gain must be between {MIN_NOISE_GAIN} and {MAX_NOISE_GAIN}")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["noise_gain"] == 1.0:  # the header of a gain of 1 is the one written before the field existed
+            del data["noise_gain"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> EngineSettings:
-        return cls(**{k: data[k] for k in ("steps", "refine_iters", "refine_tol", "context")}, mixing=data.get("mixing", "signs"))
+        return cls(**{k: data[k] for k in ("steps", "refine_iters", "refine_tol", "context")},
+                   mixing=data.get("mixing", "signs"), noise_gain=float(data.get("noise_gain", 1.0)))
 
 
 @dataclass
@@ -194,21 +207,25 @@ def veil(
     context_latent: torch.Tensor | None = None,
     context_noise: torch.Tensor | None = None,
     partner: torch.Tensor | None = None,
+    inverse: bool = False,
 ) -> tuple[torch.Tensor, VeilStats]:
-    """Anonymize (or, with the same ``signs``, recover) clean latents ``z0`` (a batch of B, first dimension).
+    """Anonymize (or, with the same ``signs`` and ``inverse``, recover) clean latents ``z0`` (a batch of B, first dimension).
 
     ``mask`` (broadcastable to ``z0``, 1 inside the face) and ``signs`` (+1/-1, shape of
     ``z0``) select and flip the noise; every sample has its own. ``context_latent`` is required for the
     ``"inverted"`` and ``"noised"`` contexts, ``context_noise`` for ``"noised"``.
     ``partner`` (an involution of each sample's flat indices, see ``Key.pairing``; (B, N))
     also swaps paired noise coordinates; the whole key operation stays its own inverse.
+    The scrambled noise is multiplied by ``settings.noise_gain`` (``inverse``: divided, as
+    recovery must); with a gain of 1 ``inverse`` changes nothing.
     The samples of a batch go through the UNet together, one evaluation per step for all.
     """
     stats = VeilStats()
     counted = _CountingEps(eps_fn, stats)
     mask = mask.to(z0.dtype).expand_as(z0)
     zN, context = masked_noise(counted, schedule, z0, mask, settings, context_latent, context_noise, stats)
-    flipped = mask * scramble(zN, signs, partner) + (1 - mask) * zN
+    gain = 1.0 / settings.noise_gain if inverse else settings.noise_gain
+    flipped = mask * gain * scramble(zN, signs, partner) + (1 - mask) * zN
     return masked_sample(counted, schedule, flipped, mask, context), stats
 
 
