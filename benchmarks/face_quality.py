@@ -236,7 +236,6 @@ def main() -> None:
         ref_emb = judges.arcface.embed(rgb, np.asarray(ref.landmarks5))
         ref_dlib = judges.dlib.embed(rgb, np.asarray(ref.landmarks5))
         row_tiles = [rgb]
-        original_emb = ref_emb
         outputs: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], float]] = {}
         for name, (model, gain) in models.items():
             settings = Settings(EngineSettings(noise_gain=gain))
@@ -285,7 +284,7 @@ def main() -> None:
             r["dlib_sim"] = float(np.dot(judges.dlib.embed(out, at), ref_dlib))
             rows[name].append(r)
             row_tiles.append(out)
-        embeddings.setdefault("originals", []).append(original_emb)
+        embeddings.setdefault("originals", []).append(ref_emb)
         if len(tiles) < args.grid:
             tiles.append(row_tiles)
         used += 1

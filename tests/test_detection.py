@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,7 +19,7 @@ from faceveil.evaluate.detection import BenchItem, Detection, match, score, yaw_
 from faceveil.faces import detect_faces, ensemble
 from faceveil.faces.detect import Face
 
-from conftest import FREE_FACES, SHARED, border_photo, free_face
+from conftest import SHARED, border_photo, stand_in_shared
 needs_skimage = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
                                    reason="the astronaut photo ships with scikit-image (pip install scikit-image)")
 needs_centerface = pytest.mark.skipif(not ensemble.available("centerface"),
@@ -183,29 +182,13 @@ def test_benchmark_scoring_counts_hits_misses_duplicates_and_ignores(tmp_path):
     assert stats["all"]["faces"] == 2 and np.isnan(stats["dark"]["recall"])
 
 
-def _stand_in_shared(folder: Path) -> Path:
-    """A folder in ../shared's layout whose LFW and CelebA photos are the free faces."""
-    from PIL import Image
-
-    for i, name in enumerate(FREE_FACES):
-        for flip in (False, True):
-            person = f"{name.title()}_{'Mirrored' if flip else 'Free'}"
-            lfw = folder / "data" / "lfw" / "images" / person
-            lfw.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(free_face(name, 150, 2.3, flip)).save(lfw / f"{person}_0001.jpg", quality=95)
-            celeba = folder / "data" / "celeba" / "images"
-            celeba.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(free_face(name, 256, 2.5, flip)).save(celeba / f"{2 * i + flip + 1:06d}.jpg", quality=95)
-    return folder
-
-
 def test_benchmark_builds_labels_and_loads(tmp_path):
     from faceveil.evaluate.detection import CATEGORIES, LABELLERS, build_benchmark, load_benchmark
 
     labellers = tuple(name for name in LABELLERS if ensemble.available(name))
     if len(labellers) < 2:
         pytest.skip(f"two labellers are needed; only {labellers} here (dlib: pip install -e '.[eval]')")
-    shared = SHARED if (SHARED / "data" / "lfw" / "images").is_dir() else _stand_in_shared(tmp_path / "shared")
+    shared = SHARED if (SHARED / "data" / "lfw" / "images").is_dir() else stand_in_shared(tmp_path / "shared")
     bench = tmp_path / "bench"
     built = build_benchmark(shared, bench, per_category=1, scan_lfw=40, scan_celeba=10, log=lambda s: None,
                             labellers=labellers)

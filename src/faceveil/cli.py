@@ -473,16 +473,13 @@ OUTPUT_HELP = ("output file (one input file) or folder (several inputs, or folde
 
 
 def _noise_gain(text: str) -> float:
-    """``--noise-gain``: a number in the engine's range, refused by argparse (exit 2) otherwise."""
-    from faceveil.engine.veil import MAX_NOISE_GAIN, MIN_NOISE_GAIN
+    """``--noise-gain``: a number ``EngineSettings`` takes, refused by argparse (exit 2) otherwise."""
+    from faceveil.engine import EngineSettings
 
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not MIN_NOISE_GAIN <= value <= MAX_NOISE_GAIN:
-        raise argparse.ArgumentTypeError(f"noise_gain must be between {MIN_NOISE_GAIN} and {MAX_NOISE_GAIN}, got {value}")
-    return value
+        return EngineSettings(noise_gain=float(text)).noise_gain
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,7 +44,7 @@ from faceveil.engine import (
     Schedule,
     masked_noise,
     masked_sample,
-    scramble,
+    masked_scramble,
     veil,
 )
 from faceveil.engine.veil import noised_trajectory
@@ -361,7 +361,7 @@ def keyed_noise(rgb: np.ndarray, key: Key | Envelope, model: DiffusionModel, fac
                          settings.engine, context, public)
     signs, partner = _key_patterns(run, [one], tuple(zN.shape))
     mask = geometry.latent.to(zN.device).expand_as(zN)
-    return mask * settings.engine.noise_gain * scramble(zN, signs.to(zN.device), partner) + (1 - mask) * zN
+    return masked_scramble(zN, mask, signs.to(zN.device), settings.engine.noise_gain, partner)
 
 
 def _read_latents(run: _Run, faces: list[_Face], colours: list[Colour]) -> torch.Tensor:

@@ -9,11 +9,12 @@ from faceveil.engine.veil import (
     masked_invert,
     masked_noise,
     masked_sample,
+    masked_scramble,
     scramble,
     veil,
 )
 
 __all__ = [
     "CONTEXTS", "MIXINGS", "EngineSettings", "Schedule", "VeilStats",
-    "ddim_step", "invert", "masked_invert", "masked_noise", "masked_sample", "sample", "scramble", "veil",
+    "ddim_step", "invert", "masked_invert", "masked_noise", "masked_sample", "masked_scramble", "sample", "scramble", "veil",
 ]

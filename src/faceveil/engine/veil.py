@@ -197,6 +197,14 @@ def scramble(z: torch.Tensor, signs: torch.Tensor, partner: torch.Tensor | None 
     return (shared * torch.gather(flat, 1, partner)).reshape(z.shape)
 
 
+def masked_scramble(zN: torch.Tensor, mask: torch.Tensor, signs: torch.Tensor, noise_gain: float,
+                    partner: torch.Tensor | None = None, inverse: bool = False) -> torch.Tensor:
+    """The noise the sampler starts from: inside ``mask`` the key's :func:`scramble` of ``zN`` times
+    ``noise_gain`` (divided by it, ``inverse``: recovery's direction), outside it ``zN`` as it is."""
+    gain = 1.0 / noise_gain if inverse else noise_gain
+    return mask * gain * scramble(zN, signs, partner) + (1 - mask) * zN
+
+
 def veil(
     eps_fn: EpsFn,
     schedule: Schedule,
@@ -224,8 +232,7 @@ def veil(
     counted = _CountingEps(eps_fn, stats)
     mask = mask.to(z0.dtype).expand_as(z0)
     zN, context = masked_noise(counted, schedule, z0, mask, settings, context_latent, context_noise, stats)
-    gain = 1.0 / settings.noise_gain if inverse else settings.noise_gain
-    flipped = mask * gain * scramble(zN, signs, partner) + (1 - mask) * zN
+    flipped = masked_scramble(zN, mask, signs, settings.noise_gain, partner, inverse)
     return masked_sample(counted, schedule, flipped, mask, context), stats
 
 

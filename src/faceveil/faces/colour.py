@@ -138,7 +138,7 @@ def photo_grain(image: np.ndarray, region: FaceRegion, scale: float, nonce: byte
     if scale >= 1.0:
         return 0.0
     y0, y1, x0, x1 = region.bounds
-    box = image[y0:y1, x0:x1].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    box = image[y0:y1, x0:x1].astype(np.float32) @ _LUMA.astype(np.float32)
     outside = ~region.inside
     if box.shape[0] < 3 or box.shape[1] < 3 or outside[1:-1, 1:-1].sum() < 64:
         return 0.0
