@@ -22,7 +22,8 @@ Per face, for each model (default anonymize settings, one fresh key per face):
   the originals' own distance to that set is the floor at this number of faces (the figure is
   biased upwards for small sets: compare figures of the same size only).
 
-With ``--noise-gain G1 G2 ...`` every model is measured at each engine noise gain (``EngineSettings.noise_gain``).
+With ``--noise-gain G1 G2 ...`` every model is measured at each engine noise gain (``EngineSettings.noise_gain``);
+without it, at the gain each model recommends (its ``faceveil_train.json``).
 
 With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anonymized with K fresh
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
@@ -206,16 +207,17 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=8, help="faces shown in the picture grid")
     ap.add_argument("--keys", type=int, default=0, help="keys per face for the diversity measure (0: off)")
     ap.add_argument("--diversity-faces", type=int, default=5, help="faces that get --keys keys")
-    ap.add_argument("--noise-gain", type=float, nargs="+", default=[1.0],
-                    help="engine noise gains to measure each model at (each model x gain is one method)")
+    ap.add_argument("--noise-gain", type=float, nargs="+", default=None,
+                    help="engine noise gains to measure each model at (each model x gain is one method; "
+                         "default: each model's recommended gain)")
     args = ap.parse_args()
     if not (SHARED / "data" / "lfw").is_dir():
         raise SystemExit(f"needs the LFW photos in {SHARED}")
     judges = Judges()
     loaded = {name: load_model(name) for name in args.models}
     # each model at each gain is one method, named "model" (gain 1 alone) or "model @ gain g"
-    models = {(name if args.noise_gain == [1.0] else f"{name} @ gain {g:g}"): (model, g)
-              for name, model in loaded.items() for g in args.noise_gain}
+    models = {(name if args.noise_gain is None else f"{name} @ gain {g:g}"): (model, g)
+              for name, model in loaded.items() for g in (args.noise_gain or [model.noise_gain])}
     methods = list(models) + ["blur", "pixelate"]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     diversity: dict[str, list[float]] = {m: [] for m in models}

@@ -483,3 +483,28 @@ def test_noise_gain_round_trip_through_the_cli(face_png, keyfile, pixel_model_di
         main(["anonymize", str(face_png), "-o", str(tmp_path / "x.png"), "--noise-gain", "3", *args, *STEPS])
     assert stop.value.code == 2 and "noise_gain must be between" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_model_s_recommended_noise_gain_is_the_default(face_png, keyfile, pixel_model_dir, tmp_path):
+    """A model folder's faceveil_train.json ``noise_gain`` is used when --noise-gain is not given;
+    the header records it, so recovery needs nothing but the key."""
+    import json
+    import shutil
+
+    from faceveil.container import open_header, read_record
+    from faceveil.keys import Key
+
+    folder = tmp_path / "model"
+    shutil.copytree(pixel_model_dir, folder)
+    (folder / "faceveil_train.json").write_text(json.dumps({"noise_gain": 1.25}))
+    args = ["--key", str(keyfile), "--model", str(folder)]
+
+    def gain(path):
+        return open_header(Key.load(keyfile), read_record(path))[0]["settings"]["engine"].get("noise_gain", 1.0)
+
+    veiled, given, back = tmp_path / "v.png", tmp_path / "g.png", tmp_path / "r.png"
+    assert main(["anonymize", str(face_png), "-o", str(veiled), *args, *STEPS]) == 0
+    assert main(["anonymize", str(face_png), "-o", str(given), "--noise-gain", "1", *args, *STEPS]) == 0
+    assert gain(veiled) == 1.25 and gain(given) == 1.0
+    assert main(["recover", str(veiled), "-o", str(back), *args]) == 0
+    assert np.array_equal(_read(back), _read(face_png))

@@ -77,6 +77,25 @@ def test_a_model_folder_names_its_framing(tmp_path):
         load_model(str(tmp_path))
 
 
+def test_a_model_folder_recommends_its_noise_gain(tmp_path):
+    """``noise_gain`` in faceveil_train.json is the model's default gain; out of range is refused."""
+    from faceveil.models import recommended_noise_gain
+    from faceveil.pipeline import Settings
+
+    model = tiny_inpainting_model(32)
+    model.unet.save_pretrained(tmp_path / "unet")
+    model.scheduler.save_pretrained(tmp_path / "scheduler")
+    assert load_model(str(tmp_path)).noise_gain == 1.0 == recommended_noise_gain(str(tmp_path))
+    (tmp_path / "faceveil_train.json").write_text(json.dumps({"framing": "face", "noise_gain": 1.25}))
+    loaded = load_model(str(tmp_path))
+    assert loaded.noise_gain == 1.25 == recommended_noise_gain(str(tmp_path))
+    assert Settings.for_model(loaded).engine.noise_gain == 1.25
+    for bad in (3, "1.25", True):
+        (tmp_path / "faceveil_train.json").write_text(json.dumps({"noise_gain": bad}))
+        with pytest.raises(ModelUnavailableError, match="noise_gain"):
+            load_model(str(tmp_path))
+
+
 def test_conditional_training_starts_from_an_unconditional_model(tmp_path):
     from faceveil.train.trainer import TrainConfig, _init_weights, build_unet, model_config, train
 

@@ -348,6 +348,20 @@ def test_cli_train_and_export_only(tmp_path, capsys):
     )
     assert args.func(args) == 0
     assert (tmp_path / "exp2" / "scheduler" / "scheduler_config.json").is_file()
+    assert "noise_gain" not in json.loads((tmp_path / "exp2" / "faceveil_train.json").read_text())
+    # the gain measured best with these weights travels with them: anonymize's default
+    args = parser.parse_args(["train", "--out", str(tmp_path / "run"), "--export", str(tmp_path / "exp3"),
+                              "--export-only", "--export-noise-gain", "1.25"])
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "exp3" / "faceveil_train.json").read_text())["noise_gain"] == 1.25
+    from faceveil.models import load_model
+
+    assert load_model(str(tmp_path / "exp3")).noise_gain == 1.25
+    for bad in (["--export-only", "--export-noise-gain", "3"], ["--export-noise-gain", "1.25"]):
+        args = parser.parse_args(["train", "--out", str(tmp_path / "run"), "--export", str(tmp_path / "exp4"), *bad])
+        with pytest.raises(UsageError, match="export-noise-gain"):
+            args.func(args)
+    assert not (tmp_path / "exp4").exists()
 
 
 def test_cli_prepare_data_arguments():

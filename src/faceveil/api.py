@@ -161,7 +161,8 @@ def anonymize(
 
     ``model`` is a loaded model, a preset name, a hub id or a folder; ``None`` (the
     default) is the best model embedded in the package (:func:`faceveil.models.default_model`,
-    offline). ``progress`` is called with 1 after every UNet evaluation (a progress bar's
+    offline). ``settings`` default to :meth:`Settings.for_model` (the model's recommended
+    noise gain). ``progress`` is called with 1 after every UNet evaluation (a progress bar's
     ``update``); their number per face depends on the steps and on how soon refinement converges.
     ``aligned=True`` treats the whole image as one already aligned face (default mask).
     An image with no face raises ``NoFaceError`` unless ``allow_no_face`` is set, in
@@ -292,12 +293,12 @@ def anonymize_files(
     evaluation; ``on_result(index, outcome)`` as soon as a file's outcome is known (its
     output written). Outputs are what ``anonymize`` writes for each file alone (new nonces).
     """
-    settings = settings or Settings()
-    if steps is not None:
-        settings = replace(settings, engine=replace(settings.engine, steps=steps))
     treatment_of(style)  # an unknown style or fallback is a usage error before any file is read
     check_fallback(fallback)
     key, model = _recipients(key), _model(model)
+    settings = settings or Settings.for_model(model)
+    if steps is not None:
+        settings = replace(settings, engine=replace(settings.engine, steps=steps))
     slots: list = []
     for source, output in files:
         try:

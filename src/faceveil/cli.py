@@ -235,7 +235,7 @@ def _bar_name(verb: str, pairs: list) -> str:
 def _cmd_anonymize(args: argparse.Namespace) -> int:
     from faceveil.api import VEILED_TAG, anonymize_files
     from faceveil.engine import EngineSettings
-    from faceveil.models import load_model
+    from faceveil.models import load_model, recommended_noise_gain
     from faceveil.keys import Identity, Key
     from faceveil.pipeline import Settings
 
@@ -245,7 +245,8 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
     settings = Settings(
         EngineSettings(
             steps=args.steps, refine_iters=args.refine_iters, refine_tol=args.refine_tol, context=args.context,
-            mixing=args.mixing, noise_gain=args.noise_gain,
+            mixing=args.mixing,
+            noise_gain=args.noise_gain if args.noise_gain is not None else recommended_noise_gain(args.model),
         ),
         decoder_iters=args.decoder_iters,
         hint=args.hint,
@@ -361,17 +362,20 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from faceveil.models import PRESETS, WEIGHTS_DIR, default_model, model_available
+    from faceveil.models import PRESETS, WEIGHTS_DIR, default_model, model_available, recommended_noise_gain
 
     default = default_model()
     for name, preset in PRESETS.items():
         embedded = preset.source.startswith(str(WEIGHTS_DIR))
+        gain = ""
         if model_available(name):
             state = "available (embedded, offline)" if embedded else "available (in the hub cache)"
+            if embedded:
+                gain = f"\n    noise gain: {recommended_noise_gain(name):g} (--noise-gain's default with this model)"
         else:
             state = "not shipped in this installation" if embedded else "not available here (downloaded from the hub on first use)"
         tag = " (default)" if name == default else ""
-        print(f"{name}{tag}: {state}\n    source: {preset.source}\n    {preset.description}")
+        print(f"{name}{tag}: {state}\n    source: {preset.source}\n    {preset.description}{gain}")
     print(f"default: {default} (the best embedded model; others are chosen with --model NAME)")
     return 0
 
@@ -535,9 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixing", choices=MIXINGS, default=defaults.mixing,
                    help="what the key does to the noise: flip signs (the paper), or also swap secret pairs of "
                         "coordinates, which stops linking an original to its anonymized version by noise magnitudes")
-    p.add_argument("--noise-gain", type=_noise_gain, default=defaults.noise_gain, metavar="G",
+    p.add_argument("--noise-gain", type=_noise_gain, default=None, metavar="G",
                    help="gain of the keyed noise inside the face (0.5-2; above 1: more detail and variety "
-                        "from the model, and more of its flaws; 1 is the paper's)")
+                        "from the model, and more of its flaws; 1 is the paper's) (default: the model's "
+                        "recommendation, from its faceveil_train.json, else 1)")
     p.add_argument("--decoder-iters", type=int, default=0, help="decoder inversion steps for latent models")
     p.add_argument("--hint", action="store_true", help="also store a sealed latent hint (about 5 KB per face; the residual already makes recovery exact)")
     p.add_argument("--no-residual", action="store_true",

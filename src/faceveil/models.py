@@ -52,6 +52,13 @@ PRESETS: dict[str, Preset] = {
             "weights ship in weights/faceveil-faces-64 (see TRAINING.md)",
         ),
         Preset(
+            "faceveil-faces-96-v2",
+            str(WEIGHTS_DIR / "faceveil-faces-96-v2"),
+            "faceveil's inpainting pixel model, second version: 96x96 crops centred on the face, the region up the "
+            "forehead, 15,106 faces of 6,613 people, 4.3 M parameters, 9,800 steps on a 2-core CPU; keyed noise gain "
+            "1.25 (embedded, offline; MODEL_CARD.md)",
+        ),
+        Preset(
             "faceveil-faces-96",
             str(WEIGHTS_DIR / "faceveil-faces-96"),
             "faceveil's inpainting pixel model, 96x96 crops centred on the face, 4.3 M parameters, trained 3,200 "
@@ -67,7 +74,7 @@ PRESETS: dict[str, Preset] = {
 }
 # Embedded models, best first: the default is the first whose weights ship in this installation,
 # so the GPU-trained model becomes the default the day its folder is added, with no code change.
-EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96", "faceveil-faces-64-draft")
+EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96-v2", "faceveil-faces-96", "faceveil-faces-64-draft")
 DEFAULT_ALIAS = "default"
 
 
@@ -75,8 +82,8 @@ def default_model(weights_dir: Path | None = None) -> str:
     """The preset name of the best model embedded in the package (runs offline).
 
     The first of :data:`EMBEDDED_MODELS` whose weights folder is present: ``faceveil-faces-64``
-    (GPU-trained), ``faceveil-faces-96`` (the CPU-trained inpainting model), else the
-    CPU-trained ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
+    (GPU-trained), ``faceveil-faces-96-v2`` then ``faceveil-faces-96`` (the CPU-trained inpainting
+    models), else the CPU-trained ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
     """
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     for name in EMBEDDED_MODELS:
@@ -116,6 +123,7 @@ class DiffusionModel:
     model_id: str = "in-memory"
     vq_quantize: bool = True
     framing: str = "ffhq"  # the face crop the model was trained on (faces.align.FRAMINGS)
+    noise_gain: float = 1.0  # the keyed noise's gain its trainers measured best (faceveil_train.json)
     _weights_hash: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -340,23 +348,39 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
                 break
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
-    return DiffusionModel(unet, scheduler, autoencoder, model_id=spec, framing=_framing(folder)).to(device)
+    framing, noise_gain = _usage(folder)
+    return DiffusionModel(unet, scheduler, autoencoder, model_id=spec, framing=framing, noise_gain=noise_gain).to(device)
 
 
-def _framing(folder: Path) -> str:
-    """The crop framing a faceveil-trained folder records (``faceveil_train.json``); FFHQ's otherwise."""
+def _usage(folder: Path) -> tuple[str, float]:
+    """The crop framing and recommended noise gain a faceveil-trained folder records
+    (``faceveil_train.json``: ``framing``, ``noise_gain``); FFHQ's framing and gain 1 otherwise."""
+    from faceveil.engine.veil import MAX_NOISE_GAIN, MIN_NOISE_GAIN
     from faceveil.faces.align import FRAMINGS
 
     meta = folder / "faceveil_train.json"
     if not meta.is_file():
-        return "ffhq"
+        return "ffhq", 1.0
     try:
-        framing = json.loads(meta.read_text()).get("framing", "ffhq")
+        data = json.loads(meta.read_text())
+        framing, gain = data.get("framing", "ffhq"), data.get("noise_gain", 1.0)
     except (OSError, ValueError, AttributeError):
         raise ModelUnavailableError(f"{meta} is not valid JSON") from None
     if framing not in FRAMINGS:
         raise ModelUnavailableError(f"{meta}: unknown crop framing {framing!r}")
-    return framing
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not MIN_NOISE_GAIN <= gain <= MAX_NOISE_GAIN:
+        raise ModelUnavailableError(f"{meta}: noise_gain must be a number from {MIN_NOISE_GAIN} to {MAX_NOISE_GAIN}")
+    return framing, float(gain)
+
+
+def recommended_noise_gain(spec: str | None) -> float:
+    """The noise gain ``spec``'s trainers recommend, read without loading its weights: from a
+    preset's or local folder's ``faceveil_train.json``; 1 (the paper's) for anything else,
+    a hub model included (its workers load it; the header records the gain used)."""
+    spec = resolve_spec(spec)
+    preset = PRESETS.get(spec)
+    folder = Path(preset.source if preset else spec).expanduser()
+    return _usage(folder)[1] if folder.is_dir() else 1.0
 
 
 def model_available(spec: str) -> bool:

@@ -100,6 +100,11 @@ class Settings:
                 "colour": self.colour, "grain": self.grain}
 
     @classmethod
+    def for_model(cls, model: DiffusionModel) -> Settings:
+        """The defaults, with the noise gain ``model`` recommends (``DiffusionModel.noise_gain``)."""
+        return cls(EngineSettings(noise_gain=model.noise_gain))
+
+    @classmethod
     def from_json(cls, data: dict) -> Settings:
         return cls(EngineSettings.from_json(data["engine"]), int(data["decoder_iters"]), bool(data["hint"]),
                    bool(data["colour"]), bool(data["grain"]))
@@ -349,7 +354,7 @@ def keyed_noise(rgb: np.ndarray, key: Key | Envelope, model: DiffusionModel, fac
     """
     if face.nonce is None:
         raise ValueError("keyed_noise needs the face's nonce (the track's)")
-    settings = settings or Settings()
+    settings = settings or Settings.for_model(model)
     run = _Run.of(model, key.file_key if isinstance(key, Envelope) else key, settings, None)
     image = np.ascontiguousarray(rgb, dtype=np.uint8)
     geometry = face_geometry(image.shape, face.transform, _outline(face), model)
@@ -538,7 +543,7 @@ def anonymize_arrays(
     recipients, or both; each photo gets a fresh file key, unless ``key`` is an
     ``Envelope``, whose file key every photo then shares (a video's frames).
     """
-    settings = settings or Settings()
+    settings = settings or Settings.for_model(model)
     envelopes = [envelope_for(key) for _ in photos]  # each a fresh file key, or the one given
     run = _Run.of(model, envelopes[0].file_key if envelopes else Key.generate(), settings, progress)
     states = []

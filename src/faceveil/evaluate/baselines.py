@@ -213,13 +213,14 @@ def paper_reference(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
 
 
 def faceveil_default(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
-    """faceveil's default settings (``steps`` aside)."""
-    return DiffusionMethod("faceveil", model, Settings(dataclasses.replace(EngineSettings(), steps=steps)))
+    """faceveil's default settings for ``model`` (its recommended noise gain; ``steps`` aside)."""
+    return engine_variant("faceveil", model, steps)
 
 
 def engine_variant(name: str, model: DiffusionModel, steps: int = 50, **engine: object) -> DiffusionMethod:
-    """faceveil's defaults with some engine settings changed (e.g. ``mixing="pairs"``)."""
-    return DiffusionMethod(name, model, Settings(dataclasses.replace(EngineSettings(), steps=steps, **engine)))
+    """faceveil's defaults for ``model`` with some engine settings changed (e.g. ``mixing="pairs"``)."""
+    defaults = Settings.for_model(model).engine
+    return DiffusionMethod(name, model, Settings(dataclasses.replace(defaults, steps=steps, **engine)))
 
 
 @dataclass

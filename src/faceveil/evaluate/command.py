@@ -87,6 +87,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--protocol-faces", type=int, default=5, metavar="K",
                    help="faces used by the key and robustness protocols (default 5)")
     p.add_argument("--diversity-keys", type=int, default=10, metavar="N", help="keys for the diversity protocol (default 10)")
+    p.add_argument("--noise-gain", type=float, default=None, metavar="G",
+                   help="keyed noise gain of the faceveil methods (default: the model's recommendation; "
+                        "the paper's configuration keeps 1)")
     p.add_argument("--mask", choices=("face", "face+hair"), default="face", help="face mask (default face)")
     p.add_argument("--min-face", type=int, default=32, help="faces below this are still anonymized (default 32)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -220,13 +223,22 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
+    from faceveil.engine import EngineSettings
+
     if args.tiny:
         from faceveil.testing import tiny_latent_model, tiny_pixel_model
 
-        return tiny_pixel_model(32) if args.tiny == "pixel" else tiny_latent_model(32)
-    from faceveil.models import load_model
+        model = tiny_pixel_model(32) if args.tiny == "pixel" else tiny_latent_model(32)
+    else:
+        from faceveil.models import load_model
 
-    return load_model(args.model)
+        model = load_model(args.model)
+    if args.noise_gain is not None:
+        try:
+            model.noise_gain = EngineSettings(noise_gain=args.noise_gain).noise_gain  # checks the range
+        except ValueError as exc:
+            raise UsageError(f"--noise-gain: {exc}") from None
+    return model
 
 
 def _methods(names: Sequence[str], model: Any, steps: int) -> list[Any]:

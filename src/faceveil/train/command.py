@@ -110,6 +110,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--export-only", action="store_true",
                    help="do not train: export the latest checkpoint of --out to --export")
     t.add_argument("--export-fp32", action="store_true", help="export fp32 weights (default fp16)")
+    t.add_argument("--export-noise-gain", type=float, default=None, metavar="G",
+                   help="with --export-only: the keyed noise gain measured best with these weights, written "
+                        "into faceveil_train.json (anonymize's default --noise-gain with the model; default 1)")
     t.add_argument("--export-shard-size", default=None, metavar="SIZE",
                    help="split the exported weights into files of at most SIZE (e.g. 15MB)")
     t.add_argument("--conditional", action="store_true",
@@ -185,11 +188,21 @@ def run_train(args: argparse.Namespace) -> int:
     from faceveil.errors import UsageError
     from faceveil.train.trainer import TrainConfig, export_checkpoint, train
 
+    if args.export_noise_gain is not None and not args.export_only:
+        raise UsageError("--export-noise-gain goes with --export-only: a gain is measured on weights already trained")
     if args.export_only:
         if not args.export:
             raise UsageError("--export-only needs --export DIR")
+        if args.export_noise_gain is not None:
+            from faceveil.engine import EngineSettings
+
+            try:
+                EngineSettings(noise_gain=args.export_noise_gain)  # checks the range
+            except ValueError as exc:
+                raise UsageError(f"--export-noise-gain: {exc}") from None
         path = export_checkpoint(
-            args.out, args.export, fp16=not args.export_fp32, max_shard_size=args.export_shard_size
+            args.out, args.export, fp16=not args.export_fp32, max_shard_size=args.export_shard_size,
+            noise_gain=args.export_noise_gain,
         )
         print(f"exported {path}")
         return 0

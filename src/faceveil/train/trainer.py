@@ -506,9 +506,12 @@ def export_checkpoint(
     *,
     fp16: bool = True,
     max_shard_size: str | None = None,
+    noise_gain: float | None = None,
 ) -> Path:
     """Export the EMA weights of a training checkpoint (a file, or a run folder for its
-    latest checkpoint) as a diffusers folder; see :func:`export_pretrained`."""
+    latest checkpoint) as a diffusers folder; see :func:`export_pretrained`. ``noise_gain``
+    is written into ``faceveil_train.json`` as the model's recommended gain (the engine's
+    default with this model: ``faceveil.models.recommended_noise_gain``)."""
     path = Path(checkpoint)
     if path.is_dir():
         latest = latest_checkpoint(path)
@@ -516,9 +519,10 @@ def export_checkpoint(
             raise UsageError(f"no checkpoint in {path / 'checkpoints'}")
         path = latest
     ckpt = load_checkpoint(path)
-    return export_pretrained(
-        _ema_unet(ckpt), export_dir, fp16=fp16, max_shard_size=max_shard_size, metadata=_metadata(ckpt)
-    )
+    metadata = _metadata(ckpt)
+    if noise_gain is not None:
+        metadata["noise_gain"] = float(noise_gain)
+    return export_pretrained(_ema_unet(ckpt), export_dir, fp16=fp16, max_shard_size=max_shard_size, metadata=metadata)
 
 
 def _metadata(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -363,12 +363,12 @@ def anonymize_video(
     codec = codec_for(target, codec)
     _check_output(target, [source], overwrite)
     _check_output(sidecar_path(target), [source], overwrite)
-    settings = settings or Settings()
-    if steps is not None:
-        settings = replace(settings, engine=replace(settings.engine, steps=steps))
     treatment = treatment_of(style)
     # one file key for the whole video (its frames and tracks); a resumed run draws another for the frames it adds
     key, model = envelope_for(_recipients(key)), _model(model)
+    settings = settings or Settings.for_model(model)
+    if steps is not None:
+        settings = replace(settings, engine=replace(settings.engine, steps=steps))
     work = WorkFolder(target)
     identity = _identity("anonymize", source, settings=settings.to_json(), model=model.weights_hash, codec=codec,
                          chunk_frames=chunk_frames, mask=mask, min_face=min_face, residual=residual,
