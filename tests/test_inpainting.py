@@ -151,3 +151,24 @@ def test_a_video_track_keeps_its_outline_in_another_framing():
     framed, outline_face = face.job_geometry(96, "face")
     assert not np.allclose(outline_ffhq, outline_face)
     assert np.allclose(transform_points(outline_ffhq, ffhq.inverse()), transform_points(outline_face, framed.inverse()))
+
+
+def test_a_hub_model_recommends_its_gain_from_its_snapshot(tmp_path, monkeypatch):
+    """The CLI's Ray driver reads a hub model's gain from the same snapshot load_model reads."""
+    import huggingface_hub
+
+    from faceveil import models
+
+    commit = "0" * 40
+    repo = tmp_path / "models--someone--faces"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "faceveil_train.json").write_text(json.dumps({"noise_gain": 1.5}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    assert models.recommended_noise_gain("someone/faces") == 1.5
+    assert models.recommended_noise_gain("someone/elsewhere") == 1.0  # not cached, hub unreachable
+    (repo / "snapshots" / commit / "faceveil_train.json").write_text(json.dumps({"noise_gain": 9}))
+    with pytest.raises(ModelUnavailableError, match="noise_gain must be between"):
+        models.recommended_noise_gain("someone/faces")

@@ -233,6 +233,8 @@ def _bar_name(verb: str, pairs: list) -> str:
 
 
 def _cmd_anonymize(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from faceveil.api import VEILED_TAG, anonymize_files
     from faceveil.engine import EngineSettings
     from faceveil.models import load_model, recommended_noise_gain
@@ -242,20 +244,21 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
     recipients = _load_recipients(args)
     key = recipients if len(recipients) > 1 or not isinstance(recipients[0], Key) else recipients[0]
     checker = next((r for r in recipients if isinstance(r, (Key, Identity))), None)  # --resume checks outputs with it
-    settings = Settings(
-        EngineSettings(
-            steps=args.steps, refine_iters=args.refine_iters, refine_tol=args.refine_tol, context=args.context,
-            mixing=args.mixing,
-            noise_gain=args.noise_gain if args.noise_gain is not None else recommended_noise_gain(args.model),
-        ),
-        decoder_iters=args.decoder_iters,
-        hint=args.hint,
+    engine = EngineSettings(  # checks the flags before any weights load
+        steps=args.steps, refine_iters=args.refine_iters, refine_tol=args.refine_tol, context=args.context,
+        mixing=args.mixing, noise_gain=1.0 if args.noise_gain is None else args.noise_gain,
     )
     if args.ray:
         from faceveil.cluster import run_from_args
 
+        if args.noise_gain is None:  # the model's recommended gain, read without loading its weights here
+            engine = replace(engine, noise_gain=recommended_noise_gain(args.model))
+        settings = Settings(engine, decoder_iters=args.decoder_iters, hint=args.hint)
         return run_from_args(args, recipients, recovering=False, settings=settings, show=_show_progress(args))
     model = load_model(args.model)  # None: the best embedded model
+    if args.noise_gain is None:  # --noise-gain's default: the gain the model's trainers recommend
+        engine = replace(engine, noise_gain=model.noise_gain)
+    settings = Settings(engine, decoder_iters=args.decoder_iters, hint=args.hint)
     show = _show_progress(args)
     verifier = _verifier(args)
 

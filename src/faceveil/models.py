@@ -355,7 +355,7 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
 def _usage(folder: Path) -> tuple[str, float]:
     """The crop framing and recommended noise gain a faceveil-trained folder records
     (``faceveil_train.json``: ``framing``, ``noise_gain``); FFHQ's framing and gain 1 otherwise."""
-    from faceveil.engine.veil import MAX_NOISE_GAIN, MIN_NOISE_GAIN
+    from faceveil.engine import EngineSettings
     from faceveil.faces.align import FRAMINGS
 
     meta = folder / "faceveil_train.json"
@@ -368,19 +368,42 @@ def _usage(folder: Path) -> tuple[str, float]:
         raise ModelUnavailableError(f"{meta} is not valid JSON") from None
     if framing not in FRAMINGS:
         raise ModelUnavailableError(f"{meta}: unknown crop framing {framing!r}")
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not MIN_NOISE_GAIN <= gain <= MAX_NOISE_GAIN:
-        raise ModelUnavailableError(f"{meta}: noise_gain must be a number from {MIN_NOISE_GAIN} to {MAX_NOISE_GAIN}")
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)):
+        raise ModelUnavailableError(f"{meta}: noise_gain must be a number, not {gain!r}")
+    try:
+        EngineSettings(noise_gain=float(gain))  # the engine holds the bounds
+    except ValueError as exc:
+        raise ModelUnavailableError(f"{meta}: {exc}") from None
     return framing, float(gain)
 
 
+def _hub_usage_folder(repo_id: str) -> Path | None:
+    """A hub model's snapshot holding just its ``faceveil_train.json`` (cached, else fetched
+    when the hub answers); ``None`` when neither works (loading the model would fail too)."""
+    from huggingface_hub import snapshot_download
+
+    for offline in (True, False):
+        if not offline and not _hub_reachable():
+            return None
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=["faceveil_train.json"], local_files_only=offline))
+        except Exception:  # not cached, gated or missing: load_model says which
+            continue
+    return None
+
+
 def recommended_noise_gain(spec: str | None) -> float:
-    """The noise gain ``spec``'s trainers recommend, read without loading its weights: from a
-    preset's or local folder's ``faceveil_train.json``; 1 (the paper's) for anything else,
-    a hub model included (its workers load it; the header records the gain used)."""
+    """The noise gain ``spec``'s trainers recommend (its ``faceveil_train.json``), read
+    without loading its weights, from the same place :func:`load_model` reads it: a preset,
+    a local folder or a hub snapshot; 1 (the paper's) when the model records none."""
     spec = resolve_spec(spec)
     preset = PRESETS.get(spec)
-    folder = Path(preset.source if preset else spec).expanduser()
-    return _usage(folder)[1] if folder.is_dir() else 1.0
+    source = preset.source if preset else spec
+    folder: Path | None = Path(source).expanduser()
+    if not folder.is_dir():
+        hub_id = "/" in source and source.count("/") == 1 and not source.startswith((".", "~", "/"))
+        folder = _hub_usage_folder(source) if hub_id else None
+    return _usage(folder)[1] if folder is not None else 1.0
 
 
 def model_available(spec: str) -> bool:
