@@ -375,6 +375,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             state = "available (embedded, offline)" if embedded else "available (in the hub cache)"
             if embedded:
                 gain = f"\n    noise gain: {recommended_noise_gain(name):g} (--noise-gain's default with this model)"
+                if (Path(preset.source) / "detail").is_dir():
+                    gain += "\n    detail stage: 2x super-resolution of faces the photo enlarges (faceveil.detail)"
         else:
             state = "not shipped in this installation" if embedded else "not available here (downloaded from the hub on first use)"
         tag = " (default)" if name == default else ""

@@ -21,6 +21,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel, VQModel
 
 from faceveil import quiet_diffusers
+from faceveil.detail import DetailNet
 from faceveil.engine.ddim import to_epsilon
 from faceveil.errors import ModelUnavailableError
 
@@ -124,12 +125,15 @@ class DiffusionModel:
     vq_quantize: bool = True
     framing: str = "ffhq"  # the face crop the model was trained on (faces.align.FRAMINGS)
     noise_gain: float = 1.0  # the keyed noise's gain its trainers measured best (faceveil_train.json)
+    detail: DetailNet | None = None  # 2x super-resolution of enlarged faces before pasting (faceveil.detail)
     _weights_hash: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.unet.eval().requires_grad_(False)
         if self.autoencoder is not None:
             self.autoencoder.eval().requires_grad_(False)
+        if self.detail is not None:
+            self.detail.eval().requires_grad_(False)
 
     # ---- shapes ----------------------------------------------------------------
     @property
@@ -239,10 +243,13 @@ class DiffusionModel:
     # ---- identity ---------------------------------------------------------------
     @property
     def weights_hash(self) -> str:
-        """SHA-256 over every weight tensor (name, dtype, shape, bytes), autoencoder included."""
+        """SHA-256 over every weight tensor (name, dtype, shape, bytes), autoencoder and detail stage included."""
         if self._weights_hash is None:
             digest = hashlib.sha256()
             parts = [("unet", self.unet)] + ([("autoencoder", self.autoencoder)] if self.autoencoder else [])
+            if self.detail is not None:  # also its switch-on size: it decides which faces it changes
+                digest.update(f"detail.min_enlargement:{float(self.detail.config.min_enlargement)!r}".encode())
+                parts.append(("detail", self.detail))
             for prefix, module in parts:
                 for name, tensor in sorted(module.state_dict().items()):
                     t = tensor.detach().cpu().contiguous()
@@ -255,6 +262,8 @@ class DiffusionModel:
         self.unet.to(device)
         if self.autoencoder is not None:
             self.autoencoder.to(device)
+        if self.detail is not None:
+            self.detail.to(device)
         return self
 
 
@@ -273,7 +282,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _fetch_from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors", "*/*.bin"]
+    patterns = ["model_index.json", "faceveil_train.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors", "*/*.bin"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception:
@@ -346,10 +355,13 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
             if sub in parts:
                 autoencoder = classes.get(parts[sub], default_cls).from_pretrained(folder, subfolder=sub)
                 break
+        detail = DetailNet.from_pretrained(folder, subfolder="detail") if (folder / "detail").is_dir() else None
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
     framing, noise_gain = _usage(folder)
-    return DiffusionModel(unet, scheduler, autoencoder, model_id=spec, framing=framing, noise_gain=noise_gain).to(device)
+    return DiffusionModel(
+        unet, scheduler, autoencoder, model_id=spec, framing=framing, noise_gain=noise_gain, detail=detail
+    ).to(device)
 
 
 def _usage(folder: Path) -> tuple[str, float]:

@@ -375,10 +375,27 @@ def _read_latents(run: _Run, faces: list[_Face], colours: list[Colour]) -> torch
     return _encode(run.model, crops, run.settings.decoder_iters)
 
 
+def _doubled(transform: AlignTransform) -> AlignTransform:
+    """The same crop at twice the resolution (pixel centres at ``2x + 0.5``)."""
+    m = np.array(transform.matrix) * 2.0
+    m[:, 2] += 0.5
+    return AlignTransform(m, 2 * transform.size)
+
+
+def _paste_samples(model: DiffusionModel, face: np.ndarray, geometry: FaceGeometry) -> np.ndarray:
+    """A model face (S x S x 3) resampled at the region's pixels (K x 3): through the
+    model's detail stage first where the face on the photo is enlarged enough for it
+    (a public function of the transform, so both directions agree)."""
+    detail = model.detail
+    if detail is not None and detail.applies(1.0 / geometry.transform.scale):
+        return sample_crop(detail.enhance(face), _doubled(geometry.transform), geometry.region)
+    return sample_crop(face, geometry.transform, geometry.region)
+
+
 def _layer(run: _Run, face: np.ndarray, image: np.ndarray, geometry: FaceGeometry, colour: Colour, nonce: bytes) -> np.ndarray:
     """What pasting a decoded model face (S x S x 3) puts on the region's pixels before
     blending (K x 3): colour-matched, resampled onto the photo's grid, with grain."""
-    layer = sample_crop(colour.forward(face), geometry.transform, geometry.region)
+    layer = _paste_samples(run.model, colour.forward(face), geometry)
     if run.settings.grain:
         layer = layer + photo_grain(image, geometry.region, geometry.transform.scale, nonce)
     return layer
@@ -409,7 +426,7 @@ def _predict(
     for i, (face, colour) in enumerate(zip(faces, colours)):
         g = face.geometry
         layer = _layer(run, _to_pixels(read[i : i + 1]), face.image, g, colour, face.nonce)
-        restored = sample_crop(_to_pixels(back[i : i + 1]), g.transform, g.region)
+        restored = _paste_samples(run.model, _to_pixels(back[i : i + 1]), g)
         y0, y1, x0, x1 = g.region.bounds
         inside = g.region.inside
         a = g.region.alpha[inside][:, None]

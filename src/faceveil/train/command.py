@@ -1,6 +1,6 @@
-"""CLI hooks: ``faceveil prepare-data`` and ``faceveil train``.
+"""CLI hooks: ``faceveil prepare-data``, ``faceveil train`` and ``faceveil train-detail``.
 
-:func:`register` adds both subcommands to an argparse subparsers object; each sets
+:func:`register` adds the subcommands to an argparse subparsers object; each sets
 ``func`` to a function taking the parsed arguments and returning an exit code. Errors
 are raised as :class:`faceveil.errors.FaceveilError` (their ``exit_code`` applies).
 """
@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "run_prepare_data", "run_train"]
+__all__ = ["register", "run_prepare_data", "run_train", "run_train_detail"]
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``prepare-data`` and ``train`` subcommands."""
+    """Add the ``prepare-data``, ``train`` and ``train-detail`` subcommands."""
     p = subparsers.add_parser(
         "prepare-data",
         help="align the shared CelebA/LFW faces into a training file (.npz)",
@@ -121,6 +121,40 @@ def register(subparsers: Any) -> None:
                    help="start from a diffusers folder's UNet weights (e.g. the embedded draft)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
+
+    d = subparsers.add_parser(
+        "train-detail",
+        help="train the detail stage: 2x super-resolution of enlarged model faces",
+        description=(
+            "Train faceveil.detail.DetailNet on a face set prepared at twice the model's crop "
+            "(prepare-data --size 192 --framing face): L1 plus a patch discriminator, inputs blurred "
+            "and halved. Resumable (--out keeps checkpoints); --export writes a new model folder: "
+            "--base's files plus the EMA stage as detail/."
+        ),
+    )
+    d.add_argument("--data", metavar="PATH", help="chunked face set (folder or provenance.json) or .npz")
+    d.add_argument("--out", default="runs/detail", metavar="DIR", help="run folder (default: runs/detail)")
+    d.add_argument("--source", action="append", default=None, metavar="NAME",
+                   help="train only on crops of this source (repeatable; default: all)")
+    d.add_argument("--steps", type=int, default=20_000, help="total steps of the run (default: 20000)")
+    d.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this many minutes")
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--lr", type=float, default=2e-4)
+    d.add_argument("--channels", type=int, default=48)
+    d.add_argument("--blocks", type=int, default=8)
+    d.add_argument("--adv-weight", type=float, default=0.01, help="patch discriminator's weight (0: L1 only)")
+    d.add_argument("--adv-start", type=int, default=400, help="L1 alone for this many steps first")
+    d.add_argument("--max-blur", type=float, default=1.5, help="largest input blur (sigma, target pixels)")
+    d.add_argument("--min-enlargement", type=float, default=1.0,
+                   help="the stage runs on faces enlarged at least this many times from the model crop")
+    d.add_argument("--checkpoint-every", type=int, default=200, metavar="N")
+    d.add_argument("--sample-every", type=int, default=400, metavar="N")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--export", metavar="DIR", help="write a new model folder: --base plus this stage as detail/")
+    d.add_argument("--export-only", action="store_true", help="do not train: export the latest checkpoint")
+    d.add_argument("--base", metavar="MODEL_DIR", help="with --export: the face model folder the stage joins")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=run_train_detail)
 
 
 def run_prepare_data(args: argparse.Namespace) -> int:
@@ -249,6 +283,38 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"exported: {result.export_dir}")
     elif args.export and result.stopped_by_time:
         print("not exported (stopped by time); run again with --resume to finish", file=sys.stderr)
+    return 0
+
+
+def run_train_detail(args: argparse.Namespace) -> int:
+    from faceveil.errors import UsageError
+    from faceveil.train.detail import DetailConfig, export_detail, train_detail
+
+    if args.export and not args.base:
+        raise UsageError("--export needs --base MODEL_DIR: the face model the detail stage joins")
+    if args.export_only:
+        if not args.export:
+            raise UsageError("--export-only needs --export DIR")
+        print(f"exported {export_detail(args.out, args.base, args.export)}")
+        return 0
+    if not args.data:
+        raise UsageError("no training data: pass --data (prepare-data --size 192 --framing face)")
+    if args.adv_weight < 0 or args.max_blur < 0 or args.min_enlargement <= 0:
+        raise UsageError("--adv-weight and --max-blur must be >= 0, --min-enlargement > 0")
+    cfg = DetailConfig(
+        data=args.data, out_dir=args.out, sources=args.source or [], channels=args.channels, blocks=args.blocks,
+        min_enlargement=args.min_enlargement, batch_size=args.batch_size, lr=args.lr, adv_weight=args.adv_weight,
+        adv_start=args.adv_start, max_blur=args.max_blur, steps=args.steps, max_minutes=args.max_minutes,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, progress=not args.quiet,
+    )
+    result = train_detail(cfg)
+    v = result.validation
+    print(
+        f"step {result.step}/{cfg.steps} in {result.seconds:.0f} s; held-out L1 {v['l1']:.4f} (bicubic {v['l1_bicubic']:.4f}), "
+        f"detail {v['detail']:.2f} (bicubic {v['detail_bicubic']:.2f})\ncheckpoint: {result.checkpoint}"
+    )
+    if args.export:
+        print(f"exported {export_detail(args.out, args.base, args.export)}")
     return 0
 
 
