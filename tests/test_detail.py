@@ -114,3 +114,14 @@ def test_train_detail_learns_and_exports_a_model_folder(tmp_path):
     assert main([*common, "--source", "nowhere", "--steps", "9"]) != 0  # a source the set lacks
     assert main(["train-detail", "--out", str(tmp_path / "run"), "--export-only", "--export", str(tmp_path / "with-detail"),
                  "--base", str(base)]) != 0  # never overwrites
+
+
+def test_the_loss_mask_leaves_out_the_fill_beyond_the_photo():
+    from faceveil.train.detail import photo_mask
+
+    # a 20 x 10 photo (h x w) enlarged 2x into a 32 px crop: x in [0, 10) covers crop columns 0..19
+    m = np.array([[[2.0, 0.0, 0.5], [0.0, 2.0, 0.5]]])
+    mask = photo_mask(m, np.array([[20, 10]]), 32, margin=0.0)[0, 0].numpy()
+    assert mask[:, :20].all() and not mask[:, 20:].any() and mask.dtype == np.float32
+    inner = photo_mask(m, np.array([[20, 10]]), 32, margin=4.0)[0, 0].numpy()
+    assert inner[4:28, 4:16].all() and not inner[:, :4].any() and not inner[:, 16:].any()

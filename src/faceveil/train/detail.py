@@ -6,7 +6,8 @@ and halved (area), so that the network learns to sharpen faces as soft as the di
 model draws them, not only to undo a clean halving. The loss is L1 plus, after
 ``adv_start`` steps, a hinge patch discriminator (spectrally normalised PatchGAN), the
 tool that gave LDM's autoencoders and ESRGAN their texture; no pretrained perceptual
-network is used. The generator's EMA is what :func:`export_detail` writes, as ``detail/``
+network is used. Both count only pixels that came from the photo, not the mirrored fill
+beyond a tight source image (:func:`photo_mask`). The generator's EMA is what :func:`export_detail` writes, as ``detail/``
 beside a face model's ``unet/``. Resumable: checkpoints in ``OUT/checkpoints``.
 """
 
@@ -106,10 +107,49 @@ def band_energy(x: torch.Tensor) -> torch.Tensor:
     return (blur(gray, 1.0) - blur(gray, 3.0)).pow(2).mean(dim=(1, 2, 3))
 
 
-def _load_pairs(cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _geometry(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each crop's alignment (image -> crop, 2 x 3) and source image size (h, w), in the order
+    :func:`load_face_set` returns the crops; ``None`` for files that do not record them."""
+    from faceveil.train.chunks import read_manifest
+
+    p = Path(path)
+    if p.suffix == ".npz":
+        files = [p]
+    else:
+        folder, prov = read_manifest(p)
+        files = [folder / c["file"] for c in prov.get("chunks") or []]
+    matrices, shapes = [], []
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            if "align_matrix" not in z.files or "source_shape" not in z.files:
+                return None
+            matrices.append(z["align_matrix"])
+            shapes.append(z["source_shape"])
+    return np.concatenate(matrices), np.concatenate(shapes)
+
+
+def photo_mask(matrices: np.ndarray, shapes: np.ndarray, size: int, margin: float = 4.0) -> torch.Tensor:
+    """(B, 1, size, size): 1 where a crop pixel comes from its photo, ``margin`` crop pixels
+    inside the photo's edge; 0 where the crop was filled beyond it (mirrored and blurred,
+    ``faceveil.train.crops.align_filled``): no target there."""
+    c = np.arange(size, dtype=np.float64)
+    u, v = np.meshgrid(c, c)
+    out = np.zeros((len(matrices), 1, size, size), np.float32)
+    for k, (m, (h, w)) in enumerate(zip(matrices, shapes)):
+        a = np.vstack([m, [0.0, 0.0, 1.0]])
+        inv = np.linalg.inv(a)[:2]
+        x = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
+        y = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
+        pad = margin / max(float(np.sqrt(abs(np.linalg.det(m[:, :2])))), 1e-6)  # crop px -> photo px
+        out[k, 0] = (x >= pad - 0.5) & (x <= w - 0.5 - pad) & (y >= pad - 0.5) & (y <= h - 0.5 - pad)
+    return torch.from_numpy(out)
+
+
+def _load_pairs(cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     from faceveil.train.chunks import load_face_set
 
     data = load_face_set(cfg.data)
+    geometry = _geometry(cfg.data)
     origin = np.array([s.split("/", 1)[0] for s in data.sources])  # "utkface-agepred/..." -> its source
     keep = np.ones(len(data.images), dtype=bool)
     if cfg.sources:
@@ -122,8 +162,10 @@ def _load_pairs(cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, An
         raise UsageError(f"{cfg.data}: crops are {images.shape[1]}x{images.shape[2]}, need square and of even side")
     val = np.arange(len(images)) % VALIDATION_EVERY == 0
     summary = {"set": str(cfg.data), "crops": int(keep.sum()), "validation": int(val.sum()),
-               "size": int(images.shape[1]), "sources": sorted(set(origin[keep]))}
-    return images[~val], images[val], summary
+               "size": int(images.shape[1]), "sources": sorted(set(origin[keep])),
+               "loss_mask": "pixels from the photo (fill beyond it left out)" if geometry else "none (no geometry recorded)"}
+    train_geometry = (geometry[0][keep][~val], geometry[1][keep][~val]) if geometry else None
+    return images[~val], images[val], summary, train_geometry
 
 
 def _to_batch(images: np.ndarray) -> torch.Tensor:
@@ -185,7 +227,7 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
     out = Path(cfg.out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
-    train_set, val_set, summary = _load_pairs(cfg)
+    train_set, val_set, summary, geometry = _load_pairs(cfg)
     if len(train_set) < cfg.batch_size or not len(val_set):
         raise UsageError(f"{cfg.data}: too few crops ({len(train_set)} to train on)")
     torch.manual_seed(cfg.seed)
@@ -236,18 +278,21 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
         idx = rng.integers(0, len(train_set), cfg.batch_size)
         hr = _to_batch(train_set[idx])
         flip = torch.from_numpy(rng.random(cfg.batch_size) < 0.5)
+        mask = photo_mask(*(g[idx] for g in geometry), hr.shape[-1]) if geometry else torch.ones_like(hr[:, :1])
         hr = torch.where(flip[:, None, None, None], hr.flip(3), hr)
+        mask = torch.where(flip[:, None, None, None], mask.flip(3), mask)
         lr = degrade(hr, cfg.max_blur, gen)
         sr = net(lr)
-        l1 = (sr - hr).abs().mean()
+        l1 = ((sr - hr).abs() * mask).sum() / (3 * mask.sum()).clamp(min=1)
         adversarial = cfg.adv_weight > 0 and step >= cfg.adv_start
         loss_d = torch.zeros(())
         if adversarial:
+            fake = mask * sr + (1 - mask) * hr  # the discriminator judges only what came from a photo
             opt_d.zero_grad(set_to_none=True)
-            loss_d = F.relu(1 - disc(hr)).mean() + F.relu(1 + disc(sr.detach())).mean()
+            loss_d = F.relu(1 - disc(hr)).mean() + F.relu(1 + disc(fake.detach())).mean()
             loss_d.backward()
             opt_d.step()
-            loss_g = l1 - cfg.adv_weight * disc(sr).mean()
+            loss_g = l1 - cfg.adv_weight * disc(fake).mean()
         else:
             loss_g = l1
         opt_g.zero_grad(set_to_none=True)
