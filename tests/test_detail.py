@@ -117,11 +117,21 @@ def test_train_detail_learns_and_exports_a_model_folder(tmp_path):
 
 
 def test_the_loss_mask_leaves_out_the_fill_beyond_the_photo():
-    from faceveil.train.detail import photo_mask
+    from faceveil.train.crops import photo_mask
 
     # a 20 x 10 photo (h x w) enlarged 2x into a 32 px crop: x in [0, 10) covers crop columns 0..19
     m = np.array([[[2.0, 0.0, 0.5], [0.0, 2.0, 0.5]]])
-    mask = photo_mask(m, np.array([[20, 10]]), 32, margin=0.0)[0, 0].numpy()
-    assert mask[:, :20].all() and not mask[:, 20:].any() and mask.dtype == np.float32
-    inner = photo_mask(m, np.array([[20, 10]]), 32, margin=4.0)[0, 0].numpy()
+    mask = photo_mask(m, np.array([[20, 10]]), 32, margin=0.0)[0]
+    assert mask[:, :20].all() and not mask[:, 20:].any() and mask.dtype == bool
+    inner = photo_mask(m, np.array([[20, 10]]), 32, margin=4.0)[0]
     assert inner[4:28, 4:16].all() and not inner[:, :4].any() and not inner[:, 16:].any()
+
+
+def test_the_fill_s_blur_reaching_into_the_photo_is_no_target_either():
+    from faceveil.train.crops import photo_mask
+
+    whole = np.array([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]])  # a 64 px photo halved: no fill
+    assert photo_mask(whole, np.array([[64, 64]]), 32).all()
+    m = np.array([[[2.0, 0.0, 0.5], [0.0, 2.0, 0.5]]])  # filled beyond column 20: 0.1 x 32 px more left out
+    auto = photo_mask(m, np.array([[20, 10]]), 32)[0]
+    assert auto[:, :16].any() and not auto[:, 17:].any() and not auto[:3].any()

@@ -364,6 +364,20 @@ def test_tiny_training_on_the_chunked_set(world, tmp_path):
     assert summary["provenance_sha256"] == tchunks.file_sha256(world["out"] / tchunks.MANIFEST_NAME)
     assert summary["sources"]["utkface-agepred"]["commit"] == "b06607bf2477c8295b33facb5dea7aada27cac01"
     assert len(summary["chunks"]) == len(world["report"].provenance["chunks"])
+    assert summary["loss_mask"].startswith("pixels from the photo")  # the fill beyond tight photos is no target
+
+
+def test_the_fill_mask_follows_each_crop_s_photo(world):
+    """set_geometry gives each crop's alignment in load order; photo_mask is False exactly on the fill."""
+    from faceveil.train.crops import photo_mask, set_geometry
+
+    fd = tchunks.load_face_set(world["out"])
+    matrices, shapes = set_geometry(world["out"])
+    assert len(matrices) == len(shapes) == len(fd)
+    mask = photo_mask(matrices, shapes, fd.images.shape[1], margin=0.0)
+    folder, prov = tchunks.read_manifest(world["out"])
+    filled = np.concatenate([np.load(folder / c["file"])["filled"] for c in prov["chunks"]])
+    assert np.allclose(1 - mask.mean(axis=(1, 2)), filled, atol=1e-6)
 
 
 def test_face_framed_set_with_masks_trains_an_inpainting_model(world, tmp_path):

@@ -119,6 +119,8 @@ def register(subparsers: Any) -> None:
                    help="inpainting model: mask and masked image as extra inputs (data from prepare-data --masks)")
     t.add_argument("--init-from", metavar="MODEL_DIR", default=None,
                    help="start from a diffusers folder's UNet weights (e.g. the embedded draft)")
+    t.add_argument("--no-fill-mask", action="store_true",
+                   help="train on the fill beyond tight source photos too (default: no loss there)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
 
@@ -266,6 +268,7 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         conditional=args.conditional,
         init_from=args.init_from,
+        fill_mask=not args.no_fill_mask,
     )
     result = train(cfg)
     mean = sum(result.losses[-100:]) / max(1, len(result.losses[-100:]))

@@ -16,12 +16,18 @@ the same photo among crops from different sources.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 
 from faceveil.faces.align import AlignTransform, alignment_transform, invert_affine, warp_crop
 
 __all__ = ["FACE_REGION", "align_filled", "detail_signature", "filled_fraction", "hamming", "perceptual_hash", "quad_side"]
+
+
+FILL_BLUR_REACH = 0.1  # of the crop: how far align_filled's blur reaches into the photo
 
 
 def quad_side(transform: AlignTransform) -> float:
@@ -148,3 +154,51 @@ def detail_signature(crop: np.ndarray) -> np.ndarray:
 def hamming(a: int, b: int) -> int:
     """Number of differing bits of two hashes."""
     return int(a ^ b).bit_count()
+
+
+def photo_mask(matrices: np.ndarray, shapes: np.ndarray, size: int, margin: float | None = None) -> np.ndarray:
+    """(N, size, size) bool: True where a crop pixel is the photo's own, False where
+    :func:`align_filled` filled the crop beyond the photo or blurred the photo's edge
+    into that fill: no training target there. ``matrices`` are the crops' alignments
+    (image -> crop, N x 2 x 3), ``shapes`` their photos' (height, width). ``margin``
+    (crop pixels) keeps that far inside the photo's edge; by default 0 for a crop with no
+    fill and, for one with fill, the reach of FFHQ's blur into the photo: a third of the
+    padding, which is at least 0.3 of the quad (so 0.1 of the crop)."""
+    c = np.arange(size, dtype=np.float64)
+    u, v = np.meshgrid(c, c)
+    out = np.zeros((len(matrices), size, size), bool)
+    for k, (m, (h, w)) in enumerate(zip(np.asarray(matrices, np.float64), np.asarray(shapes))):
+        inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
+        x = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
+        y = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
+
+        def inside(pad: float) -> np.ndarray:
+            return (x >= pad - 0.5) & (x <= w - 0.5 - pad) & (y >= pad - 0.5) & (y <= h - 0.5 - pad)
+
+        scale = max(float(np.sqrt(abs(np.linalg.det(m[:, :2])))), 1e-6)  # crop px per photo px
+        out[k] = inside(0.0)
+        reach = margin if margin is not None else (0.0 if out[k].all() else FILL_BLUR_REACH * size)
+        if reach > 0:
+            out[k] = inside(reach / scale)
+    return out
+
+
+def set_geometry(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each crop's alignment (image -> crop, 2 x 3) and photo size (h, w) of a face file or
+    chunked set, in the order ``load_face_set`` returns its crops; ``None`` when not recorded."""
+    from faceveil.train.chunks import read_manifest
+
+    p = Path(path)
+    if p.suffix == ".npz" or (p.is_file() and p.suffix != ".json"):
+        files = [p]
+    else:
+        folder, prov = read_manifest(p)
+        files = [folder / c["file"] for c in prov.get("chunks") or []]
+    matrices, shapes = [], []
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            if "align_matrix" not in z.files or "source_shape" not in z.files:
+                return None
+            matrices.append(z["align_matrix"])
+            shapes.append(z["source_shape"])
+    return np.concatenate(matrices), np.concatenate(shapes)

@@ -7,8 +7,9 @@ model draws them, not only to undo a clean halving. The loss is L1 plus, after
 ``adv_start`` steps, a hinge patch discriminator (spectrally normalised PatchGAN), the
 tool that gave LDM's autoencoders and ESRGAN their texture; no pretrained perceptual
 network is used. Both count only pixels that came from the photo, not the mirrored fill
-beyond a tight source image (:func:`photo_mask`). The generator's EMA is what :func:`export_detail` writes, as ``detail/``
-beside a face model's ``unet/``. Resumable: checkpoints in ``OUT/checkpoints``.
+beyond a tight source image (:func:`faceveil.train.crops.photo_mask`). The generator's
+EMA is what :func:`export_detail` writes, as ``detail/`` beside a face model's ``unet/``.
+Resumable: checkpoints in ``OUT/checkpoints``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch.nn.utils import spectral_norm
 from faceveil.atomic import atomic_output
 from faceveil.detail import DetailNet
 from faceveil.errors import UsageError
+from faceveil.train.crops import photo_mask, set_geometry
 
 VALIDATION_EVERY = 50  # every 50th crop is held out for the validation figures
 
@@ -107,49 +109,11 @@ def band_energy(x: torch.Tensor) -> torch.Tensor:
     return (blur(gray, 1.0) - blur(gray, 3.0)).pow(2).mean(dim=(1, 2, 3))
 
 
-def _geometry(path: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Each crop's alignment (image -> crop, 2 x 3) and source image size (h, w), in the order
-    :func:`load_face_set` returns the crops; ``None`` for files that do not record them."""
-    from faceveil.train.chunks import read_manifest
-
-    p = Path(path)
-    if p.suffix == ".npz":
-        files = [p]
-    else:
-        folder, prov = read_manifest(p)
-        files = [folder / c["file"] for c in prov.get("chunks") or []]
-    matrices, shapes = [], []
-    for f in files:
-        with np.load(f, allow_pickle=False) as z:
-            if "align_matrix" not in z.files or "source_shape" not in z.files:
-                return None
-            matrices.append(z["align_matrix"])
-            shapes.append(z["source_shape"])
-    return np.concatenate(matrices), np.concatenate(shapes)
-
-
-def photo_mask(matrices: np.ndarray, shapes: np.ndarray, size: int, margin: float = 4.0) -> torch.Tensor:
-    """(B, 1, size, size): 1 where a crop pixel comes from its photo, ``margin`` crop pixels
-    inside the photo's edge; 0 where the crop was filled beyond it (mirrored and blurred,
-    ``faceveil.train.crops.align_filled``): no target there."""
-    c = np.arange(size, dtype=np.float64)
-    u, v = np.meshgrid(c, c)
-    out = np.zeros((len(matrices), 1, size, size), np.float32)
-    for k, (m, (h, w)) in enumerate(zip(matrices, shapes)):
-        a = np.vstack([m, [0.0, 0.0, 1.0]])
-        inv = np.linalg.inv(a)[:2]
-        x = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
-        y = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
-        pad = margin / max(float(np.sqrt(abs(np.linalg.det(m[:, :2])))), 1e-6)  # crop px -> photo px
-        out[k, 0] = (x >= pad - 0.5) & (x <= w - 0.5 - pad) & (y >= pad - 0.5) & (y <= h - 0.5 - pad)
-    return torch.from_numpy(out)
-
-
 def _load_pairs(cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     from faceveil.train.chunks import load_face_set
 
     data = load_face_set(cfg.data)
-    geometry = _geometry(cfg.data)
+    geometry = set_geometry(cfg.data)
     origin = np.array([s.split("/", 1)[0] for s in data.sources])  # "utkface-agepred/..." -> its source
     keep = np.ones(len(data.images), dtype=bool)
     if cfg.sources:
@@ -278,7 +242,8 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
         idx = rng.integers(0, len(train_set), cfg.batch_size)
         hr = _to_batch(train_set[idx])
         flip = torch.from_numpy(rng.random(cfg.batch_size) < 0.5)
-        mask = photo_mask(*(g[idx] for g in geometry), hr.shape[-1]) if geometry else torch.ones_like(hr[:, :1])
+        mask = (torch.from_numpy(photo_mask(*(g[idx] for g in geometry), hr.shape[-1])[:, None].astype(np.float32))
+                if geometry else torch.ones_like(hr[:, :1]))
         hr = torch.where(flip[:, None, None, None], hr.flip(3), hr)
         mask = torch.where(flip[:, None, None, None], mask.flip(3), mask)
         lr = degrade(hr, cfg.max_blur, gen)

@@ -212,6 +212,7 @@ class TrainConfig:
     conditional: bool = False  # inpainting: mask + masked image as extra inputs (data with masks)
     init_from: str | None = None  # a diffusers model folder whose UNet weights start the run
     outside_weight: float = 0.1  # conditional: loss weight of pixels outside the mask (the engine pins them)
+    fill_mask: bool = True  # no loss where a crop was filled beyond its photo (needs the set's recorded alignments)
 
     def resolved(self) -> TrainConfig:
         if self.preset not in PRESETS:
@@ -281,11 +282,17 @@ class _Batches:
     generator whose state (with the epoch permutation and position) is checkpointed.
     """
 
-    def __init__(self, images: np.ndarray, device: torch.device, seed: int, masks: np.ndarray | None = None) -> None:
+    def __init__(
+        self, images: np.ndarray, device: torch.device, seed: int, masks: np.ndarray | None = None,
+        photo: np.ndarray | None = None,
+    ) -> None:
         t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         self.images = t.to(device)
         self.masks = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks, dtype=bool))[:, None].to(device)
         self.last_masks: torch.Tensor | None = None  # float B x 1 x S x S of the last batch (flipped with it)
+        # pixels that came from the photo, not the fill beyond it (train.crops.photo_mask); None: all
+        self.photo = None if photo is None else torch.from_numpy(np.ascontiguousarray(photo, dtype=bool))[:, None].to(device)
+        self.last_photo: torch.Tensor | None = None
         self.n = int(t.shape[0])
         self.device = device
         self.gen = torch.Generator().manual_seed(seed)
@@ -310,6 +317,9 @@ class _Batches:
         if self.masks is not None:
             m = self.masks[idx.to(self.device)].float()
             self.last_masks = torch.where(flip.to(self.device)[:, None, None, None], m.flip(-1), m)
+        if self.photo is not None:
+            p = self.photo[idx.to(self.device)].float()
+            self.last_photo = torch.where(flip.to(self.device)[:, None, None, None], p.flip(-1), p)
         return x
 
     def state_dict(self) -> dict[str, Any]:
@@ -688,7 +698,15 @@ def train(
     )
     noise_sched = ddpm_scheduler()
     alphas_cumprod = noise_sched.alphas_cumprod.to(device=device, dtype=torch.float32)
-    batches = _Batches(arr, device, cfg.seed + 1, masks if cfg.conditional else None)
+    photo = None
+    if cfg.fill_mask and images is None:
+        from faceveil.train.crops import photo_mask, set_geometry
+
+        geometry = set_geometry(cfg.data)
+        if geometry is not None and len(geometry[0]) == len(arr):
+            photo = photo_mask(*geometry, resolution)
+            data_summary = {**data_summary, "loss_mask": f"pixels from the photo ({photo.mean():.1%}); fill beyond it left out"}
+    batches = _Batches(arr, device, cfg.seed + 1, masks if cfg.conditional else None, photo)
     if cfg.conditional:  # fixed crops whose faces every sample grid redraws
         shown = np.linspace(0, len(arr) - 1, max(1, cfg.num_samples)).round().astype(int)
         shown_x = torch.from_numpy(arr[shown]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -817,9 +835,11 @@ def train(
                     xt = torch.cat([xt, _condition(x0, m)], dim=1)
                 with ctx:
                     pred = model_fn(xt, t).sample
-                if cfg.conditional:
-                    w = m + cfg.outside_weight * (1 - m)
-                    loss = ((pred.float() - noise) ** 2 * w).mean() / w.mean()
+                w = m + cfg.outside_weight * (1 - m) if cfg.conditional else None
+                if batches.last_photo is not None:  # no target where the crop was filled beyond the photo
+                    w = batches.last_photo if w is None else w * batches.last_photo
+                if w is not None:
+                    loss = ((pred.float() - noise) ** 2 * w).mean() / w.mean().clamp(min=1e-8)
                 else:
                     loss = torch.nn.functional.mse_loss(pred.float(), noise)
                 optimizer.zero_grad(set_to_none=True)
