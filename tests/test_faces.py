@@ -312,3 +312,48 @@ def test_colour_fit_matches_the_skin_not_teeth_or_hair():
     new = fit_colour(generated, original, interior, edge).forward(generated)
     centre = inside < 0.4  # the edge's lighting meets the hair at the edge and fades inwards
     assert np.abs(np.median(new[centre], axis=0) - skin).max() < 5.0
+
+
+def _pink_face_with_dark_hair(size: int = 96):
+    yy, xx = np.mgrid[0:size, 0:size]
+    inside = ((xx - 48) / 30.0) ** 2 + ((yy - 50) / 38.0) ** 2
+    interior, edge = inside < 0.8, (inside >= 0.8) & (inside < 1.2)
+    rng = np.random.default_rng(1)
+    generated = np.broadcast_to([160.0, 100.0, 115.0], (size, size, 3)) + rng.normal(0, 5, (size, size, 3))  # pink skin
+    generated[edge] = 50.0  # the model's dark transition into hair at the outline
+    original = np.broadcast_to([180.0, 150.0, 120.0], (size, size, 3)) + rng.normal(0, 5, (size, size, 3))  # warm skin
+    original[edge] = 40.0
+    return generated, original, interior, edge
+
+
+def test_the_colour_fit_corrects_pink_skin_without_tinting_the_dark_rim_green():
+    """The default ("ratio") mode balances each channel by a ratio, so dark pixels stay neutral;
+    the older additive "shift" turned the model's dark outline ring green (the portrait's rim)."""
+    from faceveil.faces.colour import fit_colour
+
+    generated, original, interior, edge = _pink_face_with_dark_hair()
+    green = {}
+    for mode in ("ratio", "shift"):
+        new = fit_colour(generated, original, interior, edge, mode=mode).forward(generated)
+        skin = np.median(new[interior], axis=0)
+        assert np.abs(skin - [180.0, 150.0, 120.0]).max() < 8.0  # the skin matched either way
+        ring = new[edge].mean(axis=0)
+        green[mode] = ring[1] - ring[[0, 2]].mean()
+    assert green["shift"] > 30.0 and green["ratio"] < 0.6 * green["shift"], green
+
+
+@pytest.mark.parametrize("mode", ["ratio", "shift"])
+def test_colour_maps_invert_exactly_and_keep_their_mode_in_the_header(mode):
+    from faceveil.faces.colour import Colour, fit_colour
+
+    generated, original, interior, edge = _pink_face_with_dark_hair()
+    colour = fit_colour(generated, original, interior, edge, mode=mode)
+    assert colour.mode == mode and colour.shading
+    assert np.allclose(colour.inverse(colour.forward(generated)), generated, atol=1e-9)
+    again = Colour.from_json(colour.to_json(), colour.shading)
+    assert again == colour
+    assert len(colour.to_json()) == (7 if mode == "shift" else 8)  # files made before the mode existed: 7, "shift"
+    with pytest.raises(ValueError, match="mode"):
+        Colour.from_json([*colour.to_json()[:7], 5.0])
+    with pytest.raises(ValueError, match="colour mode"):
+        fit_colour(generated, original, interior, edge, mode="tint")

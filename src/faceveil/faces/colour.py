@@ -31,20 +31,32 @@ def _upsample_field(field: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.stack([np.interp(pix, centres, rows[i, :, c]) for c in range(3)], axis=1) for i in range(size)])
 
 
+COLOUR_MODES = ("shift", "ratio")  # the order is the mode's code in a header's sealed colour fit
+
+
 @dataclass(frozen=True)
 class Colour:
-    """Map from the model's face to the photo: ``(x - src) * gain + dst + shading``.
+    """Map from the model's face to the photo, exactly invertible, in one of two modes:
 
-    ``src``/``dst``/``gain`` match mean colour and contrast; ``shading`` (a coarse
-    ``SHADING_GRID`` field, float16) carries the photo's lighting across the face, fitted
-    on the face's edge only and spread inwards, so the new face meets the skin, hair and
-    lighting around it without a band. Recovery undoes it before reading the latent.
+    - ``"ratio"`` (the default): ``y = k x + ((k x) . luma - L) (gain - 1) + shading``
+      with ``k = dst / src`` per channel (a white balance: black stays black) and the
+      contrast ``gain`` applied to luma alone around the skin's luma ``L`` (a neutral
+      shift, no tint). A model face whose skin is pinker than the photo's is corrected
+      without turning its shadows and the hair at its outline green.
+    - ``"shift"`` (headers made before): ``y = (x - src) gain + dst + shading``, per channel.
+
+    ``src``/``dst`` are the generated and original skin colours, ``gain`` their contrast
+    ratio; ``shading`` (a coarse ``SHADING_GRID`` field, float16) carries the photo's
+    lighting across the face, fitted on the face's edge only and spread inwards, so the new
+    face meets the skin, hair and lighting around it without a band. Recovery undoes it
+    before reading the latent.
     """
 
     src: tuple[float, float, float] = (0.0, 0.0, 0.0)
     dst: tuple[float, float, float] = (0.0, 0.0, 0.0)
     gain: float = 1.0
     shading: bytes = b""
+    mode: str = "shift"
 
     def _field(self, size: int) -> np.ndarray | float:
         if not self.shading:
@@ -52,26 +64,44 @@ class Colour:
         g = SHADING_GRID
         return _upsample_field(np.frombuffer(self.shading, dtype="<f2").reshape(g, g, 3).astype(np.float64), size)
 
+    def _balance(self) -> np.ndarray:
+        return np.asarray(self.dst) / np.maximum(np.asarray(self.src), 1.0)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if self.mode == "ratio":
+            y = x * self._balance()
+            return y + ((y @ _LUMA - self._skin_luma()) * (self.gain - 1.0))[..., None] + self._field(x.shape[0])
         return (x - np.asarray(self.src)) * self.gain + np.asarray(self.dst) + self._field(x.shape[0])
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
+        if self.mode == "ratio":
+            t = y - self._field(y.shape[0])
+            luma = t @ _LUMA  # the luma after the contrast; before it: (luma - L) / gain + L
+            before = (luma - self._skin_luma()) / self.gain + self._skin_luma()
+            return (t - (luma - before)[..., None]) / self._balance()
         return (y - self._field(y.shape[0]) - np.asarray(self.dst)) / self.gain + np.asarray(self.src)
 
+    def _skin_luma(self) -> float:
+        return float(np.asarray(self.dst) @ _LUMA)
+
     def to_json(self) -> list[float]:
-        return [*self.src, *self.dst, self.gain]
+        values = [*self.src, *self.dst, self.gain]
+        return values if self.mode == "shift" else [*values, float(COLOUR_MODES.index(self.mode))]
 
     @classmethod
     def from_json(cls, data: list, shading: bytes = b"") -> Colour:
         values = [float(v) for v in data]
-        if len(values) != 7 or not all(np.isfinite(values)) or not 0.1 <= values[6] <= 10:
+        if len(values) not in (7, 8) or not all(np.isfinite(values)) or not 0.1 <= values[6] <= 10:
             raise ValueError("invalid colour fit")
+        if len(values) == 8 and values[7] not in (0.0, 1.0):
+            raise ValueError("invalid colour fit: unknown mode")
         if shading and len(shading) != SHADING_GRID * SHADING_GRID * 3 * 2:
             raise ValueError("invalid shading field")
         field = np.frombuffer(shading, dtype="<f2") if shading else np.zeros(1)
         if not np.all(np.isfinite(field)):
             raise ValueError("invalid shading field")
-        return cls(tuple(values[:3]), tuple(values[3:6]), values[6], bytes(shading))
+        mode = COLOUR_MODES[int(values[7])] if len(values) == 8 else "shift"
+        return cls(tuple(values[:3]), tuple(values[3:6]), values[6], bytes(shading), mode)
 
 
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -90,7 +120,9 @@ def skin_statistics(pixels: np.ndarray) -> tuple[np.ndarray, float]:
     return pixels[middle].mean(axis=0), float(max(hi - lo, 1e-3))
 
 
-def fit_colour(generated: np.ndarray, original: np.ndarray, interior: np.ndarray, edge: np.ndarray) -> Colour:
+def fit_colour(
+    generated: np.ndarray, original: np.ndarray, interior: np.ndarray, edge: np.ndarray, mode: str = "ratio"
+) -> Colour:
     """Match the generated face to the original's skin colour and contrast, then its lighting at the edge.
 
     Colour and contrast come from the skin of the face's interior (:func:`skin_statistics`).
@@ -98,14 +130,19 @@ def fit_colour(generated: np.ndarray, original: np.ndarray, interior: np.ndarray
     inwards by normalised Gaussian filtering, and only its variation across the face is
     kept (its mean over the interior is removed): the edge also runs over hair and
     background, whose colour, spread over the whole face, tinted it (a pale face tanned, a
-    dark one greyed). The new face's interior is never copied.
+    dark one greyed). The new face's interior is never copied. ``mode``: :class:`Colour`'s.
     """
+    if mode not in COLOUR_MODES:
+        raise ValueError(f"colour mode must be one of {', '.join(COLOUR_MODES)}")
     if interior.sum() < 16:
         return Colour()
     g_mean, g_spread = skin_statistics(generated[interior])
     o_mean, o_spread = skin_statistics(original[interior])
+    if mode == "ratio":  # the contrast is measured after the white balance, which scales it too
+        balanced = Colour(tuple(float(v) for v in g_mean), tuple(float(v) for v in o_mean), 1.0, mode=mode)
+        g_spread = skin_statistics(balanced.forward(generated[interior]))[1]
     gain = float(np.clip(o_spread / g_spread, 0.6, 1.5))
-    base = Colour(tuple(float(v) for v in g_mean), tuple(float(v) for v in o_mean), gain)
+    base = Colour(tuple(float(v) for v in g_mean), tuple(float(v) for v in o_mean), gain, mode=mode)
     if edge.sum() < 16:
         return base
     size = generated.shape[0]
