@@ -357,3 +357,14 @@ def test_colour_maps_invert_exactly_and_keep_their_mode_in_the_header(mode):
         Colour.from_json([*colour.to_json()[:7], 5.0])
     with pytest.raises(ValueError, match="colour mode"):
         fit_colour(generated, original, interior, edge, mode="tint")
+
+
+def test_a_black_face_s_colour_fit_still_inverts():
+    """A black original (every skin channel 0) must not make the ratio fit divide by zero."""
+    from faceveil.faces.colour import fit_colour
+
+    generated, _, interior, edge = _pink_face_with_dark_hair()
+    colour = fit_colour(generated, np.zeros_like(generated), interior, edge)
+    out = colour.forward(generated)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(colour.inverse(out)))
+    assert np.allclose(colour.inverse(out), generated, atol=1e-6)

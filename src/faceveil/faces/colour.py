@@ -65,7 +65,8 @@ class Colour:
         return _upsample_field(np.frombuffer(self.shading, dtype="<f2").reshape(g, g, 3).astype(np.float64), size)
 
     def _balance(self) -> np.ndarray:
-        return np.asarray(self.dst) / np.maximum(np.asarray(self.src), 1.0)
+        """Per-channel ratios, kept within 1/16 to 16 (a black face's skin would give 0: no inverse)."""
+        return np.clip(np.maximum(np.asarray(self.dst), 1.0) / np.maximum(np.asarray(self.src), 1.0), 1 / 16, 16.0)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if self.mode == "ratio":
