@@ -75,38 +75,32 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
+def _blur(img: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of a (B, C, H, W) batch, reflected at the edges; the kernel
+    reaches ``radius`` pixels (default three sigmas)."""
+    r = math.ceil(3 * sigma) if radius is None else radius
+    xs = torch.arange(-r, r + 1, dtype=img.dtype)
+    k = torch.exp(-(xs**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = img.shape[1]
+    x = F.pad(img, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
 def degrade(hr: torch.Tensor, max_blur: float, generator: torch.Generator) -> torch.Tensor:
     """The network's input for targets ``hr`` (B, 3, 2S, 2S): a random Gaussian blur per
     sample (sigma 0 to ``max_blur``), then halved by averaging 2 x 2 blocks."""
     sigmas = torch.rand(hr.shape[0], generator=generator) * max_blur
     radius = max(1, math.ceil(3 * max_blur))
-    xs = torch.arange(-radius, radius + 1, dtype=hr.dtype)
-    out = []
-    for img, sigma in zip(hr, sigmas):
-        if sigma < 0.05:
-            out.append(img[None])
-            continue
-        k = torch.exp(-(xs**2) / (2 * float(sigma) ** 2))
-        k = k / k.sum()
-        x = F.pad(img[None], (radius, radius, radius, radius), mode="reflect")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-        out.append(F.conv2d(x, k.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3))
+    out = [img[None] if sigma < 0.05 else _blur(img[None], float(sigma), radius) for img, sigma in zip(hr, sigmas)]
     return F.avg_pool2d(torch.cat(out), 2)
 
 
 def band_energy(x: torch.Tensor) -> torch.Tensor:
     """Band-pass (difference of Gaussians, sigma 1 and 3 px) energy per image of a batch."""
     gray = x.mean(1, keepdim=True)
-
-    def blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-        r = math.ceil(3 * sigma)
-        xs = torch.arange(-r, r + 1, dtype=img.dtype)
-        k = torch.exp(-(xs**2) / (2 * sigma**2))
-        k = k / k.sum()
-        img = F.pad(img, (r, r, r, r), mode="reflect")
-        return F.conv2d(F.conv2d(img, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
-
-    return (blur(gray, 1.0) - blur(gray, 3.0)).pow(2).mean(dim=(1, 2, 3))
+    return (_blur(gray, 1.0) - _blur(gray, 3.0)).pow(2).mean(dim=(1, 2, 3))
 
 
 def _load_pairs(cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
