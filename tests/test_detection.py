@@ -232,6 +232,26 @@ def test_verify_reports_a_face_planted_in_the_output_and_an_unchanged_face(astro
     assert len(ident) == 1 and ident[0].similarity > 0.99 and ident[0].face == 0
 
 
+@needs_skimage
+def test_verify_counts_a_crop_square_only_where_the_face_changed(astronaut):
+    """A model crop's square reaches past its mask: a face inside it whose pixels were left as
+    they were is still visible (reported); the same face with its pixels changed is not."""
+    from faceveil.verify import verify_output
+
+    img, box = astronaut
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    original = np.ascontiguousarray(img)
+    square = [x0 - 20.0, y0 - 20.0, x1 + 20.0, y1 + 20.0]
+    kept = verify_output(original, original, [], [square], identity=False)
+    if any("no independent detector" in text for text in kept.limits):
+        pytest.skip("no independent detector here (YuNet onnx or dlib)")
+    assert any(f.kind == "unveiled" and match(f.box, box) for f in kept.findings)
+    changed = original.copy()
+    changed[y0:y1, x0:x1] = np.clip(changed[y0:y1, x0:x1].astype(np.int16) + 40, 0, 255).astype(np.uint8)
+    replaced = verify_output(original, changed, [], [square], identity=False)
+    assert not [f for f in replaced.findings if match(f.box, box)]
+
+
 def test_verify_refuses_images_of_different_sizes():
     from faceveil.verify import verify_output
 
