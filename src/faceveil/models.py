@@ -279,15 +279,23 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _fetch_from_hub(repo_id: str) -> Path:
+_MODEL_FILES = ["model_index.json", "faceveil_train.json", "*/config.json", "*/scheduler_config.json",
+                "*/*.safetensors", "*/*.bin"]
+
+
+def _hub_snapshot(repo_id: str, patterns: list[str], required: bool = True) -> Path | None:
+    """The files of hub model ``repo_id`` that match ``patterns``: from the hub cache, else
+    downloaded when the hub answers. Where neither works: :class:`ModelUnavailableError`
+    saying what to do, or ``None`` when not ``required``."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["model_index.json", "faceveil_train.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors", "*/*.bin"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
+    except Exception:  # not cached
         pass
     if not _hub_reachable():
+        if not required:
+            return None
         folder = repo_id.split("/")[-1]
         raise ModelUnavailableError(
             f"model {repo_id!r} is not on this machine and the Hugging Face hub cannot be reached: "
@@ -297,7 +305,16 @@ def _fetch_from_hub(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # network errors, gated or missing repos
+        if not required:
+            return None
         raise ModelUnavailableError(f"could not download model {repo_id!r}: {exc}".splitlines()[0]) from None
+
+
+def _fetch_from_hub(repo_id: str) -> Path:
+    """A hub model's whole folder (see :func:`_hub_snapshot`)."""
+    folder = _hub_snapshot(repo_id, _MODEL_FILES)
+    assert folder is not None  # required: errors raise
+    return folder
 
 
 def _component_dirs(folder: Path) -> dict[str, str]:
@@ -389,21 +406,6 @@ def _usage(folder: Path) -> tuple[str, float]:
     return framing, float(gain)
 
 
-def _hub_usage_folder(repo_id: str) -> Path | None:
-    """A hub model's snapshot holding just its ``faceveil_train.json`` (cached, else fetched
-    when the hub answers); ``None`` when neither works (loading the model would fail too)."""
-    from huggingface_hub import snapshot_download
-
-    for offline in (True, False):
-        if not offline and not _hub_reachable():
-            return None
-        try:
-            return Path(snapshot_download(repo_id, allow_patterns=["faceveil_train.json"], local_files_only=offline))
-        except Exception:  # not cached, gated or missing: load_model says which
-            continue
-    return None
-
-
 def recommended_noise_gain(spec: str | None) -> float:
     """The noise gain ``spec``'s trainers recommend (its ``faceveil_train.json``), read
     without loading its weights, from the same place :func:`load_model` reads it: a preset,
@@ -414,7 +416,8 @@ def recommended_noise_gain(spec: str | None) -> float:
     folder: Path | None = Path(source).expanduser()
     if not folder.is_dir():
         hub_id = "/" in source and source.count("/") == 1 and not source.startswith((".", "~", "/"))
-        folder = _hub_usage_folder(source) if hub_id else None
+        # just its faceveil_train.json; None where loading the model would fail too
+        folder = _hub_snapshot(source, ["faceveil_train.json"], required=False) if hub_id else None
     return _usage(folder)[1] if folder is not None else 1.0
 
 
