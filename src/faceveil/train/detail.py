@@ -32,7 +32,9 @@ from faceveil.atomic import atomic_output
 from faceveil.detail import DetailNet
 from faceveil.errors import UsageError
 from faceveil.train.crops import photo_mask, set_geometry
+from faceveil.train.trainer import _atomic_torch_save, _checkpoints, latest_checkpoint, load_checkpoint
 
+CKPT_FORMAT = "faceveil-detail-ckpt-1"  # tensors and plain data only (loaded with weights_only)
 VALIDATION_EVERY = 50  # every 50th crop is held out for the validation figures
 
 
@@ -120,7 +122,7 @@ def _load_pairs(cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, An
         raise UsageError(f"{cfg.data}: crops are {images.shape[1]}x{images.shape[2]}, need square and of even side")
     val = np.arange(len(images)) % VALIDATION_EVERY == 0
     summary = {"set": str(cfg.data), "crops": int(keep.sum()), "validation": int(val.sum()),
-               "size": int(images.shape[1]), "sources": sorted(set(origin[keep])),
+               "size": int(images.shape[1]), "sources": sorted({str(o) for o in origin[keep]}),
                "loss_mask": "pixels from the photo (fill beyond it left out)" if geometry else "none (no geometry recorded)"}
     train_geometry = (geometry[0][keep][~val], geometry[1][keep][~val]) if geometry else None
     return images[~val], images[val], summary, train_geometry
@@ -128,11 +130,6 @@ def _load_pairs(cfg: DetailConfig) -> tuple[np.ndarray, np.ndarray, dict[str, An
 
 def _to_batch(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 127.5 - 1
-
-
-def _latest(out: Path) -> Path | None:
-    found = sorted((out / "checkpoints").glob("detail_*.pt"))
-    return found[-1] if found else None
 
 
 def _save_grid(path: Path, rows: list[torch.Tensor]) -> None:
@@ -196,9 +193,9 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
     opt_g = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     step = 0
-    latest = _latest(out)
+    latest = latest_checkpoint(out, "detail")
     if latest is not None:
-        ckpt = torch.load(latest, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(latest, fmt=CKPT_FORMAT)
         if ckpt["net_config"] != dict(net.config):
             raise UsageError(f"{latest} was trained with another network ({ckpt['net_config']})")
         net.load_state_dict(ckpt["net"])
@@ -217,14 +214,13 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
     def save() -> Path:
         path = out / "checkpoints" / f"detail_{step:08d}.pt"
         state = {
-            "step": step, "net": net.state_dict(), "ema": ema.state_dict(), "disc": disc.state_dict(),
+            "format": CKPT_FORMAT, "step": step, "net": net.state_dict(), "ema": ema.state_dict(), "disc": disc.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "net_config": dict(net.config),
-            "config": asdict(cfg), "data_summary": summary,
+            "config": json.loads(json.dumps(asdict(cfg), default=str)), "data_summary": summary,
         }
-        with atomic_output(path) as fh:
-            torch.save(state, fh)
-        for old in sorted((out / "checkpoints").glob("detail_*.pt"))[:-2]:
-            old.unlink()
+        _atomic_torch_save(state, path)
+        for _, old in _checkpoints(out, "detail")[:-2]:
+            old.unlink(missing_ok=True)
         return path
 
     bar = tqdm(total=cfg.steps, initial=step, desc="detail", unit="step", disable=not cfg.progress)
@@ -285,14 +281,14 @@ def export_detail(run: str | Path, base: str | Path, out: str | Path) -> Path:
     """A new model folder: the face model ``base`` (a folder) with the run's EMA detail
     stage as ``detail/`` and the stage's provenance in ``faceveil_train.json``."""
     run, base, out = Path(run), Path(base), Path(out)
-    latest = _latest(run)
+    latest = latest_checkpoint(run, "detail")
     if latest is None:
         raise UsageError(f"no detail checkpoint in {run / 'checkpoints'}")
     if not (base / "unet").is_dir():
         raise UsageError(f"{base} is not a model folder (no unet/)")
     if out.exists():
         raise UsageError(f"{out} exists; choose a new folder")
-    ckpt = torch.load(latest, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(latest, fmt=CKPT_FORMAT)
     net = DetailNet(**ckpt["net_config"])
     net.load_state_dict(ckpt["ema"])
     tmp = out.with_name(out.name + ".partial")

@@ -341,35 +341,35 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, fh)
 
 
-_CKPT_RE = re.compile(r"^ckpt_(\d{8,})\.pt$")
-
-
-def _checkpoints(out_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+def _checkpoints(out_dir: str | os.PathLike[str], prefix: str = "ckpt") -> list[tuple[int, Path]]:
+    """``(step, path)`` of ``<out_dir>/checkpoints/<prefix>_<step>.pt``, by step."""
     d = Path(out_dir) / "checkpoints"
     if not d.is_dir():
         return []
+    pattern = re.compile(rf"^{re.escape(prefix)}_(\d{{8,}})\.pt$")
     found = []
     for p in d.iterdir():
-        m = _CKPT_RE.match(p.name)
+        m = pattern.match(p.name)
         if m:
             found.append((int(m.group(1)), p))
     return sorted(found)
 
 
-def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint of the highest step in ``<out_dir>/checkpoints``, or ``None``."""
-    found = _checkpoints(out_dir)
+def latest_checkpoint(out_dir: str | os.PathLike[str], prefix: str = "ckpt") -> Path | None:
+    """The checkpoint of the highest step in ``<out_dir>/checkpoints``, or ``None``
+    (``prefix``: ``ckpt`` for the face model, ``detail`` for the detail stage)."""
+    found = _checkpoints(out_dir, prefix)
     return found[-1][1] if found else None
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a training checkpoint (tensors and plain data only; no pickled code)."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", fmt: str = CKPT_FORMAT) -> dict[str, Any]:
+    """Load a training checkpoint of format ``fmt`` (tensors and plain data only; no pickled code)."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
         raise UsageError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise UsageError(f"{path} is not a faceveil training checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise UsageError(f"{path} is not a faceveil {'training' if fmt == CKPT_FORMAT else fmt} checkpoint")
     return ckpt
 
 
