@@ -100,7 +100,9 @@ def degrade(hr: torch.Tensor, max_blur: float, generator: torch.Generator) -> to
 
 
 def band_energy(x: torch.Tensor) -> torch.Tensor:
-    """Band-pass (difference of Gaussians, sigma 1 and 3 px) energy per image of a batch."""
+    """Band-pass (difference of Gaussians, sigma 1 and 3 px) energy per image of a batch: the
+    band of ``benchmarks/face_quality.py``'s detail ratio (there on a masked 256 px grey face,
+    with OpenCV; here on whole crops of a torch batch during training)."""
     gray = x.mean(1, keepdim=True)
     return (_blur(gray, 1.0) - _blur(gray, 3.0)).pow(2).mean(dim=(1, 2, 3))
 
