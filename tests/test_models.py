@@ -82,7 +82,8 @@ def test_embedded_draft_model_veils_and_recovers_a_real_face():
 def test_default_model_is_the_best_embedded_one(tmp_path):
     from faceveil.models import EMBEDDED_MODELS, default_model
 
-    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-96-v2", "faceveil-faces-96", "faceveil-faces-64-draft")
+    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-96-v3", "faceveil-faces-96-v2", "faceveil-faces-96",
+                               "faceveil-faces-64-draft")
     assert default_model(tmp_path) == DRAFT  # nothing shipped: the draft is named (its loading explains)
     (tmp_path / DRAFT / "unet").mkdir(parents=True)
     assert default_model(tmp_path) == DRAFT
@@ -92,6 +93,8 @@ def test_default_model_is_the_best_embedded_one(tmp_path):
     assert default_model(tmp_path) == "faceveil-faces-96"  # the CPU-trained inpainting model beats the draft
     (tmp_path / "faceveil-faces-96-v2" / "unet").mkdir(parents=True)
     assert default_model(tmp_path) == "faceveil-faces-96-v2"  # its second version beats the first
+    (tmp_path / "faceveil-faces-96-v3" / "unet").mkdir(parents=True)
+    assert default_model(tmp_path) == "faceveil-faces-96-v3"  # v2 with the detail stage
     (tmp_path / "faceveil-faces-64" / "unet").mkdir()
     assert default_model(tmp_path) == "faceveil-faces-64"  # the day the GPU model ships
 
@@ -116,10 +119,14 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_both_load_offline(monke
     from faceveil.models import default_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert default_model() == "faceveil-faces-96-v2"  # until faceveil-faces-64 (GPU) ships
+    assert default_model() == "faceveil-faces-96-v3"  # until faceveil-faces-64 (GPU) ships
     model = load_model()
-    assert model.model_id == "faceveil-faces-96-v2" and model.framing == "face" and model.image_size == 96
+    assert model.model_id == "faceveil-faces-96-v3" and model.framing == "face" and model.image_size == 96
     assert model.noise_gain == 1.25  # measured best with these weights (MODEL_CARD.md)
+    assert model.detail is not None and model.detail.applies(1.5) and not model.detail.applies(0.5)
+    second = load_model("faceveil-faces-96-v2")  # the same face model without the stage: its files recover
+    assert second.detail is None and second.weights_hash != model.weights_hash
+    assert all(torch.equal(a, b) for a, b in zip(second.unet.state_dict().values(), model.unet.state_dict().values()))
     first = load_model("faceveil-faces-96")  # files anonymized with the first version still recover
     assert first.model_id == "faceveil-faces-96" and first.noise_gain == 1.0
     assert load_model(DRAFT).model_id == DRAFT  # the draft still loads by name

@@ -53,6 +53,13 @@ PRESETS: dict[str, Preset] = {
             "weights ship in weights/faceveil-faces-64 (see TRAINING.md)",
         ),
         Preset(
+            "faceveil-faces-96-v3",
+            str(WEIGHTS_DIR / "faceveil-faces-96-v3"),
+            "faceveil-faces-96-v2's face model (the same weights) with a 2x detail stage: a face the photo "
+            "enlarges is sharpened to 192x192 before pasting (0.44 M parameters, trained on UTKFace faces on a "
+            "2-core CPU); keyed noise gain 1.25 (embedded, offline; MODEL_CARD.md)",
+        ),
+        Preset(
             "faceveil-faces-96-v2",
             str(WEIGHTS_DIR / "faceveil-faces-96-v2"),
             "faceveil's inpainting pixel model, second version: 96x96 crops centred on the face, the region up the "
@@ -75,7 +82,8 @@ PRESETS: dict[str, Preset] = {
 }
 # Embedded models, best first: the default is the first whose weights ship in this installation,
 # so the GPU-trained model becomes the default the day its folder is added, with no code change.
-EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96-v2", "faceveil-faces-96", "faceveil-faces-64-draft")
+EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96-v3", "faceveil-faces-96-v2", "faceveil-faces-96",
+                   "faceveil-faces-64-draft")
 DEFAULT_ALIAS = "default"
 
 
@@ -83,8 +91,8 @@ def default_model(weights_dir: Path | None = None) -> str:
     """The preset name of the best model embedded in the package (runs offline).
 
     The first of :data:`EMBEDDED_MODELS` whose weights folder is present: ``faceveil-faces-64``
-    (GPU-trained), ``faceveil-faces-96-v2`` then ``faceveil-faces-96`` (the CPU-trained inpainting
-    models), else the CPU-trained ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
+    (GPU-trained), ``faceveil-faces-96-v3`` (v2 with a detail stage), ``faceveil-faces-96-v2`` then
+    ``faceveil-faces-96`` (the CPU-trained inpainting models), else the CPU-trained ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
     """
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     for name in EMBEDDED_MODELS:
