@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from faceveil.detail import DetailNet
 from faceveil.engine import EngineSettings
+from faceveil.errors import UsageError
 from faceveil.faces.mask import default_outline
 from faceveil.faces.paste import sample_crop
 from faceveil.keys import Key
@@ -135,3 +136,15 @@ def test_the_fill_s_blur_reaching_into_the_photo_is_no_target_either():
     m = np.array([[[2.0, 0.0, 0.5], [0.0, 2.0, 0.5]]])  # filled beyond column 20: 0.1 x 32 px more left out
     auto = photo_mask(m, np.array([[20, 10]]), 32)[0]
     assert auto[:, :16].any() and not auto[:, 17:].any() and not auto[:3].any()
+
+
+def test_export_refuses_a_checkpoint_that_is_not_a_detail_checkpoint(tmp_path):
+    """Checkpoints are read with torch's weights_only loader and must carry the detail format tag."""
+    from faceveil.train.detail import export_detail
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 1, "ema": {}}, tmp_path / "run" / "checkpoints" / "detail_00000001.pt")
+    (tmp_path / "base" / "unet").mkdir(parents=True)
+    with pytest.raises(UsageError, match="not a faceveil detail-stage training checkpoint"):
+        export_detail(tmp_path / "run", tmp_path / "base", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

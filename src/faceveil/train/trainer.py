@@ -369,7 +369,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", fmt
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
         raise UsageError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        raise UsageError(f"{path} is not a faceveil {'training' if fmt == CKPT_FORMAT else fmt} checkpoint")
+        kind = "training" if fmt == CKPT_FORMAT else "detail-stage training"
+        raise UsageError(f"{path} is not a faceveil {kind} checkpoint ({fmt})")
     return ckpt
 
 
