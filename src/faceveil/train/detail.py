@@ -197,7 +197,7 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
     step = 0
     latest = latest_checkpoint(out, "detail")
     if latest is not None:
-        ckpt = load_checkpoint(latest, fmt=CKPT_FORMAT)
+        ckpt = load_checkpoint(latest, fmt=CKPT_FORMAT, kind="detail-stage training")
         if ckpt["net_config"] != dict(net.config):
             raise UsageError(f"{latest} was trained with another network ({ckpt['net_config']})")
         net.load_state_dict(ckpt["net"])
@@ -290,7 +290,7 @@ def export_detail(run: str | Path, base: str | Path, out: str | Path) -> Path:
         raise UsageError(f"{base} is not a model folder (no unet/)")
     if out.exists():
         raise UsageError(f"{out} exists; choose a new folder")
-    ckpt = load_checkpoint(latest, fmt=CKPT_FORMAT)
+    ckpt = load_checkpoint(latest, fmt=CKPT_FORMAT, kind="detail-stage training")
     net = DetailNet(**ckpt["net_config"])
     net.load_state_dict(ckpt["ema"])
     tmp = out.with_name(out.name + ".partial")

@@ -362,14 +362,14 @@ def latest_checkpoint(out_dir: str | os.PathLike[str], prefix: str = "ckpt") -> 
     return found[-1][1] if found else None
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", fmt: str = CKPT_FORMAT) -> dict[str, Any]:
-    """Load a training checkpoint of format ``fmt`` (tensors and plain data only; no pickled code)."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", fmt: str = CKPT_FORMAT,
+                    kind: str = "training") -> dict[str, Any]:
+    """Load a ``kind`` checkpoint of format ``fmt`` (tensors and plain data only; no pickled code)."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
         raise UsageError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        kind = "training" if fmt == CKPT_FORMAT else "detail-stage training"
         raise UsageError(f"{path} is not a faceveil {kind} checkpoint ({fmt})")
     return ckpt
 
