@@ -32,7 +32,7 @@ from faceveil.atomic import atomic_output
 from faceveil.detail import DetailNet
 from faceveil.errors import UsageError
 from faceveil.train.crops import photo_mask, set_geometry
-from faceveil.train.trainer import _atomic_torch_save, _checkpoints, latest_checkpoint, load_checkpoint
+from faceveil.train.trainer import latest_checkpoint, load_checkpoint, save_checkpoint
 
 CKPT_FORMAT = "faceveil-detail-ckpt-1"  # tensors and plain data only (loaded with weights_only)
 VALIDATION_EVERY = 50  # every 50th crop is held out for the validation figures
@@ -214,16 +214,12 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
     checkpoint: Path | None = None
 
     def save() -> Path:
-        path = out / "checkpoints" / f"detail_{step:08d}.pt"
         state = {
             "format": CKPT_FORMAT, "step": step, "net": net.state_dict(), "ema": ema.state_dict(), "disc": disc.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "net_config": dict(net.config),
             "config": json.loads(json.dumps(asdict(cfg), default=str)), "data_summary": summary,
         }
-        _atomic_torch_save(state, path)
-        for _, old in _checkpoints(out, "detail")[:-2]:
-            old.unlink(missing_ok=True)
-        return path
+        return save_checkpoint(state, out, step, "detail")
 
     bar = tqdm(total=cfg.steps, initial=step, desc="detail", unit="step", disable=not cfg.progress)
     stopped = False

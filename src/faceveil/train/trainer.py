@@ -341,6 +341,17 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, fh)
 
 
+def save_checkpoint(state: dict[str, Any], out_dir: str | os.PathLike[str], step: int, prefix: str = "ckpt",
+                    keep: int = 2) -> Path:
+    """Write ``<out_dir>/checkpoints/<prefix>_<step>.pt`` atomically and delete all but the ``keep``
+    latest of that prefix (``state``: tensors and plain data, so ``load_checkpoint`` can read it)."""
+    path = Path(out_dir) / "checkpoints" / f"{prefix}_{step:08d}.pt"
+    _atomic_torch_save(state, path)
+    for _, old in _checkpoints(out_dir, prefix)[: -max(1, keep)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
 def _checkpoints(out_dir: str | os.PathLike[str], prefix: str = "ckpt") -> list[tuple[int, Path]]:
     """``(step, path)`` of ``<out_dir>/checkpoints/<prefix>_<step>.pt``, by step."""
     d = Path(out_dir) / "checkpoints"
@@ -757,11 +768,7 @@ def train(
             "elapsed": elapsed_before + (time.perf_counter() - t_start),
             "data_summary": data_summary,
         }
-        path = out_dir / "checkpoints" / f"ckpt_{step:08d}.pt"
-        _atomic_torch_save(state, path)
-        for _, old in _checkpoints(out_dir)[: -max(1, cfg.keep_checkpoints)]:
-            old.unlink(missing_ok=True)
-        return path
+        return save_checkpoint(state, out_dir, step, "ckpt", cfg.keep_checkpoints)
 
     def write_samples() -> Path:
         ema.store(unet.parameters())
