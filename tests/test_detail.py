@@ -12,14 +12,17 @@ from torch.nn import functional as F
 
 from faceveil.detail import DetailNet
 from faceveil.engine import EngineSettings
-from faceveil.errors import UsageError
+from faceveil.container import open_header
+from faceveil.errors import HeaderError, UsageError
 from faceveil.faces.mask import default_outline
 from faceveil.faces.paste import sample_crop
 from faceveil.keys import Key
 from faceveil.models import load_model
 from faceveil.pipeline import (
-    FaceJob, Settings, _paste_samples, anonymize_array, face_geometry, recover_array, whole_image_transform,
+    FaceJob, Settings, _paste_samples, anonymize_array, face_geometry, recover_array, recover_opened,
+    whole_image_transform,
 )
+from faceveil.schema import check_public
 from faceveil.testing import tiny_inpainting_model
 
 
@@ -68,6 +71,52 @@ def test_recovery_is_exact_through_the_detail_stage():
     assert np.abs(veiled.astype(int) - rgb).max() > 0
     back, info = recover_array(veiled, record, key, model)
     assert np.array_equal(back, rgb) and info.verified and not info.inexact_faces
+
+
+def test_the_passes_a_face_gets_follow_its_enlargement():
+    net = DetailNet(channels=8, blocks=1, min_enlargement=1.0)
+    assert [net.passes(e, 2) for e in (0.9, 1.0, 3.9, 4.0, 11.0)] == [0, 1, 1, 2, 2]
+    assert net.passes(11.0, 3) == 3 and net.passes(11.0, 1) == 1 and net.passes(7.9, 3) == 2
+
+
+def test_a_face_enlarged_four_times_gets_two_passes_and_recovers_exactly():
+    """A 32 px model crop over a 128 px face: the stage twice by default, once where the
+    settings ask for one (files made before the setting), and recovery exact either way."""
+    model = tiny_inpainting_model(32)
+    model.detail = _trained_looking()
+    rgb, key = _photo(128), Key.generate()
+    transform = whole_image_transform(128, 128, 32)
+    geometry = face_geometry(rgb.shape, transform, default_outline(32), model)
+    face = np.random.default_rng(2).uniform(0, 255, (32, 32, 3))
+    once, twice = (_paste_samples(model, face, geometry, n) for n in (1, 2))
+    assert np.array_equal(_paste_samples(model, face, geometry), once)  # the function's default: one pass
+    assert not np.allclose(once, twice)
+    job = FaceJob(transform, default_outline(32))
+    for passes in (2, 1):
+        settings = Settings(EngineSettings(steps=4), detail_passes=passes)
+        veiled, record, _ = anonymize_array(rgb, key, model, faces=[job], settings=settings)
+        back, info = recover_array(veiled, record, key, model)
+        assert np.array_equal(back, rgb) and info.verified and not info.inexact_faces
+    # a one-pass file's header as files made before the setting have it (no detail_passes)
+    public, private = open_header(key, record)
+    assert public["settings"]["detail_passes"] == 1
+    old = {**public, "settings": {k: v for k, v in public["settings"].items() if k != "detail_passes"}}
+    check_public(old, *veiled.shape[:2])
+    back, info = recover_opened(veiled, old, private, key, model)
+    assert np.array_equal(back, rgb) and info.verified and not info.inexact_faces
+    for bad in (0, 4, "2"):
+        with pytest.raises(HeaderError, match="detail_passes"):
+            check_public({**public, "settings": {**public["settings"], "detail_passes": bad}}, *veiled.shape[:2])
+
+
+def test_settings_without_detail_passes_are_one_pass_and_bad_counts_are_refused():
+    data = Settings().to_json()
+    assert data["detail_passes"] == 2 and Settings.from_json(data).detail_passes == 2
+    del data["detail_passes"]
+    assert Settings.from_json(data).detail_passes == 1  # a file made before the setting
+    for bad in (0, 4, True, 1.5):
+        with pytest.raises(UsageError, match="detail_passes"):
+            Settings(detail_passes=bad)
 
 
 def test_a_model_folder_carries_its_detail_stage(tmp_path):

@@ -10,7 +10,9 @@ recovery run the very same stage on the same pixels (``faceveil.pipeline``), and
 sealed residual covers the rest.
 
 The network predicts a correction to a bicubic enlargement, and its last layer starts
-at zero, so an untrained one is plain bicubic.
+at zero, so an untrained one is plain bicubic. Faces enlarged four times or more get the
+stage twice (192 px, then 384 px from a 96 px model face; ``Settings.detail_passes``,
+stored in the file's header, so files made with one pass recover with one).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
+
+
+AGAIN_FROM = 2.0  # a further pass only where the face would still be enlarged this much after the last
 
 
 class _Block(nn.Module):
@@ -65,6 +70,17 @@ class DetailNet(ModelMixin, ConfigMixin):
     def applies(self, enlargement: float) -> bool:
         """Whether a face enlarged ``enlargement`` times from the model crop gets the stage."""
         return enlargement >= float(self.config.min_enlargement)
+
+    def passes(self, enlargement: float, most: int) -> int:
+        """How many times (at most ``most``) a face enlarged ``enlargement`` times goes through the
+        stage: once where it :meth:`applies`, and again while the face is still enlarged at least
+        :data:`AGAIN_FROM` times after the passes before (a 600 px face from a 96 px crop: twice)."""
+        if most < 1 or not self.applies(enlargement):
+            return 0
+        done = 1
+        while done < most and enlargement / self.scale**done >= AGAIN_FROM:
+            done += 1
+        return done
 
     def enhance(self, face: np.ndarray) -> np.ndarray:
         """A model face (S x S x 3, float, 0–255) at twice its resolution (2S x 2S x 3, float64, 0–255)."""

@@ -78,7 +78,7 @@ from faceveil.residual import (
     round_prediction,
     tie_codes,
 )
-from faceveil.schema import check_public
+from faceveil.schema import MAX_DETAIL_PASSES, check_public
 
 Progress = Callable[[int], None]
 
@@ -94,10 +94,18 @@ class Settings:
     hint: bool = False  # store a sealed latent hint (measured: 5 KB per LFW face for 1-3 % less residual)
     colour: bool = True  # match the new face's colour and brightness to the face it replaces
     grain: bool = True  # photo-level grain on faces the model enlarges
+    # passes of the model's detail stage at most (faceveil.detail.DetailNet.passes); files made
+    # before the setting have none in their header and were made with one
+    detail_passes: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.detail_passes, bool) or not isinstance(self.detail_passes, int) \
+                or not 1 <= self.detail_passes <= MAX_DETAIL_PASSES:
+            raise UsageError(f"detail_passes must be an integer from 1 to {MAX_DETAIL_PASSES}, not {self.detail_passes!r}")
 
     def to_json(self) -> dict:
         return {"engine": self.engine.to_json(), "decoder_iters": self.decoder_iters, "hint": self.hint,
-                "colour": self.colour, "grain": self.grain}
+                "colour": self.colour, "grain": self.grain, "detail_passes": self.detail_passes}
 
     @classmethod
     def for_model(cls, model: DiffusionModel) -> Settings:
@@ -107,7 +115,7 @@ class Settings:
     @classmethod
     def from_json(cls, data: dict) -> Settings:
         return cls(EngineSettings.from_json(data["engine"]), int(data["decoder_iters"]), bool(data["hint"]),
-                   bool(data["colour"]), bool(data["grain"]))
+                   bool(data["colour"]), bool(data["grain"]), int(data.get("detail_passes", 1)))
 
 
 @dataclass
@@ -382,20 +390,22 @@ def _doubled(transform: AlignTransform) -> AlignTransform:
     return AlignTransform(m, 2 * transform.size)
 
 
-def _paste_samples(model: DiffusionModel, face: np.ndarray, geometry: FaceGeometry) -> np.ndarray:
+def _paste_samples(model: DiffusionModel, face: np.ndarray, geometry: FaceGeometry, most_passes: int = 1) -> np.ndarray:
     """A model face (S x S x 3) resampled at the region's pixels (K x 3): through the
-    model's detail stage first where the face on the photo is enlarged enough for it
-    (a public function of the transform, so both directions agree)."""
-    detail = model.detail
-    if detail is not None and detail.applies(1.0 / geometry.transform.scale):
-        return sample_crop(detail.enhance(face), _doubled(geometry.transform), geometry.region)
-    return sample_crop(face, geometry.transform, geometry.region)
+    model's detail stage first, up to ``most_passes`` times, where the face on the photo is
+    enlarged enough for it (a public function of the transform and the header's settings,
+    so both directions agree)."""
+    transform = geometry.transform
+    if model.detail is not None:
+        for _ in range(model.detail.passes(1.0 / geometry.transform.scale, most_passes)):
+            face, transform = model.detail.enhance(face), _doubled(transform)
+    return sample_crop(face, transform, geometry.region)
 
 
 def _layer(run: _Run, face: np.ndarray, image: np.ndarray, geometry: FaceGeometry, colour: Colour, nonce: bytes) -> np.ndarray:
     """What pasting a decoded model face (S x S x 3) puts on the region's pixels before
     blending (K x 3): colour-matched, resampled onto the photo's grid, with grain."""
-    layer = _paste_samples(run.model, colour.forward(face), geometry)
+    layer = _paste_samples(run.model, colour.forward(face), geometry, run.settings.detail_passes)
     if run.settings.grain:
         layer = layer + photo_grain(image, geometry.region, geometry.transform.scale, nonce)
     return layer
@@ -426,7 +436,7 @@ def _predict(
     for i, (face, colour) in enumerate(zip(faces, colours)):
         g = face.geometry
         layer = _layer(run, _to_pixels(read[i : i + 1]), face.image, g, colour, face.nonce)
-        restored = _paste_samples(run.model, _to_pixels(back[i : i + 1]), g)
+        restored = _paste_samples(run.model, _to_pixels(back[i : i + 1]), g, run.settings.detail_passes)
         y0, y1, x0, x1 = g.region.bounds
         inside = g.region.inside
         a = g.region.alpha[inside][:, None]

@@ -20,6 +20,7 @@ MIN_FACE_AREA = 16 * 16
 MAX_SIDE = 1 << 20  # pixels per side
 MAX_STEPS = 1000
 MAX_ITERS = 1000
+MAX_DETAIL_PASSES = 3  # the detail stage's passes a header may ask for (each doubles the model face)
 MAX_CROP = 4096  # model crop side, pixels
 MAX_ID_CHARS = 512
 MODEL_KINDS = ("pixel", "latent")
@@ -29,7 +30,7 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 PUBLIC_FIELDS = {"model", "settings", "image", "faces"}
 MODEL_FIELDS = {"id", "weights_sha256", "kind"}
-SETTINGS_FIELDS = {"engine", "decoder_iters", "hint", "colour", "grain", "residual_codec"}
+SETTINGS_FIELDS = {"engine", "decoder_iters", "hint", "colour", "grain", "residual_codec", "detail_passes"}
 ENGINE_FIELDS = {"steps", "refine_iters", "refine_tol", "context", "mixing", "noise_gain"}
 IMAGE_FIELDS = {"height", "width", "pixels_sha256"}
 FACE_FIELDS = {"nonce", "transform", "treatment"}  # treatment: absent in files made before it ("model")
@@ -101,7 +102,7 @@ def check_public(public: Any, height: int | None = None, width: int | None = Non
     _text(model["weights_sha256"], "model.weights_sha256", _HEX64)
     _text(model["kind"], "model.kind", choices=MODEL_KINDS)
 
-    settings = _dict(public["settings"], "settings", SETTINGS_FIELDS)
+    settings = _dict(public["settings"], "settings", SETTINGS_FIELDS, optional=frozenset({"detail_passes"}))
     engine = _dict(settings["engine"], "settings.engine", ENGINE_FIELDS, optional=frozenset({"mixing", "noise_gain"}))
     _int(engine["steps"], "settings.engine.steps", 1, MAX_STEPS)
     _int(engine["refine_iters"], "settings.engine.refine_iters", 0, MAX_ITERS)
@@ -112,6 +113,8 @@ def check_public(public: Any, height: int | None = None, width: int | None = Non
     if "noise_gain" in engine:
         _number(engine["noise_gain"], "settings.engine.noise_gain", MIN_NOISE_GAIN, MAX_NOISE_GAIN)
     _int(settings["decoder_iters"], "settings.decoder_iters", 0, MAX_ITERS)
+    if "detail_passes" in settings:  # absent in files made before it: one pass
+        _int(settings["detail_passes"], "settings.detail_passes", 1, MAX_DETAIL_PASSES)
     for name in ("hint", "colour", "grain"):
         _bool(settings[name], f"settings.{name}")
     _text(settings["residual_codec"], "settings.residual_codec", choices=(CODEC,))
