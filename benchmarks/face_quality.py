@@ -29,6 +29,11 @@ With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anony
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
 different people (similarity at most the FAR 1e-3 threshold).
 
+With ``--seed S`` the keys, the file keys and the faces' public nonces are derived from S, the photo and the key's
+number instead of drawn fresh: every model and gain then meets the same sign patterns, so a
+comparison between them is paired (fresh keys move the diversity figure by about ten points
+between runs). Never use such keys for real files.
+
 Blur (Gaussian, sigma a tenth of the face) and pixelation (8 blocks across) are measured the
 same way as references. With ``--out``: ``figures.json``, ``report.md`` and a picture grid (grid.png)
 (original, then each model) at 256 px per face.
@@ -37,6 +42,8 @@ same way as references. With ``--out``: ``figures.json``, ``report.md`` and a pi
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -47,8 +54,9 @@ from PIL import Image
 
 from faceveil.api import find_faces
 from faceveil.engine import EngineSettings
+from faceveil.envelope import Envelope, FileKey
 from faceveil.evaluate.metrics import frechet_distance
-from faceveil.keys import Key
+from faceveil.keys import NONCE_BYTES, SECRET_BYTES, Key
 from faceveil.models import load_model
 from faceveil.pipeline import Settings, anonymize_array, face_geometry
 
@@ -188,13 +196,34 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+class Keys:
+    """Fresh keys, or with a seed the same keys and face nonces for every model (a paired comparison)."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+
+    def _bytes(self, *parts: object) -> bytes:
+        return hashlib.sha256("|".join(map(str, ("face_quality", self.seed) + parts)).encode()).digest()
+
+    def draw(self, photo: str, number: int, jobs: list) -> tuple[Key | Envelope, list]:
+        """The key ``number`` for ``photo`` and its face jobs; seeded: an envelope whose file key (what
+        the sign patterns come from) and the faces' nonces are derived from the seed."""
+        if self.seed is None:
+            return Key.generate(), jobs
+        key = Key(self._bytes(photo, number, "key")[:SECRET_BYTES])
+        envelope = Envelope(FileKey(self._bytes(photo, number, "file key")[:SECRET_BYTES]), (key,))
+        return envelope, [dataclasses.replace(j, nonce=self._bytes(photo, number, "nonce", f)[:NONCE_BYTES])
+                          for f, j in enumerate(jobs)]
+
+
 def key_diversity(rgb: np.ndarray, jobs, model, keys: int, judges: Judges, landmarks5: np.ndarray,
-                  settings: Settings) -> list[float]:
-    """ArcFace similarities of every pair of new faces that ``keys`` fresh keys give one photo (embedded
+                  settings: Settings, draw: Keys, photo: str) -> list[float]:
+    """ArcFace similarities of every pair of new faces that ``keys`` keys give one photo (embedded
     at the original's landmarks: the new faces keep the pose)."""
     embs = []
-    for _ in range(keys):
-        out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=settings)
+    for number in range(1, keys + 1):
+        key, keyed = draw.draw(photo, number, jobs)
+        out, _, _ = anonymize_array(rgb, key, model, faces=keyed, settings=settings)
         embs.append(judges.arcface.embed(out, landmarks5))
     return [float(np.dot(embs[i], embs[j])) for i in range(keys) for j in range(i + 1, keys)]
 
@@ -210,7 +239,10 @@ def main() -> None:
     ap.add_argument("--noise-gain", type=float, nargs="+", default=None,
                     help="engine noise gains to measure each model at (each model x gain is one method; "
                          "default: each model's recommended gain)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="derive keys and nonces from this seed (paired comparisons; default: fresh keys)")
     args = ap.parse_args()
+    draw = Keys(args.seed)
     if not (SHARED / "data" / "lfw").is_dir():
         raise SystemExit(f"needs the LFW photos in {SHARED}")
     judges = Judges()
@@ -245,7 +277,8 @@ def main() -> None:
             if not jobs:
                 break
             t0 = time.perf_counter()
-            out, _, _ = anonymize_array(rgb, Key.generate(), model, faces=jobs, settings=settings)
+            key, keyed = draw.draw(path.name, 0, jobs)
+            out, _, _ = anonymize_array(rgb, key, model, faces=keyed, settings=settings)
             seconds = (time.perf_counter() - t0) / len(jobs)
             # the replaced region of the face the judges saw (largest overlap)
             best = None
@@ -264,7 +297,8 @@ def main() -> None:
                 break
             outputs[name] = (out, best[1], best[2], seconds)
             if args.keys >= 2 and used < args.diversity_faces:
-                diversity[name] += key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5), settings)
+                diversity[name] += key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5), settings,
+                                                 draw, path.name)
         if len(outputs) != len(models):
             continue
         alpha, rbox = next(iter(outputs.values()))[1:3]
