@@ -390,7 +390,7 @@ def _doubled(transform: AlignTransform) -> AlignTransform:
     return AlignTransform(m, 2 * transform.size)
 
 
-def _paste_samples(model: DiffusionModel, face: np.ndarray, geometry: FaceGeometry, most_passes: int = 1) -> np.ndarray:
+def _paste_samples(model: DiffusionModel, face: np.ndarray, geometry: FaceGeometry, most_passes: int) -> np.ndarray:
     """A model face (S x S x 3) resampled at the region's pixels (K x 3): through the
     model's detail stage first, up to ``most_passes`` times, where the face on the photo is
     enlarged enough for it (a public function of the transform and the header's settings,
