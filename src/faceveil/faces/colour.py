@@ -19,6 +19,7 @@ from faceveil.keys import public_gaussian
 
 # ---- colour -----------------------------------------------------------------------
 SHADING_GRID = 8  # the shading field's grid (cells per crop side)
+CONTRAST_RANGE = (0.6, 1.5)  # the skin contrast gain's limits (a flat model face is not made noisy)
 
 
 def _upsample_field(field: np.ndarray, size: int) -> np.ndarray:
@@ -142,7 +143,7 @@ def fit_colour(
     if mode == "ratio":  # the contrast is measured after the white balance, which scales it too
         balanced = Colour(tuple(float(v) for v in g_mean), tuple(float(v) for v in o_mean), 1.0, mode=mode)
         g_spread = skin_statistics(balanced.forward(generated[interior]))[1]
-    gain = float(np.clip(o_spread / g_spread, 0.6, 1.5))
+    gain = float(np.clip(o_spread / g_spread, *CONTRAST_RANGE))
     base = Colour(tuple(float(v) for v in g_mean), tuple(float(v) for v in o_mean), gain, mode=mode)
     if edge.sum() < 16:
         return base
