@@ -27,7 +27,7 @@ without it, at the gain each model recommends (its ``faceveil_train.json``).
 
 With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anonymized with K fresh
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
-different people (similarity at most the FAR 1e-3 threshold).
+different people (similarity at most the FAR 1e-3 threshold), in all and per face.
 
 With ``--seed S`` the keys, the file keys and the faces' public nonces are derived from S, the photo and the key's
 number instead of drawn fresh: every model and gain then meets the same sign patterns, so a
@@ -253,6 +253,7 @@ def main() -> None:
     methods = list(models) + ["blur", "pixelate"]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     diversity: dict[str, list[float]] = {m: [] for m in models}
+    diversity_by_face: dict[str, dict[str, float]] = {m: {} for m in models}  # photo -> share of its pairs called different
     tiles: list[list[np.ndarray]] = []
     embeddings: dict[str, list[np.ndarray]] = {}  # ArcFace embeddings of the new faces, and of the originals
     photos = held_out_photos(args.faces)
@@ -297,8 +298,9 @@ def main() -> None:
                 break
             outputs[name] = (out, best[1], best[2], seconds)
             if args.keys >= 2 and used < args.diversity_faces:
-                diversity[name] += key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5), settings,
-                                                 draw, path.name)
+                sims = key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5), settings, draw, path.name)
+                diversity[name] += sims
+                diversity_by_face[name][path.name] = float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))
         if len(outputs) != len(models):
             continue
         alpha, rbox = next(iter(outputs.values()))[1:3]
@@ -346,6 +348,7 @@ def main() -> None:
             summary[m]["diversity_pairs"] = len(sims)
             summary[m]["diversity_different_rate"] = float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))
             summary[m]["diversity_similarity_median"] = float(np.median(sims))
+            summary[m]["diversity_by_face"] = diversity_by_face[m]
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
