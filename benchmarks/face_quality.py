@@ -34,6 +34,9 @@ number instead of drawn fresh: every model and gain then meets the same sign pat
 comparison between them is paired (fresh keys move the diversity figure by about ten points
 between runs). Never use such keys for real files.
 
+``--contrast-max C`` sets the colour fit's largest skin contrast gain for the run
+(``faceveil.faces.colour.CONTRAST_RANGE``), to measure that limit.
+
 Blur (Gaussian, sigma a tenth of the face) and pixelation (8 blocks across) are measured the
 same way as references. With ``--out``: ``figures.json``, ``report.md`` and a picture grid (grid.png)
 (original, then each model) at 256 px per face.
@@ -55,6 +58,7 @@ from PIL import Image
 from faceveil.api import find_faces
 from faceveil.engine import EngineSettings
 from faceveil.envelope import Envelope, FileKey
+from faceveil.faces import colour
 from faceveil.evaluate.metrics import frechet_distance
 from faceveil.keys import NONCE_BYTES, SECRET_BYTES, Key
 from faceveil.models import load_model
@@ -241,7 +245,12 @@ def main() -> None:
                          "default: each model's recommended gain)")
     ap.add_argument("--seed", type=int, default=None,
                     help="derive keys and nonces from this seed (paired comparisons; default: fresh keys)")
+    ap.add_argument("--contrast-max", type=float, default=None,
+                    help=f"the colour fit's largest contrast gain for this run (an experiment; "
+                         f"default {colour.CONTRAST_RANGE[1]:g})")
     args = ap.parse_args()
+    if args.contrast_max is not None:
+        colour.CONTRAST_RANGE = (colour.CONTRAST_RANGE[0], args.contrast_max)
     draw = Keys(args.seed)
     if not (SHARED / "data" / "lfw").is_dir():
         raise SystemExit(f"needs the LFW photos in {SHARED}")
