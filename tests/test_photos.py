@@ -55,9 +55,10 @@ def test_group_photo_face_by_face_exact_recovery(group_photo, pixel_model, tmp_p
 
     recover(tmp_path / "v.png", key, tmp_path / "m.png", model=pixel_model, use_residual=False)
     model_only = np.asarray(Image.open(tmp_path / "m.png"))
-    # measured: about 25 dB (a 32 px model crop cannot hold a 60 px face); well above the veiled image. The
-    # margin depends on the key: one key in a clean-clone CI run gave 21.7 dB against 18.8 (2.9 dB)
-    assert psnr(model_only, original) > psnr(veiled, original) + 2
+    # measured over 24 files (fresh file keys and nonces, which the result depends on; the user key alone does not
+    # fix them): 21.5-22.0 dB against the veiled image's 17.9-18.6 (a 32 px model crop cannot hold a 60 px face),
+    # a margin of 3.1 to 4.0 dB, mean 3.45; one CI run drew 2.9
+    assert psnr(model_only, original) > psnr(veiled, original) + 2.5
 
 
 def test_exif_rotated_jpeg_stays_upright_and_recovers(pixel_model, tmp_path):
