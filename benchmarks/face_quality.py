@@ -58,8 +58,8 @@ from PIL import Image
 from faceveil.api import find_faces
 from faceveil.engine import EngineSettings
 from faceveil.envelope import Envelope, FileKey
-from faceveil.faces import colour
 from faceveil.evaluate.metrics import frechet_distance
+from faceveil.faces import colour
 from faceveil.keys import NONCE_BYTES, SECRET_BYTES, Key
 from faceveil.models import load_model
 from faceveil.pipeline import Settings, anonymize_array, face_geometry
@@ -261,8 +261,7 @@ def main() -> None:
               for name, model in loaded.items() for g in (args.noise_gain or [model.noise_gain])}
     methods = list(models) + ["blur", "pixelate"]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
-    diversity: dict[str, list[float]] = {m: [] for m in models}
-    diversity_by_face: dict[str, dict[str, float]] = {m: {} for m in models}  # photo -> share of its pairs called different
+    diversity: dict[str, dict[str, list[float]]] = {m: {} for m in models}  # photo -> its pairs' ArcFace similarities
     tiles: list[list[np.ndarray]] = []
     embeddings: dict[str, list[np.ndarray]] = {}  # ArcFace embeddings of the new faces, and of the originals
     photos = held_out_photos(args.faces)
@@ -307,9 +306,8 @@ def main() -> None:
                 break
             outputs[name] = (out, best[1], best[2], seconds)
             if args.keys >= 2 and used < args.diversity_faces:
-                sims = key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5), settings, draw, path.name)
-                diversity[name] += sims
-                diversity_by_face[name][path.name] = float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))
+                diversity[name][path.name] = key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5),
+                                                           settings, draw, path.name)
         if len(outputs) != len(models):
             continue
         alpha, rbox = next(iter(outputs.values()))[1:3]
@@ -352,12 +350,14 @@ def main() -> None:
         for m in methods:
             summary[m]["frechet_arcface"] = frechet[m]
         summary["frechet_reference"] = {"real_faces": len(real), "originals": frechet["originals"]}
-    for m, sims in diversity.items():
+    different = lambda sims: float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))  # noqa: E731
+    for m, by_face in diversity.items():
+        sims = [s for face in by_face.values() for s in face]
         if sims:
             summary[m]["diversity_pairs"] = len(sims)
-            summary[m]["diversity_different_rate"] = float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))
+            summary[m]["diversity_different_rate"] = different(sims)
             summary[m]["diversity_similarity_median"] = float(np.median(sims))
-            summary[m]["diversity_by_face"] = diversity_by_face[m]
+            summary[m]["diversity_by_face"] = {photo: different(face) for photo, face in by_face.items()}
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
