@@ -163,6 +163,15 @@ def test_train_detail_learns_and_exports_a_model_folder(tmp_path):
     assert main([*common, "--source", "nowhere", "--steps", "9"]) != 0  # a source the set lacks
     assert main(["train-detail", "--out", str(tmp_path / "run"), "--export-only", "--export", str(tmp_path / "with-detail"),
                  "--base", str(base)]) != 0  # never overwrites
+    # a new run started from the exported stage holds its weights at step 0; another network is refused
+    assert main([*common, "--out", str(tmp_path / "run2"), "--steps", "0", "--init-from", str(tmp_path / "with-detail"),
+                 "--export", str(tmp_path / "again"), "--base", str(base)]) == 0
+    again = load_model(str(tmp_path / "again"))
+    assert all(torch.equal(a, b) for a, b in zip(again.detail.state_dict().values(), loaded.detail.state_dict().values()))
+    assert json.loads((tmp_path / "again" / "faceveil_train.json").read_text())["detail"]["started_from"] == str(tmp_path / "with-detail")
+    assert main([*common, "--out", str(tmp_path / "run3"), "--steps", "1", "--channels", "4",
+                 "--init-from", str(tmp_path / "with-detail")]) != 0
+    assert main([*common, "--out", str(tmp_path / "run4"), "--steps", "1", "--init-from", str(base)]) != 0  # no stage there
 
 
 def test_the_loss_mask_leaves_out_the_fill_beyond_the_photo():

@@ -152,6 +152,9 @@ def register(subparsers: Any) -> None:
     d.add_argument("--checkpoint-every", type=int, default=200, metavar="N")
     d.add_argument("--sample-every", type=int, default=400, metavar="N")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="a new run starts from this model folder's detail/ stage (the discriminator starts afresh; "
+                        "a resumed run ignores it)")
     d.add_argument("--export", metavar="DIR", help="write a new model folder: --base plus this stage as detail/")
     d.add_argument("--export-only", action="store_true", help="do not train: export the latest checkpoint")
     d.add_argument("--base", metavar="MODEL_DIR", help="with --export: the face model folder the stage joins")
@@ -309,6 +312,7 @@ def run_train_detail(args: argparse.Namespace) -> int:
         min_enlargement=args.min_enlargement, batch_size=args.batch_size, lr=args.lr, adv_weight=args.adv_weight,
         adv_start=args.adv_start, max_blur=args.max_blur, steps=args.steps, max_minutes=args.max_minutes,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, seed=args.seed, progress=not args.quiet,
+        init_from=args.init_from,
     )
     result = train_detail(cfg)
     v = result.validation

@@ -58,6 +58,7 @@ class DetailConfig:
     ema: float = 0.999
     seed: int = 0
     progress: bool = True
+    init_from: str | None = None  # a model folder with detail/ (or a detail/ folder): a fresh run starts from its stage
 
 
 class PatchDiscriminator(nn.Module):
@@ -176,6 +177,15 @@ def validate(net: DetailNet, val: np.ndarray, max_blur: float, batch: int = 16) 
     }
 
 
+def initial_stage(path: str | Path) -> DetailNet:
+    """The detail stage a run starts from: ``path/detail`` of a model folder, or ``path`` itself."""
+    path = Path(path)
+    folder = path / "detail" if (path / "detail").is_dir() else path
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{path} has no detail stage (no detail/ folder with config.json)")
+    return DetailNet.from_pretrained(str(folder))
+
+
 def train_detail(cfg: DetailConfig) -> DetailResult:
     """Train (or resume) the detail stage; stops after ``steps`` or ``max_minutes``."""
     from tqdm.auto import tqdm
@@ -196,6 +206,14 @@ def train_detail(cfg: DetailConfig) -> DetailResult:
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     step = 0
     latest = latest_checkpoint(out, "detail")
+    if latest is None and cfg.init_from:
+        start_from = initial_stage(cfg.init_from)
+        theirs = {k: v for k, v in start_from.config.items() if not k.startswith("_")}
+        if theirs != {k: v for k, v in net.config.items() if not k.startswith("_")}:
+            raise UsageError(f"{cfg.init_from}: its stage is another network ({theirs}), "
+                             f"not --channels {cfg.channels} --blocks {cfg.blocks} --min-enlargement {cfg.min_enlargement:g}")
+        net.load_state_dict(start_from.state_dict())
+        ema.load_state_dict(start_from.state_dict())
     if latest is not None:
         ckpt = load_checkpoint(latest, fmt=CKPT_FORMAT, kind="detail-stage training")
         if ckpt["net_config"] != dict(net.config):
@@ -303,6 +321,8 @@ def export_detail(run: str | Path, base: str | Path, out: str | Path) -> Path:
         "input": f"target blurred (sigma 0 to {cfg['max_blur']} px) and halved (2 x 2 mean)",
         "batch_size": cfg["batch_size"], "lr": cfg["lr"],
     }
+    if cfg.get("init_from"):
+        meta["detail"]["started_from"] = str(cfg["init_from"])
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     tmp.rename(out)
     return out
