@@ -23,7 +23,8 @@ Per face, for each model (default anonymize settings, one fresh key per face):
   biased upwards for small sets: compare figures of the same size only).
 
 With ``--noise-gain G1 G2 ...`` every model is measured at each engine noise gain (``EngineSettings.noise_gain``);
-without it, at the gain each model recommends (its ``faceveil_train.json``).
+without it, at the gain each model recommends (its ``faceveil_train.json``). ``--steps N1 N2 ...``
+does the same for the DDIM step count (``EngineSettings.steps``; default the engine's).
 
 With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anonymized with K fresh
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
@@ -243,6 +244,9 @@ def main() -> None:
     ap.add_argument("--noise-gain", type=float, nargs="+", default=None,
                     help="engine noise gains to measure each model at (each model x gain is one method; "
                          "default: each model's recommended gain)")
+    ap.add_argument("--steps", type=int, nargs="+", default=None,
+                    help="DDIM step counts to measure each model at (each model x gain x steps is one method; "
+                         f"default: the engine's {EngineSettings().steps})")
     ap.add_argument("--seed", type=int, default=None,
                     help="derive keys and nonces from this seed (paired comparisons; default: fresh keys)")
     ap.add_argument("--contrast-max", type=float, default=None,
@@ -256,9 +260,12 @@ def main() -> None:
         raise SystemExit(f"needs the LFW photos in {SHARED}")
     judges = Judges()
     loaded = {name: load_model(name) for name in args.models}
-    # each model at each gain is one method, named "model" (gain 1 alone) or "model @ gain g"
-    models = {(name if args.noise_gain is None else f"{name} @ gain {g:g}"): (model, g)
-              for name, model in loaded.items() for g in (args.noise_gain or [model.noise_gain])}
+    # each model at each gain and step count is one method, named "model", "model @ gain g",
+    # "model @ n steps" or "model @ gain g @ n steps" (what was asked for on the command line)
+    models = {name + ("" if args.noise_gain is None else f" @ gain {g:g}") + ("" if args.steps is None else f" @ {n} steps"):
+              (model, EngineSettings(noise_gain=g, **({} if n is None else {"steps": n})))
+              for name, model in loaded.items() for g in (args.noise_gain or [model.noise_gain])
+              for n in (args.steps or [None])}
     methods = list(models) + ["blur", "pixelate"]
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     diversity: dict[str, dict[str, list[float]]] = {m: {} for m in models}  # photo -> its pairs' ArcFace similarities
@@ -280,8 +287,8 @@ def main() -> None:
         ref_dlib = judges.dlib.embed(rgb, np.asarray(ref.landmarks5))
         row_tiles = [rgb]
         outputs: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], float]] = {}
-        for name, (model, gain) in models.items():
-            settings = Settings(EngineSettings(noise_gain=gain))
+        for name, (model, engine) in models.items():
+            settings = Settings(engine)
             jobs, _ = find_faces(rgb, model.image_size, framing=model.framing)
             if not jobs:
                 break
