@@ -485,9 +485,10 @@ def test_noise_gain_round_trip_through_the_cli(face_png, keyfile, pixel_model_di
     assert not (tmp_path / "x.png").exists()
 
 
-def test_the_model_s_recommended_noise_gain_is_the_default(face_png, keyfile, pixel_model_dir, tmp_path):
+def test_the_model_s_recommended_noise_gain_is_the_default(face_png, keyfile, pixel_model_dir, tmp_path, capsys):
     """A model folder's faceveil_train.json ``noise_gain`` is used when --noise-gain is not given;
-    the header records it, so recovery needs nothing but the key."""
+    the header records it, so recovery needs nothing but the key. Used at another step count than
+    the one it was measured at, it comes with a warning; a gain the user chose does not."""
     import json
     import shutil
 
@@ -504,7 +505,9 @@ def test_the_model_s_recommended_noise_gain_is_the_default(face_png, keyfile, pi
 
     veiled, given, back = tmp_path / "v.png", tmp_path / "g.png", tmp_path / "r.png"
     assert main(["anonymize", str(face_png), "-o", str(veiled), *args, *STEPS]) == 0
+    assert "noise gain 1.25 was measured at 20 steps; at 8 the inverted noise is smaller" in capsys.readouterr().err
     assert main(["anonymize", str(face_png), "-o", str(given), "--noise-gain", "1", *args, *STEPS]) == 0
+    assert "was measured at" not in capsys.readouterr().err
     assert gain(veiled) == 1.25 and gain(given) == 1.0
     assert main(["recover", str(veiled), "-o", str(back), *args]) == 0
     assert np.array_equal(_read(back), _read(face_png))

@@ -253,11 +253,13 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
 
         if args.noise_gain is None:  # the model's recommended gain, read without loading its weights here
             engine = replace(engine, noise_gain=recommended_noise_gain(args.model))
+            _warn_gain_steps(engine)
         settings = Settings(engine, decoder_iters=args.decoder_iters, hint=args.hint)
         return run_from_args(args, recipients, recovering=False, settings=settings, show=_show_progress(args))
     model = load_model(args.model)  # None: the best embedded model
     if args.noise_gain is None:  # --noise-gain's default: the gain the model's trainers recommend
         engine = replace(engine, noise_gain=model.noise_gain)
+        _warn_gain_steps(engine)
     settings = Settings(engine, decoder_iters=args.decoder_iters, hint=args.hint)
     show = _show_progress(args)
     verifier = _verifier(args)
@@ -479,6 +481,21 @@ KEY_HELP = ("the secret key or X25519 identity file made by `faceveil keygen` (a
             "one), or a disclosure token")
 OUTPUT_HELP = ("output file (one input file) or folder (several inputs, or folders: subfolders mirrored, "
                "manifest.json merged there) (default: beside each input, {name})")
+
+
+def _warn_gain_steps(engine) -> None:
+    """A model's recommended noise gain holds at the step count it was measured at (the default):
+    inversion with more DDIM steps leaves noise of a larger deviation, which the same gain lifts
+    past what the model draws well (TRAINING.md, "Noise gain"; ``benchmarks/inverted_noise.py``)."""
+    from faceveil.engine import EngineSettings
+
+    default = EngineSettings().steps
+    if engine.noise_gain != 1.0 and engine.steps != default:
+        more = engine.steps > default
+        print(f"faceveil: warning: the model's noise gain {engine.noise_gain:g} was measured at {default} steps; at "
+              f"{engine.steps} the inverted noise is {'larger' if more else 'smaller'}, so faces may "
+              f"{'break into speckle' if more else 'come out softer and more alike'}: choose --noise-gain "
+              f"({'lower' if more else 'higher'}; docs/command-line.md)", file=sys.stderr)
 
 
 def _noise_gain(text: str) -> float:
