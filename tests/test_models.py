@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from faceveil.errors import ModelUnavailableError
-from faceveil.models import load_model
+from faceveil.models import WEIGHTS_DIR, load_model
 from faceveil.testing import tiny_latent_model
 
 
@@ -91,10 +91,12 @@ def test_default_model_is_the_best_embedded_one(tmp_path):
     assert default_model(tmp_path) == DRAFT  # a folder without weights does not count
     (tmp_path / "faceveil-faces-96" / "unet").mkdir(parents=True)
     assert default_model(tmp_path) == "faceveil-faces-96"  # the CPU-trained inpainting model beats the draft
+    (tmp_path / "faceveil-faces-96-v3").mkdir()
+    assert default_model(tmp_path) == "faceveil-faces-96"  # v3 shares v2's unet/, and there is none yet
     (tmp_path / "faceveil-faces-96-v2" / "unet").mkdir(parents=True)
-    assert default_model(tmp_path) == "faceveil-faces-96-v2"  # its second version beats the first
-    (tmp_path / "faceveil-faces-96-v3" / "unet").mkdir(parents=True)
-    assert default_model(tmp_path) == "faceveil-faces-96-v3"  # v2 with the detail stage
+    assert default_model(tmp_path) == "faceveil-faces-96-v3"  # v2 with the detail stage, on v2's unet/
+    (tmp_path / "faceveil-faces-96-v3" / "unet").mkdir()
+    assert default_model(tmp_path) == "faceveil-faces-96-v3"  # or on its own
     (tmp_path / "faceveil-faces-64" / "unet").mkdir()
     assert default_model(tmp_path) == "faceveil-faces-64"  # the day the GPU model ships
 
@@ -126,6 +128,9 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_both_load_offline(monke
     assert model.detail is not None and model.detail.applies(1.5) and not model.detail.applies(0.5)
     second = load_model("faceveil-faces-96-v2")  # the same face model without the stage: its files recover
     assert second.detail is None and second.weights_hash != model.weights_hash
+    # shipped once: v3's folder has no unet/ of its own and loads v2's (Preset.unet_from)
+    assert not (WEIGHTS_DIR / "faceveil-faces-96-v3" / "unet").exists()
+    assert model.weights_hash == "976fc0aff930bffebd3fdd1f09e4e90de11791f183ec34d44beb3c624d4e5d1b"  # as when it had one
     assert all(torch.equal(a, b) for a, b in zip(second.unet.state_dict().values(), model.unet.state_dict().values()))
     first = load_model("faceveil-faces-96")  # files anonymized with the first version still recover
     assert first.model_id == "faceveil-faces-96" and first.noise_gain == 1.0

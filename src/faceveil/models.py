@@ -35,6 +35,9 @@ class Preset:
     name: str
     source: str  # a hub id or a local folder
     description: str
+    # an embedded preset whose unet/ this one uses where its own folder has none: presets that
+    # share a face model ship its weights once (the package's weights budget, about 50 MB)
+    unet_from: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -58,6 +61,7 @@ PRESETS: dict[str, Preset] = {
             "faceveil-faces-96-v2's face model (the same weights) with a 2x detail stage: a face the photo "
             "enlarges is sharpened to 192x192 before pasting (0.44 M parameters, trained on UTKFace faces on a "
             "2-core CPU); keyed noise gain 1.25 (embedded, offline; MODEL_CARD.md)",
+            unet_from="faceveil-faces-96-v2",
         ),
         Preset(
             "faceveil-faces-96-v2",
@@ -87,6 +91,19 @@ EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96-v3", "faceveil-faces-
 DEFAULT_ALIAS = "default"
 
 
+def unet_folder(folder: Path, preset: Preset | None = None, weights_dir: Path | None = None) -> Path | None:
+    """The model folder whose ``unet/`` a model in ``folder`` uses: ``folder`` itself, or for a preset
+    that shares another's face model (:attr:`Preset.unet_from`) that preset's folder in ``weights_dir``
+    (default: the package's); None where neither has one."""
+    if (folder / "unet").is_dir():
+        return folder
+    if preset is not None and preset.unet_from:
+        shared = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / preset.unet_from
+        if (shared / "unet").is_dir():
+            return shared
+    return None
+
+
 def default_model(weights_dir: Path | None = None) -> str:
     """The preset name of the best model embedded in the package (runs offline).
 
@@ -96,7 +113,7 @@ def default_model(weights_dir: Path | None = None) -> str:
     """
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     for name in EMBEDDED_MODELS:
-        if (root / name / "unet").is_dir():
+        if (root / name).is_dir() and unet_folder(root / name, PRESETS.get(name), root) is not None:
             return name
     return EMBEDDED_MODELS[-1]  # nothing shipped: name the draft, whose loading then explains what is missing
 
@@ -367,10 +384,11 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
             )
         folder = _fetch_from_hub(source)
     parts = _component_dirs(folder)
-    if "unet" not in parts:
+    unet_root = unet_folder(folder, preset)
+    if "unet" not in parts or unet_root is None:
         raise ModelUnavailableError(f"{folder} is not a diffusers model folder (no unet/ subfolder)")
     try:
-        unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+        unet = UNet2DModel.from_pretrained(unet_root, subfolder="unet")
         scheduler = (
             DDIMScheduler.from_pretrained(folder, subfolder="scheduler") if "scheduler" in parts else DDIMScheduler()
         )
@@ -435,7 +453,7 @@ def model_available(spec: str) -> bool:
     preset = PRESETS.get(spec)
     source = preset.source if preset else spec
     if Path(source).expanduser().is_dir():
-        return (Path(source).expanduser() / "unet").is_dir()
+        return unet_folder(Path(source).expanduser(), preset) is not None
     if "/" not in source:
         return False
     from huggingface_hub import snapshot_download
