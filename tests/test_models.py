@@ -131,6 +131,7 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_both_load_offline(monke
     # shipped once: v3's folder has no unet/ of its own and loads v2's (Preset.unet_from)
     assert not (WEIGHTS_DIR / "faceveil-faces-96-v3" / "unet").exists()
     assert model.weights_hash == "976fc0aff930bffebd3fdd1f09e4e90de11791f183ec34d44beb3c624d4e5d1b"  # as when it had one
+    assert load_model(str(WEIGHTS_DIR / "faceveil-faces-96-v3")).weights_hash == model.weights_hash  # its folder by path
     assert all(torch.equal(a, b) for a, b in zip(second.unet.state_dict().values(), model.unet.state_dict().values()))
     first = load_model("faceveil-faces-96")  # files anonymized with the first version still recover
     assert first.model_id == "faceveil-faces-96" and first.noise_gain == 1.0

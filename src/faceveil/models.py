@@ -384,7 +384,9 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
             )
         folder = _fetch_from_hub(source)
     parts = _component_dirs(folder)
-    unet_root = unet_folder(folder, preset)
+    # an embedded preset's folder given by its path shares a face model as the preset does
+    embedded = preset or next((p for p in PRESETS.values() if p.unet_from and Path(p.source).resolve() == folder.resolve()), None)
+    unet_root = unet_folder(folder, embedded)
     if "unet" not in parts or unet_root is None:
         raise ModelUnavailableError(f"{folder} is not a diffusers model folder (no unet/ subfolder)")
     try:
