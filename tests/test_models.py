@@ -82,8 +82,8 @@ def test_embedded_draft_model_veils_and_recovers_a_real_face():
 def test_default_model_is_the_best_embedded_one(tmp_path):
     from faceveil.models import EMBEDDED_MODELS, default_model
 
-    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-96-v3", "faceveil-faces-96-v2", "faceveil-faces-96",
-                               "faceveil-faces-64-draft")
+    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-96-v3", "faceveil-faces-96-v4", "faceveil-faces-96-v2",
+                               "faceveil-faces-96", "faceveil-faces-64-draft")
     assert default_model(tmp_path) == DRAFT  # nothing shipped: the draft is named (its loading explains)
     (tmp_path / DRAFT / "unet").mkdir(parents=True)
     assert default_model(tmp_path) == DRAFT
@@ -133,6 +133,10 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_both_load_offline(monke
     assert model.weights_hash == "976fc0aff930bffebd3fdd1f09e4e90de11791f183ec34d44beb3c624d4e5d1b"  # as when it had one
     assert load_model(str(WEIGHTS_DIR / "faceveil-faces-96-v3")).weights_hash == model.weights_hash  # its folder by path
     assert all(torch.equal(a, b) for a, b in zip(second.unet.state_dict().values(), model.unet.state_dict().values()))
+    fourth = load_model("faceveil-faces-96-v4")  # phase 3's face model with v3's stage: offline, by name
+    assert fourth.detail is not None and fourth.noise_gain == 1.25 and fourth.framing == "face"
+    assert fourth.weights_hash not in (model.weights_hash, second.weights_hash)
+    assert all(torch.equal(a, b) for a, b in zip(fourth.detail.state_dict().values(), model.detail.state_dict().values()))
     first = load_model("faceveil-faces-96")  # files anonymized with the first version still recover
     assert first.model_id == "faceveil-faces-96" and first.noise_gain == 1.0
     assert load_model(DRAFT).model_id == DRAFT  # the draft still loads by name
