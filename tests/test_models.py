@@ -118,7 +118,7 @@ def test_default_alias_loads_under_its_real_name(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not _draft_available(), reason="the draft model's weights are not in this checkout")
 def test_shipped_default_is_the_cpu_inpainting_model_and_both_load_offline(monkeypatch):
-    from faceveil.models import default_model
+    from faceveil.models import default_model, model_available
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert default_model() == "faceveil-faces-96-v3"  # until faceveil-faces-64 (GPU) ships
@@ -132,6 +132,7 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_both_load_offline(monke
     assert not (WEIGHTS_DIR / "faceveil-faces-96-v3" / "unet").exists()
     assert model.weights_hash == "976fc0aff930bffebd3fdd1f09e4e90de11791f183ec34d44beb3c624d4e5d1b"  # as when it had one
     assert load_model(str(WEIGHTS_DIR / "faceveil-faces-96-v3")).weights_hash == model.weights_hash  # its folder by path
+    assert model_available(str(WEIGHTS_DIR / "faceveil-faces-96-v3"))  # which is available, as load_model finds
     assert all(torch.equal(a, b) for a, b in zip(second.unet.state_dict().values(), model.unet.state_dict().values()))
     fourth = load_model("faceveil-faces-96-v4")  # phase 3's face model with v3's stage: offline, by name
     assert fourth.detail is not None and fourth.noise_gain == 1.25 and fourth.framing == "face"

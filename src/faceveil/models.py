@@ -103,9 +103,12 @@ DEFAULT_ALIAS = "default"
 def unet_folder(folder: Path, preset: Preset | None = None, weights_dir: Path | None = None) -> Path | None:
     """The model folder whose ``unet/`` a model in ``folder`` uses: ``folder`` itself, or for a preset
     that shares another's face model (:attr:`Preset.unet_from`) that preset's folder in ``weights_dir``
-    (default: the package's); None where neither has one."""
+    (default: the package's); None where neither has one. Without ``preset``, an embedded preset's
+    folder given by its path is that preset."""
     if (folder / "unet").is_dir():
         return folder
+    if preset is None:
+        preset = next((p for p in PRESETS.values() if p.unet_from and Path(p.source).resolve() == folder.resolve()), None)
     if preset is not None and preset.unet_from:
         shared = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / preset.unet_from
         if (shared / "unet").is_dir():
@@ -393,9 +396,7 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
             )
         folder = _fetch_from_hub(source)
     parts = _component_dirs(folder)
-    # an embedded preset's folder given by its path shares a face model as the preset does
-    embedded = preset or next((p for p in PRESETS.values() if p.unet_from and Path(p.source).resolve() == folder.resolve()), None)
-    unet_root = unet_folder(folder, embedded)
+    unet_root = unet_folder(folder, preset)
     if "unet" not in parts or unet_root is None:
         raise ModelUnavailableError(f"{folder} is not a diffusers model folder (no unet/ subfolder)")
     try:
