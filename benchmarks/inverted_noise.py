@@ -27,7 +27,7 @@ from faceveil.api import find_faces  # noqa: E402
 from faceveil.engine import EngineSettings  # noqa: E402
 from faceveil.keys import Key  # noqa: E402
 from faceveil.models import load_model  # noqa: E402
-from faceveil.pipeline import Settings, face_geometry, keyed_noise  # noqa: E402
+from faceveil.pipeline import Settings, _outline, face_geometry, keyed_noise  # noqa: E402  (_outline: the engine's own)
 
 
 def noise_figures(z: torch.Tensor, inside: torch.Tensor) -> dict[str, float]:
@@ -62,7 +62,7 @@ def main() -> None:
             continue
         used += 1
         job = dataclasses.replace(jobs[0], nonce=bytes(16))
-        inside = face_geometry(rgb.shape, job.transform, np.asarray(job.outline, np.float32).reshape(-1, 2).astype(np.float64), model).latent > 0.5
+        inside = face_geometry(rgb.shape, job.transform, _outline(job), model).latent > 0.5
         for n in args.steps:
             z = keyed_noise(rgb, key, model, job, Settings(EngineSettings(steps=n, noise_gain=1.0)))
             f = noise_figures(z, inside.expand_as(z))
