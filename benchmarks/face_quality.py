@@ -25,6 +25,9 @@ Per face, for each model (default anonymize settings, one fresh key per face):
 With ``--noise-gain G1 G2 ...`` every model is measured at each engine noise gain (``EngineSettings.noise_gain``);
 without it, at the gain each model recommends (its ``faceveil_train.json``). ``--steps N1 N2 ...``
 does the same for the DDIM step count (``EngineSettings.steps``; default the engine's).
+The photos are spread over the held-out list according to ``--faces``; ``--photos-for N`` picks
+them as a run of N faces does, so that ``--faces 8 --photos-for 200 --seed 5`` shows the first 8
+faces of a 200-face run with seed 5, with the same keys.
 
 With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anonymized with K fresh
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
@@ -239,6 +242,9 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=40)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--grid", type=int, default=8, help="faces shown in the picture grid")
+    ap.add_argument("--photos-for", type=int, default=None, metavar="N",
+                    help="pick the photos as a run of N faces does (default --faces): a short run then meets the first "
+                         "faces of a long one, with --seed the same keys (the README's grid from a 200-face run)")
     ap.add_argument("--keys", type=int, default=0, help="keys per face for the diversity measure (0: off)")
     ap.add_argument("--diversity-faces", type=int, default=5, help="faces that get --keys keys")
     ap.add_argument("--noise-gain", type=float, nargs="+", default=None,
@@ -271,7 +277,7 @@ def main() -> None:
     diversity: dict[str, dict[str, list[float]]] = {m: {} for m in models}  # photo -> its pairs' ArcFace similarities
     tiles: list[list[np.ndarray]] = []
     embeddings: dict[str, list[np.ndarray]] = {}  # ArcFace embeddings of the new faces, and of the originals
-    photos = held_out_photos(args.faces)
+    photos = held_out_photos(args.photos_for or args.faces)
     used = 0
     for path in photos:
         if used >= args.faces:

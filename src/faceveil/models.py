@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
             str(WEIGHTS_DIR / "faceveil-faces-96-v4"),
             "v3 with a further-trained face model: 5,600 more steps from v2's on 37,631 faces (UTKFace added), "
             "more varied faces for the same keys, and v3's detail stage; keyed noise gain 1.25 (embedded, offline; "
-            "MODEL_CARD.md; the default once its evidence is complete)",
+            "MODEL_CARD.md)",
         ),
         Preset(
             "faceveil-faces-96-v3",
@@ -93,9 +93,7 @@ PRESETS: dict[str, Preset] = {
 }
 # Embedded models, best first: the default is the first whose weights ship in this installation,
 # so the GPU-trained model becomes the default the day its folder is added, with no code change.
-# faceveil-faces-96-v4 ships after v3 for now: measured better on 200 held-out faces (MODEL_CARD.md), it
-# becomes the default once faceveil evaluate, the README pictures and the tests' margins are redone with it.
-EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96-v3", "faceveil-faces-96-v4", "faceveil-faces-96-v2",
+EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96-v4", "faceveil-faces-96-v3", "faceveil-faces-96-v2",
                    "faceveil-faces-96", "faceveil-faces-64-draft")
 DEFAULT_ALIAS = "default"
 
@@ -120,7 +118,8 @@ def default_model(weights_dir: Path | None = None) -> str:
     """The preset name of the best model embedded in the package (runs offline).
 
     The first of :data:`EMBEDDED_MODELS` whose weights folder is present: ``faceveil-faces-64``
-    (GPU-trained), ``faceveil-faces-96-v3`` (v2 with a detail stage), ``faceveil-faces-96-v2`` then
+    (GPU-trained), ``faceveil-faces-96-v4`` (a further-trained face model with v3's detail stage),
+    ``faceveil-faces-96-v3`` (v2 with a detail stage), ``faceveil-faces-96-v2`` then
     ``faceveil-faces-96`` (the CPU-trained inpainting models), else the CPU-trained ``faceveil-faces-64-draft``. Hub models are never the default: they are chosen by name.
     """
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
