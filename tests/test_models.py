@@ -82,8 +82,8 @@ def test_embedded_draft_model_veils_and_recovers_a_real_face():
 def test_default_model_is_the_best_embedded_one(tmp_path):
     from faceveil.models import EMBEDDED_MODELS, default_model
 
-    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-96-v4", "faceveil-faces-96-v3", "faceveil-faces-96-v2",
-                               "faceveil-faces-96", "faceveil-faces-64-draft")
+    assert EMBEDDED_MODELS == ("faceveil-faces-64", "faceveil-faces-96-v5", "faceveil-faces-96-v4", "faceveil-faces-96-v3",
+                               "faceveil-faces-96-v2", "faceveil-faces-96", "faceveil-faces-64-draft")
     assert default_model(tmp_path) == DRAFT  # nothing shipped: the draft is named (its loading explains)
     (tmp_path / DRAFT / "unet").mkdir(parents=True)
     assert default_model(tmp_path) == DRAFT
@@ -97,8 +97,10 @@ def test_default_model_is_the_best_embedded_one(tmp_path):
     assert default_model(tmp_path) == "faceveil-faces-96-v3"  # v2 with the detail stage, on v2's unet/
     (tmp_path / "faceveil-faces-96-v3" / "unet").mkdir()
     assert default_model(tmp_path) == "faceveil-faces-96-v3"  # or on its own
+    (tmp_path / "faceveil-faces-96-v5").mkdir()
+    assert default_model(tmp_path) == "faceveil-faces-96-v3"  # v5 shares v4's unet/, and there is none yet
     (tmp_path / "faceveil-faces-96-v4" / "unet").mkdir(parents=True)
-    assert default_model(tmp_path) == "faceveil-faces-96-v4"  # the further-trained face model
+    assert default_model(tmp_path) == "faceveil-faces-96-v5"  # v4's face model, its detail stage on more faces
     (tmp_path / "faceveil-faces-64" / "unet").mkdir()
     assert default_model(tmp_path) == "faceveil-faces-64"  # the day the GPU model ships
 
@@ -123,16 +125,22 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_all_load_offline(monkey
     from faceveil.models import default_model, model_available
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert default_model() == "faceveil-faces-96-v4"  # until faceveil-faces-64 (GPU) ships
+    assert default_model() == "faceveil-faces-96-v5"  # until faceveil-faces-64 (GPU) ships
     model = load_model()
-    assert model.model_id == "faceveil-faces-96-v4" and model.framing == "face" and model.image_size == 96
+    assert model.model_id == "faceveil-faces-96-v5" and model.framing == "face" and model.image_size == 96
     assert model.noise_gain == 1.25  # measured best with these weights (MODEL_CARD.md)
-    assert model.detail is not None and model.detail.applies(1.5) and not model.detail.applies(0.5)
-    third = load_model("faceveil-faces-96-v3")  # the previous default: v2's face model with the same stage
+    assert model.detail is not None and model.detail.applies(0.8) and not model.detail.applies(0.7)
+    fourth = load_model("faceveil-faces-96-v4")  # the same weights, the stage from 1.0: its files recover with it
+    assert not (WEIGHTS_DIR / "faceveil-faces-96-v5" / "unet").exists()  # v4's unet/, shipped once
+    assert all(torch.equal(a, b) for a, b in zip(model.unet.state_dict().values(), fourth.unet.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.detail.state_dict().values(), fourth.detail.state_dict().values()))
+    assert fourth.detail.applies(1.0) and not fourth.detail.applies(0.8)
+    assert model.weights_hash != fourth.weights_hash  # the switch-on size is part of the model's identity
+    third = load_model("faceveil-faces-96-v3")  # the default before v4: v2's face model with the same stage
     second = load_model("faceveil-faces-96-v2")  # the same face model without the stage: its files recover
     assert second.detail is None and second.weights_hash != third.weights_hash
-    assert model.weights_hash not in (third.weights_hash, second.weights_hash)
-    assert all(torch.equal(a, b) for a, b in zip(model.detail.state_dict().values(), third.detail.state_dict().values()))
+    assert fourth.weights_hash not in (third.weights_hash, second.weights_hash)
+    assert all(torch.equal(a, b) for a, b in zip(fourth.detail.state_dict().values(), third.detail.state_dict().values()))
     # shipped once: v3's folder has no unet/ of its own and loads v2's (Preset.unet_from)
     assert not (WEIGHTS_DIR / "faceveil-faces-96-v3" / "unet").exists()
     assert third.weights_hash == "976fc0aff930bffebd3fdd1f09e4e90de11791f183ec34d44beb3c624d4e5d1b"  # as when it had one
