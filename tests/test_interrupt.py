@@ -61,3 +61,24 @@ def test_stopped_batch_leaves_whole_files_and_resume_finishes(tmp_path, pixel_mo
     for i in range(IMAGES):
         original = np.asarray(Image.open(src / f"p{i}.png"))
         assert np.array_equal(np.asarray(Image.open(back / f"p{i}.recovered.png")), original)
+
+
+def test_a_stop_during_a_files_finish_waits_until_it_is_reported():
+    """The race the batch test above can hit: a signal between an output's final rename and its
+    manifest record. Inside ``deferred`` the stop is held and raised when the block ends."""
+    from faceveil.batch import Interrupted, stop_signals
+    from faceveil.interrupts import deferred
+
+    steps = []
+    with pytest.raises(Interrupted) as caught, stop_signals():
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now, and held the stop
+            steps.append("written and reported")
+        steps.append("after the block")  # never reached: the held stop is raised first
+    assert steps == ["written and reported"] and caught.value.exit_code == 143
+    with pytest.raises(Interrupted), stop_signals():  # outside a block the stop is immediate, and nothing stays held
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        steps.append("not reached")
+    assert steps == ["written and reported"]

@@ -17,6 +17,7 @@ import numpy as np
 from faceveil.binding import check_binding
 from faceveil.container import read_record, unlock, write_image, write_veiled
 from faceveil.errors import FaceveilError, NoFaceError, UsageError
+from faceveil.interrupts import deferred
 from faceveil.faces import DEFAULT_MIN_SIZE, default_outline, detect_faces
 from faceveil.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -326,12 +327,13 @@ def _finish_all(slots: list, finish, on_result) -> list[Result | FaceveilError]:
     """``finish`` each slot in order (writing its output), telling ``on_result`` at once."""
     results: list = []
     for index, slot in enumerate(slots):
-        try:
-            results.append(finish(slot))
-        except FaceveilError as exc:
-            results.append(exc)
-        if on_result is not None:
-            on_result(index, results[-1])
+        with deferred():  # a stop signal waits until the file written is also reported (faceveil.interrupts)
+            try:
+                results.append(finish(slot))
+            except FaceveilError as exc:
+                results.append(exc)
+            if on_result is not None:
+                on_result(index, results[-1])
     return results
 
 

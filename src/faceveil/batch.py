@@ -20,6 +20,7 @@ from pathlib import Path
 from faceveil import __version__
 from faceveil.atomic import check_regular
 from faceveil.errors import FaceveilError, UsageError
+from faceveil.interrupts import hold
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}  # faceveil.video
@@ -247,7 +248,8 @@ def stop_signals() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
+        if not hold(stop, signum):  # a file being finished and reported completes first (faceveil.interrupts)
+            raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
