@@ -66,8 +66,7 @@ def test_stopped_batch_leaves_whole_files_and_resume_finishes(tmp_path, pixel_mo
 def test_a_stop_during_a_files_finish_waits_until_it_is_reported():
     """The race the batch test above can hit: a signal between an output's final rename and its
     manifest record. Inside ``deferred`` the stop is held and raised when the block ends."""
-    from faceveil.batch import Interrupted, stop_signals
-    from faceveil.interrupts import deferred
+    from faceveil.interrupts import Interrupted, deferred, stop_signals
 
     steps = []
     with pytest.raises(Interrupted) as caught, stop_signals():

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from faceveil import __version__
 from faceveil.atomic import check_regular
 from faceveil.errors import FaceveilError, UsageError
-from faceveil.interrupts import hold
+from faceveil.interrupts import Interrupted, stop_signals
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}  # faceveil.video
@@ -225,38 +221,6 @@ def _groups(pairs: list[tuple[Path, Path]], size: int) -> list[list[tuple[Path, 
         else:
             groups[-1].append(pair)
     return groups
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM during a batch (a BaseException, like KeyboardInterrupt: nothing catches it by accident)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.name = signal.Signals(signum).name
-        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-@contextmanager
-def stop_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into :class:`Interrupted` while a batch runs (main thread only).
-
-    The exception unwinds through the atomic writers, which remove their temporary files,
-    so a stopped batch leaves only whole outputs.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        if not hold(stop, signum):  # a file being finished and reported completes first (faceveil.interrupts)
-            raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _same_file(a: Path, b: Path) -> bool:

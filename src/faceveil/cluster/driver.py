@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from faceveil.batch import SKIPPED, Interrupted, failed_entry, skipped_entry
+from faceveil.batch import SKIPPED, failed_entry, skipped_entry
+from faceveil.interrupts import Interrupted
 from faceveil.cluster import storage
 from faceveil.cluster.transport import seal_key
 from faceveil.cluster.worker import ADOPTED_NOTE, FileWorker, Job
@@ -114,7 +115,7 @@ def _ray_session(address: str, local_cpus: int | None) -> Iterator[object]:
 
 class _StopRequest:
     """SIGINT and SIGTERM only set a flag while Ray runs (raising inside Ray's C++ wait would garble it);
-    the scheduling loop turns the flag into :class:`faceveil.batch.Interrupted` between two waits."""
+    the scheduling loop turns the flag into :class:`faceveil.interrupts.Interrupted` between two waits."""
 
     def __init__(self) -> None:
         self.signum = 0
