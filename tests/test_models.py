@@ -101,6 +101,11 @@ def test_default_model_is_the_best_embedded_one(tmp_path):
     assert default_model(tmp_path) == "faceveil-faces-96-v3"  # v5 shares v4's unet/, and there is none yet
     (tmp_path / "faceveil-faces-96-v4" / "unet").mkdir(parents=True)
     assert default_model(tmp_path) == "faceveil-faces-96-v5"  # v4's face model, its detail stage on more faces
+    (tmp_path / "faceveil-faces-96-v5" / "detail").mkdir()
+    assert default_model(tmp_path) == "faceveil-faces-96-v4"  # v5's stage reads v3's detail weights: none yet
+    (tmp_path / "faceveil-faces-96-v3" / "detail").mkdir()
+    (tmp_path / "faceveil-faces-96-v3" / "detail" / "diffusion_pytorch_model.safetensors").touch()
+    assert default_model(tmp_path) == "faceveil-faces-96-v5"
     (tmp_path / "faceveil-faces-64" / "unet").mkdir()
     assert default_model(tmp_path) == "faceveil-faces-64"  # the day the GPU model ships
 
@@ -136,12 +141,19 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_all_load_offline(monkey
     assert all(torch.equal(a, b) for a, b in zip(model.detail.state_dict().values(), fourth.detail.state_dict().values()))
     assert fourth.detail.applies(1.0) and not fourth.detail.applies(0.8)
     assert model.weights_hash != fourth.weights_hash  # the switch-on size is part of the model's identity
+    # the hashes of when each folder carried its own copy of the weights (Preset.unet_from, Preset.detail_from)
+    assert model.weights_hash == "ed73b4e3e7c14ec94c0a2fe344bdd7da3572a845513904948a8f4139544902c0"
+    assert fourth.weights_hash == "3094a99fa1a5fe5375721ddd4e2b30c3e85368239a542959585860a4a4317c15"
     third = load_model("faceveil-faces-96-v3")  # the default before v4: v2's face model with the same stage
     second = load_model("faceveil-faces-96-v2")  # the same face model without the stage: its files recover
     assert second.detail is None and second.weights_hash != third.weights_hash
     assert fourth.weights_hash not in (third.weights_hash, second.weights_hash)
     assert all(torch.equal(a, b) for a, b in zip(fourth.detail.state_dict().values(), third.detail.state_dict().values()))
-    # shipped once: v3's folder has no unet/ of its own and loads v2's (Preset.unet_from)
+    # shipped once (Preset.unet_from, Preset.detail_from): v3's folder has no unet/ of its own and loads v2's; v4 and v5
+    # keep only their detail stage's config (v5's switch-on size) and read its weights from v3's folder
+    for name in ("faceveil-faces-96-v4", "faceveil-faces-96-v5"):
+        assert (WEIGHTS_DIR / name / "detail" / "config.json").is_file()
+        assert not list((WEIGHTS_DIR / name / "detail").glob("*.safetensors"))
     assert not (WEIGHTS_DIR / "faceveil-faces-96-v3" / "unet").exists()
     assert third.weights_hash == "976fc0aff930bffebd3fdd1f09e4e90de11791f183ec34d44beb3c624d4e5d1b"  # as when it had one
     assert load_model(str(WEIGHTS_DIR / "faceveil-faces-96-v3")).weights_hash == third.weights_hash  # its folder by path
@@ -159,3 +171,25 @@ def test_hub_presets_are_chosen_by_name_with_one_line_when_unreachable(monkeypat
         load_model("ldm-celebahq-256")
     message = str(exc.value)
     assert len(message.splitlines()) == 1 and "hf download CompVis/ldm-celebahq-256" in message
+
+
+def test_a_detail_stage_without_weights_is_refused_clearly(tmp_path):
+    """A folder whose detail/ holds only a config, outside the package (no preset to take weights
+    from), is not a whole model: loading it says so, and it is not offered as available."""
+    import shutil
+
+    from faceveil.models import model_available
+    from faceveil.train.detail import initial_stage
+
+    v4, v5 = WEIGHTS_DIR / "faceveil-faces-96-v4", WEIGHTS_DIR / "faceveil-faces-96-v5"
+    if not (v4 / "unet").is_dir():
+        pytest.skip("the v4 weights are not in this checkout")
+    folder = tmp_path / "model"
+    shutil.copytree(v4, folder)
+    shutil.rmtree(folder / "detail")
+    shutil.copytree(v5 / "detail", folder / "detail")  # the config alone
+    with pytest.raises(ModelUnavailableError, match="no weights file"):
+        load_model(str(folder))
+    assert not model_available(str(folder))
+    stage = initial_stage(v5)  # a detail run starting from an embedded preset finds the shared weights
+    assert float(stage.config.min_enlargement) == 0.75

@@ -35,9 +35,12 @@ class Preset:
     name: str
     source: str  # a hub id or a local folder
     description: str
-    # an embedded preset whose unet/ this one uses where its own folder has none: presets that
-    # share a face model ship its weights once (the package's weights budget, about 50 MB)
+    # embedded presets whose weights this one uses where its own folder has none: unet_from's unet/,
+    # detail_from's detail stage weights (its own detail/config.json still sets the switch-on size);
+    # presets that share a face model or a detail stage ship its weights once (the package's
+    # weights budget, about 50 MB). One step, never a chain: a missing folder is missing weights.
     unet_from: str | None = None
+    detail_from: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -63,6 +66,7 @@ PRESETS: dict[str, Preset] = {
             "the crop (a quarter of LFW's) are drawn sharper too; keyed noise gain 1.25 (embedded, offline; "
             "MODEL_CARD.md)",
             unet_from="faceveil-faces-96-v4",
+            detail_from="faceveil-faces-96-v3",
         ),
         Preset(
             "faceveil-faces-96-v4",
@@ -70,6 +74,7 @@ PRESETS: dict[str, Preset] = {
             "v3 with a further-trained face model: 5,600 more steps from v2's on 37,631 faces (UTKFace added), "
             "more varied faces for the same keys, and v3's detail stage; keyed noise gain 1.25 (embedded, offline; "
             "MODEL_CARD.md)",
+            detail_from="faceveil-faces-96-v3",
         ),
         Preset(
             "faceveil-faces-96-v3",
@@ -107,20 +112,42 @@ EMBEDDED_MODELS = ("faceveil-faces-64", "faceveil-faces-96-v5", "faceveil-faces-
 DEFAULT_ALIAS = "default"
 
 
+def _shared_folder(folder: Path, attribute: str, preset: Preset | None, weights_dir: Path | None) -> Path | None:
+    """The folder of the preset named by ``preset.<attribute>`` (in ``weights_dir``, default the
+    package's); without ``preset``, an embedded preset's folder given by its path is that preset."""
+    if preset is None:
+        preset = next((p for p in PRESETS.values() if getattr(p, attribute) and Path(p.source).resolve() == folder.resolve()), None)
+    name = getattr(preset, attribute) if preset is not None else None
+    return (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / name if name else None
+
+
 def unet_folder(folder: Path, preset: Preset | None = None, weights_dir: Path | None = None) -> Path | None:
     """The model folder whose ``unet/`` a model in ``folder`` uses: ``folder`` itself, or for a preset
-    that shares another's face model (:attr:`Preset.unet_from`) that preset's folder in ``weights_dir``
-    (default: the package's); None where neither has one. Without ``preset``, an embedded preset's
-    folder given by its path is that preset."""
-    if (folder / "unet").is_dir():
-        return folder
-    if preset is None:
-        preset = next((p for p in PRESETS.values() if p.unet_from and Path(p.source).resolve() == folder.resolve()), None)
-    if preset is not None and preset.unet_from:
-        shared = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / preset.unet_from
-        if (shared / "unet").is_dir():
-            return shared
+    that shares another's face model (:attr:`Preset.unet_from`) that preset's folder; None where neither has one."""
+    for candidate in (folder, _shared_folder(folder, "unet_from", preset, weights_dir)):
+        if candidate is not None and (candidate / "unet").is_dir():
+            return candidate
     return None
+
+
+DETAIL_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def detail_folder(folder: Path, preset: Preset | None = None, weights_dir: Path | None = None) -> Path | None:
+    """The model folder whose ``detail/`` weights file a model in ``folder`` uses: ``folder`` itself, or
+    for a preset that shares another's stage (:attr:`Preset.detail_from`) that preset's folder (its own
+    ``detail/config.json`` decides the stage's settings); None where neither has one."""
+    for candidate in (folder, _shared_folder(folder, "detail_from", preset, weights_dir)):
+        if candidate is not None and any((candidate / "detail" / name).is_file() for name in DETAIL_WEIGHTS):
+            return candidate
+    return None
+
+
+def _complete(folder: Path, preset: Preset | None = None, weights_dir: Path | None = None) -> bool:
+    """Whether every part a model in ``folder`` needs is present (its unet, and its detail stage's weights)."""
+    if unet_folder(folder, preset, weights_dir) is None:
+        return False
+    return not (folder / "detail").is_dir() or detail_folder(folder, preset, weights_dir) is not None
 
 
 def default_model(weights_dir: Path | None = None) -> str:
@@ -134,7 +161,7 @@ def default_model(weights_dir: Path | None = None) -> str:
     """
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     for name in EMBEDDED_MODELS:
-        if (root / name).is_dir() and unet_folder(root / name, PRESETS.get(name), root) is not None:
+        if (root / name).is_dir() and _complete(root / name, PRESETS.get(name), root):
             return name
     return EMBEDDED_MODELS[-1]  # nothing shipped: name the draft, whose loading then explains what is missing
 
@@ -419,13 +446,23 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
             if sub in parts:
                 autoencoder = classes.get(parts[sub], default_cls).from_pretrained(folder, subfolder=sub)
                 break
-        detail = DetailNet.from_pretrained(folder, subfolder="detail") if (folder / "detail").is_dir() else None
+        detail = load_detail(folder, preset) if (folder / "detail").is_dir() else None
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
     framing, noise_gain = _usage(folder)
     return DiffusionModel(
         unet, scheduler, autoencoder, model_id=spec, framing=framing, noise_gain=noise_gain, detail=detail
     ).to(device)
+
+
+def load_detail(folder: Path, preset: Preset | None = None) -> DetailNet:
+    """The detail stage of ``folder``: its ``detail/config.json``, with the weights file found by
+    :func:`detail_folder` (its own, or a preset's it takes weights from)."""
+    weights = detail_folder(folder, preset)
+    if weights is None:
+        raise ModelUnavailableError(f"{folder / 'detail'} has no weights file, and no model it takes weights from has one")
+    config = {k: v for k, v in DetailNet.load_config(folder, subfolder="detail").items() if not k.startswith("_")}
+    return DetailNet.from_pretrained(weights, subfolder="detail", **config)
 
 
 def _usage(folder: Path) -> tuple[str, float]:
@@ -474,7 +511,7 @@ def model_available(spec: str) -> bool:
     preset = PRESETS.get(spec)
     source = preset.source if preset else spec
     if Path(source).expanduser().is_dir():
-        return unet_folder(Path(source).expanduser(), preset) is not None
+        return _complete(Path(source).expanduser(), preset)
     if "/" not in source:
         return False
     from huggingface_hub import snapshot_download

@@ -179,11 +179,14 @@ def validate(net: DetailNet, val: np.ndarray, max_blur: float, batch: int = 16) 
 
 def initial_stage(path: str | Path) -> DetailNet:
     """The detail stage a run starts from: ``path/detail`` of a model folder, or ``path`` itself."""
+    from faceveil.models import load_detail
+
     path = Path(path)
-    folder = path / "detail" if (path / "detail").is_dir() else path
-    if not (folder / "config.json").is_file():
+    if (path / "detail" / "config.json").is_file():
+        return load_detail(path)  # an embedded preset's stage may keep its weights in another's folder
+    if not (path / "config.json").is_file():
         raise UsageError(f"{path} has no detail stage (no detail/ folder with config.json)")
-    return DetailNet.from_pretrained(str(folder))
+    return DetailNet.from_pretrained(str(path))
 
 
 def train_detail(cfg: DetailConfig) -> DetailResult:
