@@ -31,6 +31,7 @@ from faceveil.keys import Identity, Key, load_secret
 from faceveil.models import DiffusionModel, default_model, load_model
 from faceveil.pipeline import (
     DEFAULT_BATCH,
+    DEFAULT_REDRAWS,
     FaceJob,
     FaceReport,
     PhotoJob,
@@ -152,6 +153,7 @@ def anonymize(
     progress: Progress | None = None,
     style: str = "face",
     fallback: str = DEFAULT_FALLBACK,
+    redraws: int = DEFAULT_REDRAWS,
 ) -> Result:
     """Anonymize every face of an image file and write the result with its faceveil header.
 
@@ -172,11 +174,14 @@ def anonymize(
     diffusion model; the others replace each face visibly, seal its original region and
     run no model (recovery is exact and runs none either). A face the model path cannot
     take gets ``fallback`` (a visible treatment, or ``"model"`` on its box), with a note.
+    ``redraws``: a new face that ArcFace (or dlib, where ArcFace's file is missing) still matches
+    to the original at FAR 1e-3 is drawn again with a fresh nonce, up to that many times, with a
+    note (0: off; recovery is unaffected).
     """
     return _one(anonymize_files(
         [(input, output)], key, model=model, steps=steps, settings=settings, aligned=aligned, mask=mask, min_face=min_face,
         allow_no_face=allow_no_face, residual=residual, max_pixels=max_pixels, overwrite=overwrite, progress=progress,
-        style=style, fallback=fallback,
+        style=style, fallback=fallback, redraws=redraws,
     ))
 
 
@@ -230,6 +235,7 @@ def _photo_job(prepared: _Prepared) -> PhotoJob:
 def _write_anonymized(prepared: _Prepared, array: np.ndarray, record: dict, reports: list[FaceReport],
                       residual: bool, overwrite: bool) -> Result:
     notes, target, loaded = list(prepared.notes), prepared.target, prepared.loaded
+    notes += redraw_notes(reports)
     if not residual:
         notes.append("no residual stored (--no-residual): recovery will give the model's reconstruction, not the exact original")
     written = write_veiled(target, array, record, overwrite=overwrite)
@@ -245,6 +251,19 @@ def _write_anonymized(prepared: _Prepared, array: np.ndarray, record: dict, repo
         kinds = ", ".join("EXIF (GPS, camera, thumbnail)" if k == "exif" else k.upper().replace("_PROFILE", "") for k in loaded.metadata)
         notes.append(f"the input's metadata ({kinds}) is not in the veiled file; it is sealed in the header and restored by recover")
     return Result(prepared.source, written, reports, notes)
+
+
+def redraw_notes(reports: list[FaceReport]) -> list[str]:
+    """The user's notes on faces drawn again because the face drawn before still matched the original."""
+    notes = []
+    for i, r in enumerate(reports):
+        if r.redraws:
+            notes.append(f"face {i + 1} drawn again ({r.redraws}x, a fresh nonce): the face drawn before was still "
+                         "recognisable as the original (FAR 1e-3)")
+        if r.still_matches is not None:
+            notes.append(f"face {i + 1} still matches the original (similarity {r.still_matches:.3f}) after "
+                         f"{r.redraws} redraw(s): kept; check it, or anonymize again with more --redraws")
+    return notes
 
 
 def _batched(items: list, run_batch) -> list:
@@ -286,6 +305,7 @@ def anonymize_files(
     on_result: Callable[[int, Result | FaceveilError], None] | None = None,
     style: str = "face",
     fallback: str = DEFAULT_FALLBACK,
+    redraws: int = DEFAULT_REDRAWS,
 ) -> list[Result | FaceveilError]:
     """``anonymize`` for several ``(input, output or None)`` files, their faces batched through the model.
 
@@ -310,7 +330,8 @@ def anonymize_files(
     ready = [p for p in slots if isinstance(p, _Prepared)]
 
     def run(items: list[_Prepared]) -> list:
-        return anonymize_arrays([_photo_job(p) for p in items], key, model, settings, residual, progress, batch_size)
+        return anonymize_arrays([_photo_job(p) for p in items], key, model, settings, residual, progress, batch_size,
+                                redraws=redraws)
 
     done = iter(_batched(ready, run))
 

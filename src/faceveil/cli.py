@@ -284,7 +284,7 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
                 pairs, key, model=model, settings=settings, aligned=args.aligned, mask=args.mask,
                 min_face=args.min_face, allow_no_face=args.allow_no_face, residual=not args.no_residual,
                 max_pixels=args.max_pixels, overwrite=args.overwrite, progress=update, batch_size=args.batch,
-                on_result=report, style=args.style, fallback=args.fallback,
+                on_result=report, style=args.style, fallback=args.fallback, redraws=args.redraws,
             )
 
     with _detection_settings(args):
@@ -498,6 +498,18 @@ def _warn_gain_steps(engine) -> None:
               f"({'lower' if more else 'higher'}; docs/command-line.md)", file=sys.stderr)
 
 
+def _redraws(text: str) -> int:
+    from faceveil.pipeline import MAX_REDRAWS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= MAX_REDRAWS:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_REDRAWS}, not {value}")
+    return value
+
+
 def _noise_gain(text: str) -> float:
     """``--noise-gain``: a number ``EngineSettings`` takes, refused by argparse (exit 2) otherwise."""
     from faceveil.engine import EngineSettings
@@ -514,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     from faceveil.faces.mask import INCLUDE_OPTIONS
     from faceveil.faces.visible import DEFAULT_FALLBACK, FALLBACKS, STYLES
     from faceveil.models import default_model
+    from faceveil.pipeline import DEFAULT_REDRAWS
 
     defaults = EngineSettings()
     embedded = default_model()
@@ -580,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", choices=FALLBACKS, default=DEFAULT_FALLBACK,
                    help="for a face the model cannot align (no mesh, cut by the border, tiny): a visible treatment "
                         "of its box, or the model on its box; each such face is reported")
+    p.add_argument("--redraws", type=_redraws, default=DEFAULT_REDRAWS, metavar="N",
+                   help="draw a face again (a fresh nonce) while ArcFace, or dlib where ArcFace's file is missing, "
+                        "still matches the new face to the original at FAR 1e-3, up to N times; 0: off "
+                        "(photos; recovery is unaffected)")
     p.add_argument("--rename", choices=("keep", "hash"), default="keep",
                    help="hash: name outputs by a keyed hash of the input's relative path, flat in the output folder, "
                         "so names and folders name nobody; `faceveil names` maps them back (docs/command-line.md)")

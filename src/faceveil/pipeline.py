@@ -126,6 +126,8 @@ class FaceReport:
     unet_evals: int
     max_inversion_residual: float
     treatment: str = MODEL  # "model", or the visible treatment the face got (``faceveil.faces.visible``)
+    redraws: int = 0  # times the face was drawn again (fresh nonce): the face drawn before still matched the original
+    still_matches: float | None = None  # the similarity, where the last face drawn still matches the original
 
 
 @dataclass
@@ -141,6 +143,9 @@ class FaceJob:
     nonce: bytes | None = None
     noise: torch.Tensor | None = None  # keyed noise to sample this face from (a video track's: ``keyed_noise``)
     treatment: str = MODEL  # or a visible one ("pixelate", "blur", "solid"): no model, the original sealed
+    # the detector's five landmarks on the photo (ArcFace order): where the identity check
+    # (``redraws``) embeds the face before and after; None: the face is not checked
+    landmarks5: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -230,6 +235,10 @@ def _to_pixels(x: torch.Tensor) -> np.ndarray:
 
 
 # ---- faces through the model, a batch at a time -------------------------------------------
+# times a face that an identity check still matches to the original is drawn again (fresh nonce)
+# before it is kept and reported: faceveil.verify.identity_matcher; 0 turns the check off
+DEFAULT_REDRAWS = 2
+MAX_REDRAWS = 10
 DEFAULT_BATCH = 8  # faces per UNet evaluation (measured on this CPU: 0.62 of the batch-1 cost per face at 8)
 
 
@@ -531,6 +540,7 @@ def anonymize_array(
     residual: bool = True,
     progress: Progress | None = None,
     metadata: dict | None = None,
+    redraws: int = DEFAULT_REDRAWS,
 ) -> tuple[np.ndarray, dict, list[FaceReport]]:
     """Anonymize faces of an RGB uint8 image; returns (output array, header record, reports).
 
@@ -543,9 +553,12 @@ def anonymize_array(
     back, so that recovery restores the original pixels exactly; it costs a replay of
     recovery at anonymization. ``metadata`` (the input file's EXIF, XMP... as
     ``imageio.read_metadata`` gives it) is sealed with the faces, for recovery to restore.
+    ``redraws``: a face with landmarks and no given nonce whose new face an identity check
+    still matches to the original (ArcFace at FAR 1e-3, where an embedder runs) is drawn again
+    with a fresh nonce, up to that many times (``FaceReport.redraws``); 0 turns the check off.
     """
     photo = PhotoJob(rgb, faces, output_like, metadata)
-    return anonymize_arrays([photo], key, model, settings, residual, progress)[0]
+    return anonymize_arrays([photo], key, model, settings, residual, progress, redraws=redraws)[0]
 
 
 def anonymize_arrays(
@@ -556,6 +569,7 @@ def anonymize_arrays(
     residual: bool = True,
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH,
+    redraws: int = DEFAULT_REDRAWS,
 ) -> list[tuple[np.ndarray, dict, list[FaceReport]]]:
     """``anonymize_array`` for several photos, their faces batched through the model.
 
@@ -571,6 +585,8 @@ def anonymize_arrays(
     ``Envelope``, whose file key every photo then shares (a video's frames).
     """
     settings = settings or Settings.for_model(model)
+    if isinstance(redraws, bool) or not isinstance(redraws, int) or not 0 <= redraws <= MAX_REDRAWS:
+        raise UsageError(f"redraws must be an integer from 0 to {MAX_REDRAWS}, not {redraws!r}")
     envelopes = [envelope_for(key) for _ in photos]  # each a fresh file key, or the one given
     run = _Run.of(model, envelopes[0].file_key if envelopes else Key.generate(), settings, progress)
     states = []
@@ -587,7 +603,7 @@ def anonymize_arrays(
             if state.faces[round_].treatment != MODEL:
                 _veil_visible(state, round_)
         for chunk in _chunks([s for s in active if s.faces[round_].treatment == MODEL], batch_size):
-            _veil_round(run, chunk, round_, residual)
+            _veil_round(run, chunk, round_, residual, redraws)
     results = []
     for photo, state in zip(photos, states):
         written = state.like(state.current)
@@ -643,14 +659,26 @@ def _veil_visible(state: _Anonymizing, index: int) -> None:
     state.current = veiled
 
 
-def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: bool) -> None:
-    """Veil face ``index`` of each photo in ``states``, the faces through the model together."""
+@dataclass
+class _Drawn:
+    """One face drawn by the model and pasted into its photo; recorded once it is kept."""
+
+    face: _Face  # as read: the photo before this face, its geometry and nonce
+    report: FaceReport
+    colour: Colour
+    veiled: _Face  # the photo with the face pasted
+    private: dict
+    latent: torch.Tensor  # the model's output for the face (1, ...): what a latent hint is measured against
+
+
+def _draw(run: _Run, states: list[_Anonymizing], index: int) -> list[_Drawn]:
+    """Face ``index`` of each photo in ``states`` through the model together, pasted; nothing recorded."""
     model, settings = run.model, run.settings
     faces = [_Face(s.current, s.geometries[index], s.nonces[index], s.faces[index].noise, s.envelope.file_key) for s in states]
     crops = [warp_crop(f.image, f.geometry.transform) for f in faces]
     z_out, reports = _generate(run, _encode(model, crops, settings.decoder_iters), faces)
     decoded = model.decode(z_out)
-    colours, veiled_faces, privates = [], [], []
+    drawn = []
     for i, (state, face, crop) in enumerate(zip(states, faces, crops)):
         g = face.geometry
         generated = _to_pixels(decoded[i : i + 1])
@@ -662,14 +690,57 @@ def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: boo
             private["colour"] = colour.to_json()
             if colour.shading:
                 private["shading"] = colour.shading
-        colours.append(colour)
-        veiled_faces.append(_Face(veiled, g, face.nonce, key=face.key))
-        privates.append(private)
+        drawn.append(_Drawn(face, reports[i], colour, _Face(veiled, g, face.nonce, key=face.key), private, z_out[i : i + 1]))
+    return drawn
+
+
+def _match(state: _Anonymizing, index: int, drawn: _Drawn, check: Callable) -> float | None:
+    """The similarity where ``check`` finds the drawn face still matching the original; None otherwise,
+    and for faces that cannot be drawn again (a nonce given: a video track's) or have no landmarks."""
+    job = state.faces[index]
+    if job.nonce is not None or job.landmarks5 is None:
+        return None
+    return check(state.current, drawn.veiled.image, job.landmarks5)
+
+
+def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: bool, redraws: int = 0) -> None:
+    """Veil face ``index`` of each photo in ``states``, the faces through the model together.
+
+    With ``redraws``, a face whose new face an identity check (``faceveil.verify.identity_matcher``)
+    still matches to the original is drawn again with a fresh nonce, up to ``redraws`` times;
+    recovery reads the nonce kept in the header, so it is unaffected."""
+    from faceveil.verify import identity_matcher
+
+    settings = run.settings
+    drawn = _draw(run, states, index)
+    check = identity_matcher() if redraws > 0 else None
+    for attempt in range(redraws + 1 if check is not None else 0):
+        matched = [(i, sim) for i, d in enumerate(drawn) if (sim := _match(states[i], index, d, check)) is not None]
+        if not matched:
+            break
+        if attempt == redraws:  # kept as drawn last; the report (and the check after writing) say so
+            for i, sim in matched:
+                drawn[i].report.still_matches = sim
+            break
+        for i, _ in matched:
+            states[i].nonces[index] = new_nonce()
+        announce(run.progress, 0, len(matched) * 2 * settings.engine.steps)  # a bar's total grows: invert and sample again
+        again = _draw(run, [states[i] for i, _ in matched], index)
+        for (i, _), d in zip(matched, again):
+            d.report.unet_evals += drawn[i].report.unet_evals
+            d.report.redraws = drawn[i].report.redraws + 1
+            drawn[i] = d
+    faces = [d.face for d in drawn]
+    reports = [d.report for d in drawn]
+    colours = [d.colour for d in drawn]
+    veiled_faces = [d.veiled for d in drawn]
+    privates = [d.private for d in drawn]
     hints: list[np.ndarray | None] = [None] * len(faces)
     if settings.hint:
         z_read = _read_latents(run, veiled_faces, colours)
         for i, face in enumerate(faces):
-            steps = ((z_out[i : i + 1] - z_read[i : i + 1]) * face.geometry.latent.to(z_out.device)).cpu().numpy() / HINT_STEP
+            z = drawn[i].latent
+            steps = ((z - z_read[i : i + 1]) * face.geometry.latent.to(z.device)).cpu().numpy() / HINT_STEP
             hints[i] = np.clip(np.rint(steps), -32767, 32767).astype(np.int16)
             privates[i]["hint"] = encode_array(hints[i])
     if residual:

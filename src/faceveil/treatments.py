@@ -113,7 +113,7 @@ def plan_face(face: Face, shape: tuple[int, ...], size: int, mask: str = "face",
     except (FaceveilError, ValueError, ArithmeticError, np.linalg.LinAlgError, cv2.error) as exc:
         problem = f"alignment failed ({exc})"
     if problem is None:
-        return FaceJob(transform, outline, treatment=treatment), None
+        return FaceJob(transform, outline, treatment=treatment, landmarks5=np.asarray(face.landmarks5, dtype=np.float64)), None
     transform, outline = box_geometry(face.box, size)
     return FaceJob(transform, outline, treatment=treatment if treatment != MODEL else fallback), problem
 

@@ -13,7 +13,8 @@ After a photo is anonymized, :func:`verify_output` looks at the written pixels:
 Where no independent detector or no embedder can run, the check says it was limited
 (``Verification.limits``) instead of passing silently. Findings are turned into notes
 (stderr and the manifest), audit-log records (JSON lines) and the exit code
-:data:`EXIT_VERIFY`. A replaced face that still matches is reported, not redrawn.
+:data:`EXIT_VERIFY`. Before writing, the pipeline already draws again a face that
+:func:`identity_matcher` still matches (``redraws``); one that matches after them all is reported here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,28 @@ def _embedder() -> tuple[str, Any] | None:
         except (ModelUnavailableError, ImportError, KeyError, ValueError, OSError):
             _EMBEDDERS[name] = None
     return None
+
+
+def identity_matcher() -> Callable[[np.ndarray, np.ndarray, np.ndarray], float | None] | None:
+    """The check behind the pipeline's redraws: ``(original, output, landmarks5)`` to the cosine
+    similarity where the face at ``landmarks5`` in ``output`` is still matched to ``original``'s at
+    FAR 1e-3 (ArcFace onnx where found, else dlib's ResNet), else None; None where no embedder runs here."""
+    emb = _embedder()
+    if emb is None:
+        return None
+    name, model = emb
+    threshold = FAR_1E3_THRESHOLDS[name]
+
+    def match(original: np.ndarray, output: np.ndarray, landmarks5: np.ndarray) -> float | None:
+        try:
+            a = model.embed(np.ascontiguousarray(original), landmarks5)
+            b = model.embed(np.ascontiguousarray(output), landmarks5)
+        except Exception:  # noqa: BLE001  (a face the embedder refuses is left to the check after writing)
+            return None
+        similarity = float(np.dot(a, b))
+        return similarity if similarity >= threshold else None
+
+    return match
 
 
 def _grow(box: np.ndarray | list[float], f: float) -> list[float]:

@@ -36,7 +36,7 @@ from faceveil.faces.paste import blend_region, paste_crop, sample_crop
 from faceveil.faces.align import AlignTransform
 from faceveil.keys import Key
 from faceveil.models import DiffusionModel
-from faceveil.pipeline import FaceJob, Settings, anonymize_array, recover_array, recover_opened, warp_crop
+from faceveil.pipeline import DEFAULT_REDRAWS, MODEL, FaceJob, Settings, anonymize_array, recover_array, recover_opened, warp_crop
 from faceveil.residual import decode_residual, encode_region
 
 __all__ = [
@@ -171,6 +171,10 @@ class DiffusionMethod:
     reversible: bool = True
     masks_recomputed: int = 0
     masks_kept: int = 0
+    redraws: int = DEFAULT_REDRAWS  # faceveil's: a face still matched to the original is drawn again (the paper: 0)
+    faces_drawn: int = 0  # over every anonymize call of the run (all protocols)
+    faces_redrawn: int = 0
+    faces_still_matching: int = 0
 
     def anonymize(self, rgb: np.ndarray, jobs: list[FaceJob], key: Key) -> Anonymized:
         counter = [0]
@@ -179,9 +183,14 @@ class DiffusionMethod:
             counter[0] += n
 
         t0 = time.perf_counter()
-        array, record, _ = anonymize_array(
-            rgb, key, self.model, faces=jobs, settings=self.settings, residual=self.residual, progress=count
+        array, record, reports = anonymize_array(
+            rgb, key, self.model, faces=jobs, settings=self.settings, residual=self.residual, progress=count,
+            redraws=self.redraws,
         )
+        drawn = [r for r in reports if r.treatment == MODEL]
+        self.faces_drawn += len(drawn)
+        self.faces_redrawn += sum(r.redraws > 0 for r in drawn)
+        self.faces_still_matching += sum(r.still_matches is not None for r in drawn)
         return Anonymized(array, record, time.perf_counter() - t0, counter[0])
 
     def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:
@@ -208,7 +217,8 @@ def paper_reference(model: DiffusionModel, steps: int = 50) -> DiffusionMethod:
     residual, mask recomputed from the anonymized image at recovery."""
     engine = dataclasses.replace(EngineSettings(), steps=steps, refine_iters=0, context="own", mixing="signs")  # signs only
     return DiffusionMethod(
-        "paper", model, Settings(engine, hint=False, colour=False, grain=False), residual=False, recompute_mask=True
+        "paper", model, Settings(engine, hint=False, colour=False, grain=False), residual=False, recompute_mask=True,
+        redraws=0,
     )
 
 

@@ -634,6 +634,8 @@ def _method_summary(
     if isinstance(method, DiffusionMethod):
         summary["settings"] = method.settings.to_json()
         summary["residual"] = method.residual
+        summary["redraws"] = {"at_most": method.redraws, "faces_drawn": method.faces_drawn,
+                              "faces_redrawn": method.faces_redrawn, "still_matching": method.faces_still_matching}
         if method.recompute_mask:
             summary["masks_recomputed"] = method.masks_recomputed
             summary["masks_kept_not_redetected"] = method.masks_kept

@@ -221,6 +221,11 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
                      _stat(rec["psnr"]), _stat(rec["ssim"]), _stat(rec["psnr_face"]), _stat(rec["ssim_face"]), ids or "-"])
     lines += _table(["method", "recovered", "exact", "PSNR (median)", "SSIM", "PSNR face", "SSIM face", "identity"], rows)
     for name, m in results["methods"].items():
+        redraws = m.get("redraws") or {}
+        if redraws.get("at_most"):
+            lines += [f"{name}: {redraws['faces_redrawn']} of {redraws['faces_drawn']} face(s) drawn again (all protocols; "
+                      f"at most {redraws['at_most']} times each) because the pipeline's identity check still matched "
+                      f"the face drawn before to the original; {redraws['still_matching']} still matching after them all.", ""]
         if "masks_recomputed" in m:
             lines += [f"{name}: masks recomputed from the anonymized image for {m['masks_recomputed']} face(s); "
                       f"{m['masks_kept_not_redetected']} not re-detected (stored mask used).", ""]

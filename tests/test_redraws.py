@@ -1,0 +1,100 @@
+"""Redraws: a new face an identity check still matches to the original is drawn again (fresh nonce).
+
+The mechanics are driven by a check that matches a set number of times (the real embedder
+cannot be made to match on demand); the real matcher is exercised on a face against itself.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import faceveil.verify
+from faceveil.api import anonymize, recover
+from faceveil.engine import EngineSettings
+from faceveil.errors import UsageError
+from faceveil.keys import Key
+from faceveil.pipeline import FaceJob, Settings, anonymize_array, recover_array, whole_image_transform
+from faceveil.faces import default_outline
+
+from conftest import SHARED, lfw_face
+
+FAST = Settings(EngineSettings(steps=4, refine_iters=4))
+
+
+class _MatchesTimes:
+    """An identity check that calls the first ``times`` faces it sees still recognisable."""
+
+    def __init__(self, times: int) -> None:
+        self.times, self.calls = times, 0
+
+    def __call__(self, original: np.ndarray, output: np.ndarray, landmarks5: np.ndarray) -> float | None:
+        self.calls += 1
+        assert original.shape == output.shape and landmarks5.shape == (5, 2)
+        return 0.5 if self.calls <= self.times else None
+
+
+def _job(size: int, shape: tuple[int, ...], nonce: bytes | None = None) -> FaceJob:
+    h, w = shape[:2]
+    landmarks = np.array([[0.35 * w, 0.4 * h], [0.65 * w, 0.4 * h], [0.5 * w, 0.55 * h], [0.38 * w, 0.7 * h], [0.62 * w, 0.7 * h]])
+    return FaceJob(whole_image_transform(h, w, size), default_outline(size), nonce=nonce, landmarks5=landmarks)
+
+
+@pytest.mark.parametrize("times,redraws,expect_redraws,still", [(0, 2, 0, False), (1, 2, 1, False), (5, 2, 2, True)])
+def test_a_face_still_matching_is_drawn_again_and_recovers_exactly(pixel_model, monkeypatch, times, redraws,
+                                                                    expect_redraws, still):
+    check = _MatchesTimes(times)
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: check)
+    rgb = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    key = Key.generate()
+    out, record, reports = anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape)], settings=FAST,
+                                           redraws=redraws)
+    assert reports[0].redraws == expect_redraws
+    assert (reports[0].still_matches is not None) == still  # kept as drawn last, and said so
+    assert check.calls == min(times, redraws) + 1  # every face drawn was checked, once each
+    back, _ = recover_array(out, record, key, pixel_model)
+    assert np.array_equal(back, rgb)  # the header keeps the nonce of the face kept
+
+
+def test_redraws_off_or_a_given_nonce_draw_once_and_never_ask(pixel_model, monkeypatch):
+    check = _MatchesTimes(10)
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: check)
+    rgb = np.random.default_rng(2).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    key = Key.generate()
+    _, _, reports = anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape)], settings=FAST, redraws=0)
+    assert reports[0].redraws == 0 and check.calls == 0
+    nonce = bytes(16)  # a video track's nonce: one face for every frame, never drawn again
+    a, _, reports = anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape, nonce)], settings=FAST)
+    assert reports[0].redraws == 0 and reports[0].still_matches is None and check.calls == 0
+    with pytest.raises(UsageError, match="redraws"):
+        anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape)], settings=FAST, redraws=-1)
+
+
+def test_a_redrawn_face_gets_a_note_and_the_file_recovers(pixel_model, monkeypatch, tmp_path):
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: _MatchesTimes(1))
+    photo = tmp_path / "p.png"
+    Image.fromarray(lfw_face("Abel_Pacheco")).save(photo)
+    key = Key.generate()
+    result = anonymize(photo, key, tmp_path / "v.png", model=pixel_model, settings=FAST)
+    assert result.faces[0].redraws == 1
+    assert any("drawn again (1x" in n for n in result.notes), result.notes
+    recover(tmp_path / "v.png", key, tmp_path / "r.png", model=pixel_model)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), np.asarray(Image.open(photo)))
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: _MatchesTimes(9))
+    result = anonymize(photo, key, tmp_path / "w.png", model=pixel_model, settings=FAST, redraws=1)
+    assert any("still matches the original" in n for n in result.notes), result.notes
+
+
+@pytest.mark.skipif(not (SHARED / "models" / "arcface_mobilefacenet_fr_feature.onnx").is_file(),
+                    reason="ArcFace's onnx file is in ../shared/models")
+def test_the_real_matcher_matches_a_face_to_itself_not_to_noise():
+    from faceveil.faces import detect_faces
+
+    matcher = faceveil.verify.identity_matcher()
+    assert matcher is not None
+    rgb = lfw_face("Abel_Pacheco")
+    landmarks = detect_faces(rgb, with_mesh=False)[0].landmarks5
+    assert matcher(rgb, rgb, landmarks) > 0.99
+    noise = np.random.default_rng(0).integers(0, 256, rgb.shape, dtype=np.uint8)
+    assert matcher(rgb, noise, landmarks) is None
