@@ -499,15 +499,18 @@ def _warn_gain_steps(engine) -> None:
 
 
 def _redraws(text: str) -> int:
-    from faceveil.pipeline import MAX_REDRAWS
+    """``--redraws``: a count the pipeline takes (``pipeline.check_redraws``), refused by argparse (exit 2) otherwise."""
+    from faceveil.errors import UsageError
+    from faceveil.pipeline import check_redraws
 
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= MAX_REDRAWS:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_REDRAWS}, not {value}")
-    return value
+    try:
+        return check_redraws(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _noise_gain(text: str) -> float:

@@ -239,6 +239,15 @@ def _to_pixels(x: torch.Tensor) -> np.ndarray:
 # before it is kept and reported: faceveil.verify.identity_matcher; 0 turns the check off
 DEFAULT_REDRAWS = 2
 MAX_REDRAWS = 10
+
+
+def check_redraws(redraws: object) -> int:
+    """``redraws`` if it is a whole number from 0 to :data:`MAX_REDRAWS`, else ``UsageError``."""
+    if isinstance(redraws, bool) or not isinstance(redraws, int) or not 0 <= redraws <= MAX_REDRAWS:
+        raise UsageError(f"redraws must be an integer from 0 to {MAX_REDRAWS}, not {redraws!r}")
+    return redraws
+
+
 DEFAULT_BATCH = 8  # faces per UNet evaluation (measured on this CPU: 0.62 of the batch-1 cost per face at 8)
 
 
@@ -585,8 +594,7 @@ def anonymize_arrays(
     ``Envelope``, whose file key every photo then shares (a video's frames).
     """
     settings = settings or Settings.for_model(model)
-    if isinstance(redraws, bool) or not isinstance(redraws, int) or not 0 <= redraws <= MAX_REDRAWS:
-        raise UsageError(f"redraws must be an integer from 0 to {MAX_REDRAWS}, not {redraws!r}")
+    check_redraws(redraws)
     envelopes = [envelope_for(key) for _ in photos]  # each a fresh file key, or the one given
     run = _Run.of(model, envelopes[0].file_key if envelopes else Key.generate(), settings, progress)
     states = []

@@ -136,14 +136,19 @@ def identity_matcher() -> Callable[[np.ndarray, np.ndarray, np.ndarray], float |
 
     def match(original: np.ndarray, output: np.ndarray, landmarks5: np.ndarray) -> float | None:
         try:
-            a = model.embed(np.ascontiguousarray(original), landmarks5)
-            b = model.embed(np.ascontiguousarray(output), landmarks5)
+            similarity = _similarity(model, original, output, landmarks5)
         except Exception:  # noqa: BLE001  (a face the embedder refuses is left to the check after writing)
             return None
-        similarity = float(np.dot(a, b))
         return similarity if similarity >= threshold else None
 
     return match
+
+
+def _similarity(model: Any, original: np.ndarray, output: np.ndarray, landmarks5: np.ndarray) -> float:
+    """Cosine similarity of the face at ``landmarks5`` in ``original`` and in ``output`` (the embedder may raise)."""
+    a = model.embed(np.ascontiguousarray(original), landmarks5)
+    b = model.embed(np.ascontiguousarray(output), landmarks5)
+    return float(np.dot(a, b))
 
 
 def _grow(box: np.ndarray | list[float], f: float) -> list[float]:
@@ -234,12 +239,10 @@ def verify_output(original: np.ndarray, output: np.ndarray, faces: list | None =
             result.checked.append(f"identity: {ename} (FAR 1e-3, threshold {thr})")
             for i, f in enumerate(faces):
                 try:
-                    a = model.embed(np.ascontiguousarray(original), f.landmarks5)
-                    b = model.embed(np.ascontiguousarray(output), f.landmarks5)
+                    sim = _similarity(model, original, output, f.landmarks5)
                 except Exception as exc:  # noqa: BLE001  (an embedder refusing one face must not stop the check)
                     result.limits.append(f"face {i} not embedded ({exc})")
                     continue
-                sim = float(np.dot(a, b))
                 if sim >= thr:
                     result.findings.append(Finding("identity", [float(v) for v in f.box], float(f.score),
                                                    getattr(f, "detector", None), i, sim, ename))
