@@ -38,7 +38,7 @@ class _MatchesTimes:
 def _job(size: int, shape: tuple[int, ...], nonce: bytes | None = None) -> FaceJob:
     h, w = shape[:2]
     landmarks = np.array([[0.35 * w, 0.4 * h], [0.65 * w, 0.4 * h], [0.5 * w, 0.55 * h], [0.38 * w, 0.7 * h], [0.62 * w, 0.7 * h]])
-    return FaceJob(whole_image_transform(h, w, size), default_outline(size), nonce=nonce, landmarks5=landmarks)
+    return FaceJob(whole_image_transform(h, w, size), default_outline(size), nonce=nonce, landmarks=(landmarks,))
 
 
 @pytest.mark.parametrize("times,redraws,expect_redraws,still", [(0, 2, 0, False), (1, 2, 1, False), (5, 2, 2, True)])
@@ -57,6 +57,37 @@ def test_a_face_still_matching_is_drawn_again_and_recovers_exactly(pixel_model, 
     assert np.array_equal(back, rgb)  # the header keeps the nonce of the face kept
 
 
+def test_a_match_under_any_of_the_faces_alignments_counts(pixel_model, monkeypatch):
+    """The check aligns with each of the face's landmark sets (the mesh's, the detector's): a face
+    that matches under the second only is drawn again, with the larger similarity reported."""
+    seen = []
+
+    def check(original, output, landmarks5):
+        seen.append(float(landmarks5[0, 0]))
+        first_draw = len(seen) <= 2
+        return {0.0: None, 1.0: 0.4}[float(landmarks5[0, 0])] if first_draw else None
+
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: check)
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    job = replace(_job(32, rgb.shape), landmarks=(np.zeros((5, 2)), np.ones((5, 2))))
+    _, _, reports = anonymize_array(rgb, Key.generate(), pixel_model, faces=[job], settings=FAST, redraws=1)
+    assert seen == [0.0, 1.0, 0.0, 1.0]  # both alignments, for the first face and for the face drawn again
+    assert reports[0].redraws == 1 and reports[0].still_matches is None
+
+
+def test_a_detected_face_is_checked_under_the_mesh_and_the_detector_alignments():
+    """The output check aligns with the detector's landmarks, the face's job with the mesh's: the
+    redraw's check has both, so it catches what the check after writing would report."""
+    from faceveil.faces import detect_faces
+    from faceveil.treatments import identity_landmarks
+
+    rgb = lfw_face("Candice_Bergen")
+    face = detect_faces(rgb)[0]
+    sets = identity_landmarks(face)
+    assert np.allclose(sets[0], face.landmarks5)
+    assert np.allclose(sets[-1], detect_faces(rgb, with_mesh=False)[0].landmarks5)  # the output check's alignment
+
+
 def test_redraws_off_or_a_given_nonce_draw_once_and_never_ask(pixel_model, monkeypatch):
     check = _MatchesTimes(10)
     monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: check)
@@ -65,7 +96,7 @@ def test_redraws_off_or_a_given_nonce_draw_once_and_never_ask(pixel_model, monke
     _, _, reports = anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape)], settings=FAST, redraws=0)
     assert reports[0].redraws == 0 and check.calls == 0
     nonce = bytes(16)  # a video track's nonce: one face for every frame, never drawn again
-    a, _, reports = anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape, nonce)], settings=FAST)
+    _, _, reports = anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape, nonce)], settings=FAST)
     assert reports[0].redraws == 0 and reports[0].still_matches is None and check.calls == 0
     with pytest.raises(UsageError, match="redraws"):
         anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape)], settings=FAST, redraws=-1)

@@ -143,9 +143,10 @@ class FaceJob:
     nonce: bytes | None = None
     noise: torch.Tensor | None = None  # keyed noise to sample this face from (a video track's: ``keyed_noise``)
     treatment: str = MODEL  # or a visible one ("pixelate", "blur", "solid"): no model, the original sealed
-    # the detector's five landmarks on the photo (ArcFace order): where the identity check
-    # (``redraws``) embeds the face before and after; None: the face is not checked
-    landmarks5: np.ndarray | None = None
+    # five-point landmark sets on the photo (ArcFace order, 5 x 2 each) that the identity check
+    # (``redraws``) aligns the face with before and after, the largest similarity counting
+    # (``treatments.identity_landmarks``); empty: the face is not checked
+    landmarks: tuple[np.ndarray, ...] = ()
 
     @property
     def mask(self) -> np.ndarray:
@@ -704,11 +705,13 @@ def _draw(run: _Run, states: list[_Anonymizing], index: int) -> list[_Drawn]:
 
 def _match(state: _Anonymizing, index: int, drawn: _Drawn, check: Callable) -> float | None:
     """The similarity where ``check`` finds the drawn face still matching the original; None otherwise,
-    and for faces that cannot be drawn again (a nonce given: a video track's) or have no landmarks."""
+    and for faces that cannot be drawn again (a nonce given: a video track's) or have no landmarks.
+    Each of the face's landmark sets is tried; the largest similarity that matches counts."""
     job = state.faces[index]
-    if job.nonce is not None or job.landmarks5 is None:
+    if job.nonce is not None:
         return None
-    return check(state.current, drawn.veiled.image, job.landmarks5)
+    found = [s for s in (check(state.current, drawn.veiled.image, lm) for lm in job.landmarks) if s is not None]
+    return max(found, default=None)
 
 
 def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: bool, redraws: int = 0) -> None:

@@ -59,6 +59,8 @@ class Face:
     mesh: np.ndarray | None = None  # 478 x 2 face-mesh points, or None when the mesh failed
     too_small: bool = False  # box side below the requested ``min_size``
     keypoints6: np.ndarray | None = field(default=None, repr=False)  # raw detector keypoints
+    # the detector's own five landmarks (``landmarks5`` are the mesh's where a mesh was found)
+    detector_landmarks5: np.ndarray | None = field(default=None, repr=False)
     detector: str = "mediapipe"  # the backend that found it ("centerface@90": on the image turned a quarter turn)
 
     @property
@@ -369,6 +371,7 @@ def detect_faces(
                     too_small=bool(side < min_size),
                     keypoints6=_frozen(c.keypoints6),
                     detector=c.detector,
+                    detector_landmarks5=_frozen(np.asarray(lm, dtype=np.float64)),
                 )
             )
     faces.sort(key=lambda f: (round(f.box[0], 3), round(f.box[1], 3), -f.score))
