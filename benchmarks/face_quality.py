@@ -33,8 +33,13 @@ With ``--keys K`` (K >= 2), the first ``--diversity-faces`` faces are also anony
 keys per model: **diversity** is the share of the K(K-1)/2 pairs of new faces that ArcFace calls
 different people (similarity at most the FAR 1e-3 threshold), in all and per face.
 
-With ``--seed S`` the keys, the file keys and the faces' public nonces are derived from S, the photo and the key's
-number instead of drawn fresh: every model and gain then meets the same sign patterns, so a
+The pipeline's redraws run as in ``faceveil anonymize`` (``--redraws``, default the pipeline's; ``--redraws 0``:
+every face drawn once, as before they existed): a face still matched to the original by the identity check, or
+below its model's detail floor (``--detail-floor`` overrides every model's, an experiment), is drawn again.
+The figures are then those of the faces kept, and the report counts the photos with a face drawn again.
+
+With ``--seed S`` the keys, the file keys and the faces' public nonces (the redraws' too) are derived from S, the
+photo and the key's number instead of drawn fresh: every model and gain then meets the same sign patterns, so a
 comparison between them is paired (fresh keys move the diversity figure by about ten points
 between runs). Never use such keys for real files.
 
@@ -49,8 +54,8 @@ same way as references. With ``--out``: ``figures.json``, ``report.md`` and a pi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -59,11 +64,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from faceveil import pipeline
 from faceveil.api import find_faces
 from faceveil.engine import EngineSettings
 from faceveil.envelope import Envelope, FileKey
 from faceveil.evaluate.metrics import frechet_distance
-from faceveil.faces import colour
+from faceveil.faces import colour, sharpness
 from faceveil.keys import NONCE_BYTES, SECRET_BYTES, Key
 from faceveil.models import load_model
 from faceveil.pipeline import Settings, anonymize_array, face_geometry
@@ -97,27 +103,10 @@ def other_real_photos(count: int, used: set[str]) -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
-def band_energy(grey: np.ndarray, inside: np.ndarray) -> float:
-    dog = cv2.GaussianBlur(grey, (0, 0), 1.0) - cv2.GaussianBlur(grey, (0, 0), 3.0)
-    return float(np.mean(dog[inside] ** 2))
-
-
 def detail_ratio(original: np.ndarray, new: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int]) -> float:
-    """Band-pass energy of ``new`` over ``original`` where ``alpha`` > 0.9, the box scaled to 256 px."""
+    """Band-pass detail of ``new`` over ``original`` in ``box`` (``faceveil.faces.sharpness``, as the redraws read it)."""
     y0, y1, x0, x1 = box
-    scale = 256.0 / max(y1 - y0, x1 - x0)
-
-    def prep(img: np.ndarray) -> np.ndarray:
-        crop = img[y0:y1, x0:x1]
-        size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-        return cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32), size, interpolation=cv2.INTER_CUBIC)
-
-    a = prep(original)
-    inside = cv2.resize(alpha[y0:y1, x0:x1].astype(np.float32), (a.shape[1], a.shape[0])) > 0.9
-    inside = cv2.erode(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    if inside.sum() < 100:
-        return float("nan")
-    return band_energy(prep(new), inside) / max(band_energy(a, inside), 1e-9)
+    return sharpness.detail_ratio(original[y0:y1, x0:x1], new[y0:y1, x0:x1], alpha[y0:y1, x0:x1])
 
 
 def pose(landmarks5: np.ndarray, shape: tuple[int, ...]) -> tuple[float, float]:
@@ -137,7 +126,11 @@ class Judges:
     """The independent detectors and the embedder (from ../shared and dlib)."""
 
     def __init__(self) -> None:
-        from faceveil.evaluate.embedders import ArcFaceOnnxEmbedder, DlibEmbedder, YuNetDetector
+        from faceveil.evaluate.embedders import (
+            ArcFaceOnnxEmbedder,
+            DlibEmbedder,
+            YuNetDetector,
+        )
 
         self.yunet = YuNetDetector(SHARED / "models" / "face_detection_yunet_2026may.onnx")
         self.arcface = ArcFaceOnnxEmbedder(SHARED / "models" / "arcface_mobilefacenet_fr_feature.onnx")
@@ -201,6 +194,8 @@ def summarise(rows: list[dict]) -> dict:
         "dlib_similarity_median": float(np.median(sd)) if len(sd) else None,
         "dlib_match_rate": float(np.mean(sd > DLIB_FAR_1E3)) if len(sd) else None,
         "seconds_per_face": float(np.mean([r["seconds"] for r in rows])) if rows else None,
+        "photos_redrawn": sum(bool(r.get("redrawn_for")) for r in rows),
+        "photos_redrawn_smooth": sum("smooth" in r.get("redrawn_for", ()) for r in rows),
     }
 
 
@@ -215,23 +210,30 @@ class Keys:
 
     def draw(self, photo: str, number: int, jobs: list) -> tuple[Key | Envelope, list]:
         """The key ``number`` for ``photo`` and its face jobs; seeded: an envelope whose file key (what
-        the sign patterns come from) and the faces' nonces are derived from the seed."""
+        the sign patterns come from) is derived from the seed, and so are the nonces the pipeline draws
+        next (each face's first, then any redraw's, in the order it asks for them)."""
         if self.seed is None:
             return Key.generate(), jobs
         key = Key(self._bytes(photo, number, "key")[:SECRET_BYTES])
         envelope = Envelope(FileKey(self._bytes(photo, number, "file key")[:SECRET_BYTES]), (key,))
-        return envelope, [dataclasses.replace(j, nonce=self._bytes(photo, number, "nonce", f)[:NONCE_BYTES])
-                          for f, j in enumerate(jobs)]
+        asked = itertools.count()
+
+        def nonce() -> bytes:  # the faces' nonces as a given nonce was before redraws existed, then the redraws'
+            k = next(asked)
+            return self._bytes(photo, number, *(("nonce", k) if k < len(jobs) else ("redraw", k - len(jobs))))[:NONCE_BYTES]
+
+        pipeline.new_nonce = nonce  # a benchmark's seeded draws; never for real files
+        return envelope, jobs
 
 
 def key_diversity(rgb: np.ndarray, jobs, model, keys: int, judges: Judges, landmarks5: np.ndarray,
-                  settings: Settings, draw: Keys, photo: str) -> list[float]:
+                  settings: Settings, draw: Keys, photo: str, redraws: int) -> list[float]:
     """ArcFace similarities of every pair of new faces that ``keys`` keys give one photo (embedded
     at the original's landmarks: the new faces keep the pose)."""
     embs = []
     for number in range(1, keys + 1):
         key, keyed = draw.draw(photo, number, jobs)
-        out, _, _ = anonymize_array(rgb, key, model, faces=keyed, settings=settings)
+        out, _, _ = anonymize_array(rgb, key, model, faces=keyed, settings=settings, redraws=redraws)
         embs.append(judges.arcface.embed(out, landmarks5))
     return [float(np.dot(embs[i], embs[j])) for i in range(keys) for j in range(i + 1, keys)]
 
@@ -258,6 +260,10 @@ def main() -> None:
     ap.add_argument("--contrast-max", type=float, default=None,
                     help=f"the colour fit's largest contrast gain for this run (an experiment; "
                          f"default {colour.CONTRAST_RANGE[1]:g})")
+    ap.add_argument("--redraws", type=int, default=pipeline.DEFAULT_REDRAWS,
+                    help="the pipeline's redraws (0: every face drawn once, as before redraws existed)")
+    ap.add_argument("--detail-floor", type=float, default=None,
+                    help="the redraws' detail floor for every model (an experiment; default: each model's own)")
     args = ap.parse_args()
     if args.contrast_max is not None:
         colour.CONTRAST_RANGE = (colour.CONTRAST_RANGE[0], args.contrast_max)
@@ -266,6 +272,9 @@ def main() -> None:
         raise SystemExit(f"needs the LFW photos in {SHARED}")
     judges = Judges()
     loaded = {name: load_model(name) for name in args.models}
+    for model in loaded.values():
+        if args.detail_floor is not None:
+            model.detail_floor = args.detail_floor
     # each model at each gain and step count is one method, named "model", "model @ gain g",
     # "model @ n steps" or "model @ gain g @ n steps" (what was asked for on the command line)
     models = {name + ("" if args.noise_gain is None else f" @ gain {g:g}") + ("" if args.steps is None else f" @ {n} steps"):
@@ -293,6 +302,7 @@ def main() -> None:
         ref_dlib = judges.dlib.embed(rgb, np.asarray(ref.landmarks5))
         row_tiles = [rgb]
         outputs: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], float]] = {}
+        redrawn: dict[str, list[str]] = {}
         for name, (model, engine) in models.items():
             settings = Settings(engine)
             jobs, _ = find_faces(rgb, model.image_size, framing=model.framing)
@@ -300,7 +310,7 @@ def main() -> None:
                 break
             t0 = time.perf_counter()
             key, keyed = draw.draw(path.name, 0, jobs)
-            out, _, _ = anonymize_array(rgb, key, model, faces=keyed, settings=settings)
+            out, _, reports = anonymize_array(rgb, key, model, faces=keyed, settings=settings, redraws=args.redraws)
             seconds = (time.perf_counter() - t0) / len(jobs)
             # the replaced region of the face the judges saw (largest overlap)
             best = None
@@ -318,9 +328,10 @@ def main() -> None:
             if best is None:
                 break
             outputs[name] = (out, best[1], best[2], seconds)
+            redrawn[name] = [why for r in reports for why in r.redrawn_for]  # every face of the photo's
             if args.keys >= 2 and used < args.diversity_faces:
                 diversity[name][path.name] = key_diversity(rgb, jobs, model, args.keys, judges, np.asarray(ref.landmarks5),
-                                                           settings, draw, path.name)
+                                                           settings, draw, path.name, args.redraws)
         if len(outputs) != len(models):
             continue
         alpha, rbox = next(iter(outputs.values()))[1:3]
@@ -330,7 +341,8 @@ def main() -> None:
         for name, (out, alpha, rbox, seconds) in outputs.items():
             found, dlib_hit = judges.find(out, box)
             r = {"photo": path.name, "detail": detail_ratio(rgb, out, alpha, rbox), "yunet": found is not None,
-                 "dlib": dlib_hit, "seconds": seconds, "yaw_diff": None, "pitch_diff": None, "arcface": None}
+                 "dlib": dlib_hit, "seconds": seconds, "yaw_diff": None, "pitch_diff": None, "arcface": None,
+                 "redrawn_for": redrawn.get(name, [])}
             if found is not None:
                 yaw, pitch = pose(np.asarray(found.landmarks5), out.shape)
                 r["yaw_diff"], r["pitch_diff"] = abs(yaw - ref_yaw), abs(pitch - ref_pitch)
@@ -363,7 +375,7 @@ def main() -> None:
         for m in methods:
             summary[m]["frechet_arcface"] = frechet[m]
         summary["frechet_reference"] = {"real_faces": len(real), "originals": frechet["originals"]}
-    different = lambda sims: float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))  # noqa: E731
+    different = lambda sims: float(np.mean(np.asarray(sims) <= ARCFACE_FAR_1E3))
     for m, by_face in diversity.items():
         sims = [s for face in by_face.values() for s in face]
         if sims:
@@ -380,7 +392,7 @@ def main() -> None:
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for m in methods:
             s = summary[m]
-            fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
+            fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)
             lines.append(f"| {m} | {s['faces']} | {fmt(s['detail_median'])} ({fmt(s['detail_min'])}) | {s['yunet_rate']:.0%} | "
                          f"{s['dlib_rate']:.0%} | {fmt(s['pose_diff_median'], '{:.1f}°')} | {fmt(s['arcface_similarity_median'])} | "
                          f"{fmt(s['arcface_match_rate'], '{:.0%}')} | {fmt(s['dlib_similarity_median'])} | "
@@ -390,6 +402,9 @@ def main() -> None:
                       f"(the originals themselves: {frechet['originals']:.3f}; lower is closer to real faces).", "",
                       "| method | Fréchet distance |", "|---|---:|"]
             lines += [f"| {m} | {frechet[m]:.3f} |" for m in methods]
+        lines += ["", "Redraws: " + "; ".join(f"{m} {summary[m]['photos_redrawn']} photo(s) with a face drawn again "
+                                               f"({summary[m]['photos_redrawn_smooth']} for detail below the floor)"
+                                               for m in models) + f" (at most {args.redraws} per face)."]
         div = [(m, summary[m]) for m in methods if "diversity_pairs" in summary[m]]
         if div:
             lines += ["", f"Diversity: {args.keys} keys on each of the first {args.diversity_faces} faces.", "",

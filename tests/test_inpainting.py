@@ -96,6 +96,20 @@ def test_a_model_folder_recommends_its_noise_gain(tmp_path):
             load_model(str(tmp_path))
 
 
+def test_a_model_folder_records_its_detail_floor(tmp_path):
+    """``detail_floor`` in faceveil_train.json sets the redraws' floor (none without it); bad values are refused."""
+    model = tiny_inpainting_model(32)
+    model.unet.save_pretrained(tmp_path / "unet")
+    model.scheduler.save_pretrained(tmp_path / "scheduler")
+    assert load_model(str(tmp_path)).detail_floor == 0.0
+    (tmp_path / "faceveil_train.json").write_text(json.dumps({"framing": "face", "detail_floor": 0.3}))
+    assert load_model(str(tmp_path)).detail_floor == 0.3
+    for bad in (1, -0.1, "0.3", True):
+        (tmp_path / "faceveil_train.json").write_text(json.dumps({"detail_floor": bad}))
+        with pytest.raises(ModelUnavailableError, match="detail_floor"):
+            load_model(str(tmp_path))
+
+
 def test_conditional_training_starts_from_an_unconditional_model(tmp_path):
     from faceveil.train.trainer import TrainConfig, _init_weights, build_unet, model_config, train
 

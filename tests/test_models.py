@@ -134,6 +134,7 @@ def test_shipped_default_is_the_cpu_inpainting_model_and_all_load_offline(monkey
     model = load_model()
     assert model.model_id == "faceveil-faces-96-v5" and model.framing == "face" and model.image_size == 96
     assert model.noise_gain == 1.25  # measured best with these weights (MODEL_CARD.md)
+    assert model.detail_floor == 0.2  # its blurred draws are drawn again (MODEL_CARD.md)
     assert model.detail is not None and model.detail.applies(0.8) and not model.detail.applies(0.7)
     fourth = load_model("faceveil-faces-96-v4")  # the same weights, the stage from 1.0: its files recover with it
     assert not (WEIGHTS_DIR / "faceveil-faces-96-v5" / "unet").exists()  # v4's unet/, shipped once

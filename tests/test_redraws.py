@@ -129,3 +129,78 @@ def test_the_real_matcher_matches_a_face_to_itself_not_to_noise():
     assert matcher(rgb, rgb, landmarks) > 0.99
     noise = np.random.default_rng(0).integers(0, 256, rgb.shape, dtype=np.uint8)
     assert matcher(rgb, noise, landmarks) is None
+
+
+# ---- detail below the model's floor ------------------------------------------------------------
+class _Detail:
+    """Stands in for ``sharpness.detail_ratio``: the given figures in turn (the real measure cannot be
+    made to return a figure on demand), recording each call."""
+
+    def __init__(self, *values: float) -> None:
+        self.values, self.calls = list(values), 0
+
+    def __call__(self, original: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> float:
+        assert original.shape == new.shape and original.shape[:2] == alpha.shape
+        self.calls += 1
+        return self.values.pop(0)
+
+
+def _floored(model, floor: float):
+    return replace(model, detail_floor=floor)
+
+
+def test_a_face_below_the_models_detail_floor_is_drawn_again(pixel_model, monkeypatch):
+    from faceveil.faces import sharpness
+
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: None)  # no embedder: the floor alone
+    detail = _Detail(0.1, 0.5)
+    monkeypatch.setattr(sharpness, "detail_ratio", detail)
+    rgb = np.random.default_rng(4).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    key = Key.generate()
+    model = _floored(pixel_model, 0.3)
+    out, record, reports = anonymize_array(rgb, key, model, faces=[_job(32, rgb.shape)], settings=FAST)
+    assert reports[0].redraws == 1 and reports[0].redrawn_for == ("smooth",) and reports[0].still_smooth is None
+    assert detail.calls == 2
+    back, _ = recover_array(out, record, key, model)
+    assert np.array_equal(back, rgb)
+    # the model's floor of 0 (the paper's, every model without one): never measured, never redrawn
+    monkeypatch.setattr(sharpness, "detail_ratio", _Detail())
+    _, _, reports = anonymize_array(rgb, key, pixel_model, faces=[_job(32, rgb.shape)], settings=FAST)
+    assert reports[0].redraws == 0
+
+
+def test_an_earlier_face_is_kept_where_it_is_the_best_drawn_and_recovers_exactly(pixel_model, monkeypatch):
+    """Not matching the original beats detail: the first face (smooth, not matched) is kept over two
+    detailed faces the identity check matched, with its nonce in the header."""
+    from faceveil.faces import sharpness
+
+    matches = iter([None, 0.5, 0.5])
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: lambda original, output, landmarks5: next(matches))
+    monkeypatch.setattr(sharpness, "detail_ratio", _Detail(0.1, 0.9, 0.9))
+    rgb = np.random.default_rng(5).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    key = Key.generate()
+    model = _floored(pixel_model, 0.3)
+    out, record, reports = anonymize_array(rgb, key, model, faces=[_job(32, rgb.shape)], settings=FAST, redraws=2)
+    report = reports[0]
+    assert report.redraws == 2 and report.redrawn_for == ("smooth", "match")
+    assert report.still_matches is None and report.still_smooth == 0.1  # the first face, said so
+    assert report.unet_evals > 3 * 2 * FAST.engine.steps  # every draw counted (and the replay)
+    back, _ = recover_array(out, record, key, model)
+    assert np.array_equal(back, rgb)  # the header holds the first face's nonce, which the residual was made with
+
+
+def test_of_faces_all_below_the_floor_the_most_detailed_is_kept_with_a_note(pixel_model, monkeypatch, tmp_path):
+    from faceveil.faces import sharpness
+
+    monkeypatch.setattr(faceveil.verify, "identity_matcher", lambda: None)
+    monkeypatch.setattr(sharpness, "detail_ratio", _Detail(0.1, 0.2, 0.15))
+    photo = tmp_path / "p.png"
+    Image.fromarray(lfw_face("Abel_Pacheco")).save(photo)
+    key = Key.generate()
+    model = _floored(pixel_model, 0.3)
+    result = anonymize(photo, key, tmp_path / "v.png", model=model, settings=FAST, redraws=2)
+    assert result.faces[0].redraws == 2 and result.faces[0].still_smooth == 0.2
+    assert any("much smoother than the original" in n for n in result.notes), result.notes
+    assert any("smoother than the original (detail 0.20" in n for n in result.notes), result.notes
+    recover(tmp_path / "v.png", key, tmp_path / "r.png", model=model)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), np.asarray(Image.open(photo)))

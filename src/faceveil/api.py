@@ -175,8 +175,9 @@ def anonymize(
     run no model (recovery is exact and runs none either). A face the model path cannot
     take gets ``fallback`` (a visible treatment, or ``"model"`` on its box), with a note.
     ``redraws``: a new face that ArcFace (or dlib, where ArcFace's file is missing) still matches
-    to the original at FAR 1e-3 is drawn again with a fresh nonce, up to that many times, with a
-    note (0: off; recovery is unaffected).
+    to the original at FAR 1e-3, or with less detail than the model's ``detail_floor``, is drawn
+    again with a fresh nonce, up to that many times, the best face drawn kept, with a note (0: off;
+    recovery is unaffected).
     """
     return _one(anonymize_files(
         [(input, output)], key, model=model, steps=steps, settings=settings, aligned=aligned, mask=mask, min_face=min_face,
@@ -254,15 +255,21 @@ def _write_anonymized(prepared: _Prepared, array: np.ndarray, record: dict, repo
 
 
 def redraw_notes(reports: list[FaceReport]) -> list[str]:
-    """The user's notes on faces drawn again because the face drawn before still matched the original."""
+    """The user's notes on faces drawn again: the face drawn before still matched the original,
+    or was much smoother than it (below the model's detail floor)."""
+    why = {"match": "still recognisable as the original (FAR 1e-3)",
+           "smooth": "much smoother than the original (below the model's detail floor)"}
     notes = []
     for i, r in enumerate(reports):
         if r.redraws:
-            notes.append(f"face {i + 1} drawn again ({r.redraws}x, a fresh nonce): the face drawn before was still "
-                         "recognisable as the original (FAR 1e-3)")
+            reasons = " / ".join(why[k] for k in dict.fromkeys(r.redrawn_for or ("match",)))
+            notes.append(f"face {i + 1} drawn again ({r.redraws}x, a fresh nonce): the face drawn before was {reasons}")
         if r.still_matches is not None:
             notes.append(f"face {i + 1} still matches the original (similarity {r.still_matches:.3f}) after "
                          f"{r.redraws} redraw(s): kept; check it, or anonymize again with more --redraws")
+        elif r.still_smooth is not None:
+            notes.append(f"face {i + 1} is smoother than the original (detail {r.still_smooth:.2f} of its) after "
+                         f"{r.redraws} redraw(s): kept the most detailed; anonymize again with more --redraws for another")
     return notes
 
 

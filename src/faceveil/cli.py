@@ -367,7 +367,14 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from faceveil.models import PRESETS, WEIGHTS_DIR, default_model, model_available, recommended_noise_gain
+    from faceveil.models import (
+        PRESETS,
+        WEIGHTS_DIR,
+        default_model,
+        model_available,
+        recommended_detail_floor,
+        recommended_noise_gain,
+    )
 
     default = default_model()
     for name, preset in PRESETS.items():
@@ -379,6 +386,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 gain = f"\n    noise gain: {recommended_noise_gain(name):g} (--noise-gain's default with this model)"
                 if (Path(preset.source) / "detail").is_dir():
                     gain += "\n    detail stage: 2x super-resolution of faces the photo enlarges (faceveil.detail)"
+                if floor := recommended_detail_floor(name):
+                    gain += f"\n    detail floor: {floor:g} of the original's (a smoother new face is drawn again, --redraws)"
         else:
             state = "not shipped in this installation" if embedded else "not available here (downloaded from the hub on first use)"
         tag = " (default)" if name == default else ""
@@ -598,8 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of its box, or the model on its box; each such face is reported")
     p.add_argument("--redraws", type=_redraws, default=DEFAULT_REDRAWS, metavar="N",
                    help="draw a face again (a fresh nonce) while ArcFace, or dlib where ArcFace's file is missing, "
-                        "still matches the new face to the original at FAR 1e-3, up to N times; 0: off "
-                        "(photos; recovery is unaffected)")
+                        "still matches the new face to the original at FAR 1e-3, or while it is much smoother than "
+                        "the original (below the model's detail floor), up to N times, keeping the best face drawn; "
+                        "0: off (photos; recovery is unaffected)")
     p.add_argument("--rename", choices=("keep", "hash"), default="keep",
                    help="hash: name outputs by a keyed hash of the input's relative path, flat in the output folder, "
                         "so names and folders name nobody; `faceveil names` maps them back (docs/command-line.md)")

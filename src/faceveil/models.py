@@ -198,6 +198,9 @@ class DiffusionModel:
     vq_quantize: bool = True
     framing: str = "ffhq"  # the face crop the model was trained on (faces.align.FRAMINGS)
     noise_gain: float = 1.0  # the keyed noise's gain its trainers measured best (faceveil_train.json)
+    # a new face with less band-pass detail than this share of the original's is drawn again, where
+    # redraws are on (faceveil.faces.sharpness; faceveil_train.json; 0: never, the paper's behaviour)
+    detail_floor: float = 0.0
     detail: DetailNet | None = None  # 2x super-resolution of enlarged faces before pasting (faceveil.detail)
     _weights_hash: str | None = field(default=None, repr=False)
 
@@ -449,9 +452,10 @@ def load_model(spec: str | None = None, device: str = "cpu") -> DiffusionModel:
         detail = load_detail(folder, preset) if (folder / "detail").is_dir() else None
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"cannot load model from {folder}: {str(exc).splitlines()[0]}") from None
-    framing, noise_gain = _usage(folder)
+    framing, noise_gain, detail_floor = _usage(folder)
     return DiffusionModel(
-        unet, scheduler, autoencoder, model_id=spec, framing=framing, noise_gain=noise_gain, detail=detail
+        unet, scheduler, autoencoder, model_id=spec, framing=framing, noise_gain=noise_gain, detail_floor=detail_floor,
+        detail=detail,
     ).to(device)
 
 
@@ -465,18 +469,19 @@ def load_detail(folder: Path, preset: Preset | None = None) -> DetailNet:
     return DetailNet.from_pretrained(weights, subfolder="detail", **config)
 
 
-def _usage(folder: Path) -> tuple[str, float]:
-    """The crop framing and recommended noise gain a faceveil-trained folder records
-    (``faceveil_train.json``: ``framing``, ``noise_gain``); FFHQ's framing and gain 1 otherwise."""
+def _usage(folder: Path) -> tuple[str, float, float]:
+    """The crop framing, recommended noise gain and detail floor a faceveil-trained folder records
+    (``faceveil_train.json``: ``framing``, ``noise_gain``, ``detail_floor``); FFHQ's framing, gain 1
+    and no floor otherwise."""
     from faceveil.engine import EngineSettings
     from faceveil.faces.align import FRAMINGS
 
     meta = folder / "faceveil_train.json"
     if not meta.is_file():
-        return "ffhq", 1.0
+        return "ffhq", 1.0, 0.0
     try:
         data = json.loads(meta.read_text())
-        framing, gain = data.get("framing", "ffhq"), data.get("noise_gain", 1.0)
+        framing, gain, floor = data.get("framing", "ffhq"), data.get("noise_gain", 1.0), data.get("detail_floor", 0.0)
     except (OSError, ValueError, AttributeError):
         raise ModelUnavailableError(f"{meta} is not valid JSON") from None
     if framing not in FRAMINGS:
@@ -487,13 +492,25 @@ def _usage(folder: Path) -> tuple[str, float]:
         EngineSettings(noise_gain=float(gain))  # the engine holds the bounds
     except ValueError as exc:
         raise ModelUnavailableError(f"{meta}: {exc}") from None
-    return framing, float(gain)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor < 1.0:
+        raise ModelUnavailableError(f"{meta}: detail_floor must be a number from 0 to below 1, not {floor!r}")
+    return framing, float(gain), float(floor)
 
 
 def recommended_noise_gain(spec: str | None) -> float:
     """The noise gain ``spec``'s trainers recommend (its ``faceveil_train.json``), read
     without loading its weights, from the same place :func:`load_model` reads it: a preset,
     a local folder or a hub snapshot; 1 (the paper's) when the model records none."""
+    return _usage_of(spec)[1]
+
+
+def recommended_detail_floor(spec: str | None) -> float:
+    """The redraws' detail floor ``spec`` records (``DiffusionModel.detail_floor``), read as
+    :func:`recommended_noise_gain` reads the gain; 0 (never redrawn for detail) when it records none."""
+    return _usage_of(spec)[2]
+
+
+def _usage_of(spec: str | None) -> tuple[str, float, float]:
     spec = resolve_spec(spec)
     preset = PRESETS.get(spec)
     source = preset.source if preset else spec
@@ -502,7 +519,7 @@ def recommended_noise_gain(spec: str | None) -> float:
         hub_id = "/" in source and source.count("/") == 1 and not source.startswith((".", "~", "/"))
         # just its faceveil_train.json; None where loading the model would fail too
         folder = _hub_snapshot(source, ["faceveil_train.json"], required=False) if hub_id else None
-    return _usage(folder)[1] if folder is not None else 1.0
+    return _usage(folder) if folder is not None else ("ffhq", 1.0, 0.0)
 
 
 def model_available(spec: str) -> bool:

@@ -52,6 +52,7 @@ from faceveil.errors import HeaderError, UsageError
 from faceveil.faces.align import AlignTransform
 from faceveil.faces.align import warp_crop as align_warp
 from faceveil.faces.colour import Colour, fit_colour, photo_grain
+from faceveil.faces import sharpness
 from faceveil.faces.mask import default_outline, outline_alpha, outline_reach
 from faceveil.faces.paste import (
     FaceRegion,
@@ -126,8 +127,12 @@ class FaceReport:
     unet_evals: int
     max_inversion_residual: float
     treatment: str = MODEL  # "model", or the visible treatment the face got (``faceveil.faces.visible``)
-    redraws: int = 0  # times the face was drawn again (fresh nonce): the face drawn before still matched the original
-    still_matches: float | None = None  # the similarity, where the last face drawn still matches the original
+    redraws: int = 0  # times the face was drawn again (fresh nonce), for the reasons in ``redrawn_for``
+    # why each redraw was asked for: "match" (the identity check still matched the face drawn before to
+    # the original) or "smooth" (its detail was below the model's floor, ``DiffusionModel.detail_floor``)
+    redrawn_for: tuple[str, ...] = ()
+    still_matches: float | None = None  # the similarity, where the face kept still matches the original
+    still_smooth: float | None = None  # its detail ratio, where the face kept is still below the model's floor
 
 
 @dataclass
@@ -236,8 +241,9 @@ def _to_pixels(x: torch.Tensor) -> np.ndarray:
 
 
 # ---- faces through the model, a batch at a time -------------------------------------------
-# times a face that an identity check still matches to the original is drawn again (fresh nonce)
-# before it is kept and reported: faceveil.verify.identity_matcher; 0 turns the check off
+# times a face that an identity check still matches to the original (faceveil.verify.identity_matcher),
+# or smoother than its model's detail floor, is drawn again (fresh nonce) before the best face drawn is
+# kept and reported; 0 turns the checks off
 DEFAULT_REDRAWS = 2
 MAX_REDRAWS = 10
 
@@ -563,9 +569,10 @@ def anonymize_array(
     back, so that recovery restores the original pixels exactly; it costs a replay of
     recovery at anonymization. ``metadata`` (the input file's EXIF, XMP... as
     ``imageio.read_metadata`` gives it) is sealed with the faces, for recovery to restore.
-    ``redraws``: a face with landmarks and no given nonce whose new face an identity check
-    still matches to the original (ArcFace at FAR 1e-3, where an embedder runs) is drawn again
-    with a fresh nonce, up to that many times (``FaceReport.redraws``); 0 turns the check off.
+    ``redraws``: a face with no given nonce whose new face an identity check still matches to
+    the original (ArcFace at FAR 1e-3, where an embedder runs and the face has landmarks), or
+    whose detail is below the model's ``detail_floor``, is drawn again with a fresh nonce, up to
+    that many times, the best face drawn kept (``FaceReport.redraws``); 0 turns the checks off.
     """
     photo = PhotoJob(rgb, faces, output_like, metadata)
     return anonymize_arrays([photo], key, model, settings, residual, progress, redraws=redraws)[0]
@@ -678,6 +685,17 @@ class _Drawn:
     veiled: _Face  # the photo with the face pasted
     private: dict
     latent: torch.Tensor  # the model's output for the face (1, ...): what a latent hint is measured against
+    similarity: float | None = None  # where the redraws' identity check still matches it to the original
+    smoothness: float | None = None  # its detail ratio, where the redraws found it below the model's floor
+
+    @property
+    def flawed(self) -> str | None:
+        """Why it should be drawn again ("match", "smooth"), or None."""
+        return "match" if self.similarity is not None else "smooth" if self.smoothness is not None else None
+
+    def rank(self) -> tuple[bool, float, float]:
+        """Smaller is better: not matching the original first, then the least similar, then the most detailed."""
+        return (self.similarity is not None, self.similarity or 0.0, -(self.smoothness if self.smoothness is not None else 1.0))
 
 
 def _draw(run: _Run, states: list[_Anonymizing], index: int) -> list[_Drawn]:
@@ -703,44 +721,68 @@ def _draw(run: _Run, states: list[_Anonymizing], index: int) -> list[_Drawn]:
     return drawn
 
 
-def _match(state: _Anonymizing, index: int, drawn: _Drawn, check: Callable) -> float | None:
-    """The similarity where ``check`` finds the drawn face still matching the original; None otherwise,
-    and for faces that cannot be drawn again (a nonce given: a video track's) or have no landmarks.
-    Each of the face's landmark sets is tried; the largest similarity that matches counts."""
+def _judge(state: _Anonymizing, index: int, drawn: _Drawn, check: Callable | None, floor: float) -> None:
+    """Set ``drawn``'s flaws: the largest similarity where ``check`` still matches it to the original
+    under one of the face's landmark sets (none: not checked), and its detail ratio where below
+    ``floor``. Faces that cannot be drawn again (a nonce given: a video track's) are not judged."""
     job = state.faces[index]
     if job.nonce is not None:
-        return None
-    found = [s for s in (check(state.current, drawn.veiled.image, lm) for lm in job.landmarks) if s is not None]
-    return max(found, default=None)
+        return
+    if check is not None:
+        found = [s for s in (check(state.current, drawn.veiled.image, lm) for lm in job.landmarks) if s is not None]
+        drawn.similarity = max(found, default=None)
+    if floor > 0:
+        region = drawn.face.geometry.region
+        y0, y1, x0, x1 = region.bounds
+        box = sharpness.region_box(region.alpha)
+        if box is not None:
+            b0, b1, a0, a1 = box
+            ratio = sharpness.detail_ratio(state.current[y0:y1, x0:x1][b0:b1, a0:a1],
+                                           drawn.veiled.image[y0:y1, x0:x1][b0:b1, a0:a1], region.alpha[b0:b1, a0:a1])
+            drawn.smoothness = ratio if ratio < floor else None  # NaN (too small a region): not judged
 
 
 def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: bool, redraws: int = 0) -> None:
     """Veil face ``index`` of each photo in ``states``, the faces through the model together.
 
     With ``redraws``, a face whose new face an identity check (``faceveil.verify.identity_matcher``)
-    still matches to the original is drawn again with a fresh nonce, up to ``redraws`` times;
-    recovery reads the nonce kept in the header, so it is unaffected."""
+    still matches to the original, or whose detail is below the model's floor
+    (``DiffusionModel.detail_floor``, ``faceveil.faces.sharpness``), is drawn again with a fresh nonce,
+    up to ``redraws`` times; the best face drawn is kept (not matching first, then the most detailed).
+    Recovery reads the nonce kept in the header, so it is unaffected."""
     from faceveil.verify import identity_matcher
 
     settings = run.settings
     drawn = _draw(run, states, index)
     check = identity_matcher() if redraws > 0 else None
-    for attempt in range(redraws + 1 if check is not None else 0):
-        matched = [(i, sim) for i, d in enumerate(drawn) if (sim := _match(states[i], index, d, check)) is not None]
-        if not matched:
-            break
-        if attempt == redraws:  # kept as drawn last; the report (and the check after writing) say so
-            for i, sim in matched:
-                drawn[i].report.still_matches = sim
-            break
-        for i, _ in matched:
-            states[i].nonces[index] = new_nonce()
-        announce(run.progress, 0, len(matched) * 2 * settings.engine.steps)  # a bar's total grows: invert and sample again
-        again = _draw(run, [states[i] for i, _ in matched], index)
-        for (i, _), d in zip(matched, again):
-            d.report.unet_evals += drawn[i].report.unet_evals
-            d.report.redraws = drawn[i].report.redraws + 1
-            drawn[i] = d
+    floor = run.model.detail_floor if redraws > 0 else 0.0
+    if check is not None or floor > 0:
+        for state, d in zip(states, drawn):
+            _judge(state, index, d, check, floor)
+        best = list(drawn)
+        for _ in range(redraws):
+            again = [i for i, d in enumerate(drawn) if d.flawed]
+            if not again:
+                break
+            for i in again:
+                states[i].nonces[index] = new_nonce()
+            announce(run.progress, 0, len(again) * 2 * settings.engine.steps)  # a bar's total grows: invert and sample again
+            for i, d in zip(again, _draw(run, [states[i] for i in again], index)):
+                _judge(states[i], index, d, check, floor)
+                before = drawn[i].report
+                d.report.unet_evals += before.unet_evals
+                d.report.redraws = before.redraws + 1
+                d.report.redrawn_for = (*before.redrawn_for, drawn[i].flawed)
+                drawn[i] = d
+                if d.rank() < best[i].rank():
+                    best[i] = d
+        for i, (state, kept, last) in enumerate(zip(states, best, drawn)):
+            if kept is not last:  # an earlier face is kept: its nonce goes into the header, with every draw's count
+                kept.report.unet_evals, kept.report.redraws = last.report.unet_evals, last.report.redraws
+                kept.report.redrawn_for = last.report.redrawn_for
+                state.nonces[index] = kept.face.nonce
+            kept.report.still_matches, kept.report.still_smooth = kept.similarity, kept.smoothness
+        drawn = best
     faces = [d.face for d in drawn]
     reports = [d.report for d in drawn]
     colours = [d.colour for d in drawn]

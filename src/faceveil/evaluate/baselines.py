@@ -171,10 +171,14 @@ class DiffusionMethod:
     reversible: bool = True
     masks_recomputed: int = 0
     masks_kept: int = 0
-    redraws: int = DEFAULT_REDRAWS  # faceveil's: a face still matched to the original is drawn again (the paper: 0)
+    # faceveil's: a face still matched to the original, or smoother than the model's detail floor, is
+    # drawn again (the paper: 0)
+    redraws: int = DEFAULT_REDRAWS
     faces_drawn: int = 0  # over every anonymize call of the run (all protocols)
     faces_redrawn: int = 0
+    faces_redrawn_smooth: int = 0  # of which at least once for detail below the floor
     faces_still_matching: int = 0
+    faces_still_smooth: int = 0
 
     def anonymize(self, rgb: np.ndarray, jobs: list[FaceJob], key: Key) -> Anonymized:
         counter = [0]
@@ -190,7 +194,9 @@ class DiffusionMethod:
         drawn = [r for r in reports if r.treatment == MODEL]
         self.faces_drawn += len(drawn)
         self.faces_redrawn += sum(r.redraws > 0 for r in drawn)
+        self.faces_redrawn_smooth += sum("smooth" in r.redrawn_for for r in drawn)
         self.faces_still_matching += sum(r.still_matches is not None for r in drawn)
+        self.faces_still_smooth += sum(r.still_smooth is not None for r in drawn)
         return Anonymized(array, record, time.perf_counter() - t0, counter[0])
 
     def recover(self, array: np.ndarray, record: dict, key: Key) -> np.ndarray:

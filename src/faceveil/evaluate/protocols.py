@@ -635,7 +635,9 @@ def _method_summary(
         summary["settings"] = method.settings.to_json()
         summary["residual"] = method.residual
         summary["redraws"] = {"at_most": method.redraws, "faces_drawn": method.faces_drawn,
-                              "faces_redrawn": method.faces_redrawn, "still_matching": method.faces_still_matching}
+                              "faces_redrawn": method.faces_redrawn, "faces_redrawn_smooth": method.faces_redrawn_smooth,
+                              "still_matching": method.faces_still_matching, "still_smooth": method.faces_still_smooth,
+                              "detail_floor": method.model.detail_floor}
         if method.recompute_mask:
             summary["masks_recomputed"] = method.masks_recomputed
             summary["masks_kept_not_redetected"] = method.masks_kept

@@ -223,9 +223,16 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
     for name, m in results["methods"].items():
         redraws = m.get("redraws") or {}
         if redraws.get("at_most"):
+            smooth = redraws.get("faces_redrawn_smooth")
+            why = ("because the pipeline's identity check still matched the face drawn before to the original"
+                   if not redraws.get("detail_floor") else
+                   f"because the pipeline's identity check still matched the face drawn before to the original, or "
+                   f"its detail was below the model's floor of {redraws['detail_floor']:g} of the original's "
+                   f"({smooth} face(s) at least once for detail)")
             lines += [f"{name}: {redraws['faces_redrawn']} of {redraws['faces_drawn']} face(s) drawn again (all protocols; "
-                      f"at most {redraws['at_most']} times each) because the pipeline's identity check still matched "
-                      f"the face drawn before to the original; {redraws['still_matching']} still matching after them all.", ""]
+                      f"at most {redraws['at_most']} times each) {why}; {redraws['still_matching']} still matching "
+                      f"after them all" + (f", {redraws['still_smooth']} still below the floor" if redraws.get("detail_floor") else "")
+                      + ".", ""]
         if "masks_recomputed" in m:
             lines += [f"{name}: masks recomputed from the anonymized image for {m['masks_recomputed']} face(s); "
                       f"{m['masks_kept_not_redetected']} not re-detected (stored mask used).", ""]
