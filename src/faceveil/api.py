@@ -262,7 +262,7 @@ def redraw_notes(reports: list[FaceReport]) -> list[str]:
     notes = []
     for i, r in enumerate(reports):
         if r.redraws:
-            reasons = " / ".join(why[k] for k in dict.fromkeys(r.redrawn_for or ("match",)))
+            reasons = " / ".join(why[k] for k in dict.fromkeys(r.redrawn_for))
             notes.append(f"face {i + 1} drawn again ({r.redraws}x, a fresh nonce): the face drawn before was {reasons}")
         if r.still_matches is not None:
             notes.append(f"face {i + 1} still matches the original (similarity {r.still_matches:.3f}) after "

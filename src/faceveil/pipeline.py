@@ -127,12 +127,17 @@ class FaceReport:
     unet_evals: int
     max_inversion_residual: float
     treatment: str = MODEL  # "model", or the visible treatment the face got (``faceveil.faces.visible``)
-    redraws: int = 0  # times the face was drawn again (fresh nonce), for the reasons in ``redrawn_for``
-    # why each redraw was asked for: "match" (the identity check still matched the face drawn before to
-    # the original) or "smooth" (its detail was below the model's floor, ``DiffusionModel.detail_floor``)
+    # why the face was drawn again (a fresh nonce), one entry per redraw: "match" (the identity check still
+    # matched the face drawn before to the original) or "smooth" (its detail was below the model's floor,
+    # ``DiffusionModel.detail_floor``)
     redrawn_for: tuple[str, ...] = ()
     still_matches: float | None = None  # the similarity, where the face kept still matches the original
     still_smooth: float | None = None  # its detail ratio, where the face kept is still below the model's floor
+
+    @property
+    def redraws(self) -> int:
+        """Times the face was drawn again."""
+        return len(self.redrawn_for)
 
 
 @dataclass
@@ -771,15 +776,13 @@ def _veil_round(run: _Run, states: list[_Anonymizing], index: int, residual: boo
                 _judge(states[i], index, d, check, floor)
                 before = drawn[i].report
                 d.report.unet_evals += before.unet_evals
-                d.report.redraws = before.redraws + 1
                 d.report.redrawn_for = (*before.redrawn_for, drawn[i].flawed)
                 drawn[i] = d
                 if d.rank() < best[i].rank():
                     best[i] = d
-        for i, (state, kept, last) in enumerate(zip(states, best, drawn)):
+        for state, kept, last in zip(states, best, drawn):
             if kept is not last:  # an earlier face is kept: its nonce goes into the header, with every draw's count
-                kept.report.unet_evals, kept.report.redraws = last.report.unet_evals, last.report.redraws
-                kept.report.redrawn_for = last.report.redrawn_for
+                kept.report.unet_evals, kept.report.redrawn_for = last.report.unet_evals, last.report.redrawn_for
                 state.nonces[index] = kept.face.nonce
             kept.report.still_matches, kept.report.still_smooth = kept.similarity, kept.smoothness
         drawn = best
